@@ -1,0 +1,3 @@
+from langadapt.cli import main
+
+raise SystemExit(main())

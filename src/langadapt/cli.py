@@ -1,0 +1,177 @@
+"""The `langadapt` command: one subcommand per stage plus plan, run, report, chat, serve, export.
+
+Handlers import their heavy dependencies (torch, transformers) lazily, so `--help` is instant.
+User mistakes (LangadaptError) are printed as one line and exit with status 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+
+from langadapt import __version__
+from langadapt.errors import LangadaptError
+
+EPILOG = """\
+The pipeline, in order (each stage is also its own subcommand):
+  clean      documents -> clean, unique target-language sentences        (paper 3.1)
+  tokenizer  train target-language pieces, merge them, resize embeddings   (paper 4.1)
+  align      embeddings + head only, monolingual then bilingual           (paper 4.2.1)
+  pretrain   LoRA continued pre-training on target-language text          (paper 4.2.2)
+  translate  (optional) machine-translate English instructions            (paper 3.2)
+  sft        bilingual instruction tuning, loss on responses only         (paper 3.2)
+  eval       five tasks in English and the target language                (paper 5)
+
+Start with:  langadapt run configs/demo.yaml     (outputs in runs/demo/)
+"""
+
+STAGE_HELP = {
+    "clean": "Clean the recipe's corpus into unique target-language sentences (paper 3.1).",
+    "tokenizer": "Train target-language pieces, merge them into the base tokenizer, resize and initialise embeddings (paper 4.1).",
+    "align": "Train embeddings and head only, on monolingual then bilingual text (paper 4.2.1).",
+    "pretrain": "Continue pre-training with LoRA on every linear layer plus embeddings/head (paper 4.2.2).",
+    "translate": "Translate English instruction data into the target language and clean the result.",
+    "sft": "Instruction-tune on bilingual instructions, loss on responses only (paper 3.2).",
+    "eval": "Evaluate every stage's model on the five tasks in both languages (paper 5).",
+}
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=False, soft_wrap=True)
+
+
+def _load(args) -> object:
+    from langadapt.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, check_files=not getattr(args, "no_check_files", False))
+    if getattr(args, "output_dir", None):
+        recipe.output_dir = args.output_dir
+    return recipe
+
+
+def cmd_plan(args) -> int:
+    from langadapt.models import load_config
+    from langadapt.plan import make_plan, print_plan
+
+    recipe = _load(args)
+    config = load_config(recipe.base_model, recipe.resolve(recipe.base_config) if recipe.base_config else None)
+    vocab, plans = make_plan(recipe, config)
+    print_plan(recipe, config, vocab, plans, console=_console())
+    return 0
+
+
+def cmd_run(args) -> int:
+    from langadapt.run import run_recipe
+
+    recipe = _load(args)
+    console = _console()
+    run_recipe(recipe, console=console, force=args.force)
+    console.print(f"[bold green]done[/bold green]: outputs in {recipe.run_dir}/")
+    return 0
+
+
+def make_stage_command(stage: str) -> Callable:
+    def handler(args) -> int:
+        from langadapt.run import run_stage, stage_status
+
+        recipe = _load(args)
+        console = _console()
+        if not recipe.enabled(stage):
+            raise LangadaptError(f"stage '{stage}' is not enabled in {args.recipe}; add a '{stage}:' section")
+        if stage_status(recipe, stage) == "done" and not args.force:
+            console.print(f"[green]✓[/green] {stage}: up to date with the recipe (use --force to run it again)")
+            return 0
+        run_stage(recipe, stage, resume=args.resume, console=console)
+        console.print(f"[bold green]done[/bold green]: {recipe.run_dir / stage}/")
+        return 0
+
+    return handler
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="langadapt",
+        description="Teach an English-centric causal language model a new language, following the recipe of "
+        "'Extending LLMs to New Languages: A Case Study of Llama and Persian Adaptation'.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"langadapt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def recipe_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("recipe", metavar="RECIPE", help="the run's YAML recipe (for example configs/demo.yaml)")
+        p.add_argument("--output-dir", help="override the recipe's output_dir (default: runs)")
+
+    p = sub.add_parser("plan", help="parameter counts and training memory per stage, from the config alone",
+                       description="Print, for each training stage (align, pretrain, sft), the total and trainable "
+                       "parameter counts, the trainable percentage and an estimate of training memory (weights, "
+                       "gradients, AdamW states), computed on the meta device: no weights are loaded and no network "
+                       "is used when the recipe names a base_config or a local model. The recipe's data files need "
+                       "not exist yet.")
+    recipe_arg(p)
+    p.set_defaults(func=cmd_plan, no_check_files=True)
+
+    p = sub.add_parser("run", help="run every enabled stage in order, skipping finished ones",
+                       description="Run the recipe's enabled stages in order into <output_dir>/<name>/<stage>/. "
+                       "Finished stages whose settings and inputs are unchanged are skipped; a changed stage reruns "
+                       "with every stage after it; an interrupted stage resumes from its last checkpoint.")
+    recipe_arg(p)
+    p.add_argument("--force", action="store_true", help="rerun every stage even if it is up to date")
+    p.set_defaults(func=cmd_run)
+
+    from langadapt.run import STAGES
+
+    for stage, text in STAGE_HELP.items():
+        if stage not in STAGES:
+            continue
+        p = sub.add_parser(stage, help=text.split(" (paper")[0].rstrip("."), description=text +
+                           " Reads the outputs of the earlier stages of the same run and writes "
+                           f"<output_dir>/<name>/{stage}/.")
+        recipe_arg(p)
+        p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint of an interrupted run")
+        p.add_argument("--force", action="store_true", help="run even if the stage is up to date")
+        p.set_defaults(func=make_stage_command(stage))
+
+    for register in EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+EXTRA_COMMANDS: list[Callable] = []
+"""Functions that add a subparser (report, chat, serve, export), appended as those land."""
+
+
+def _quiet_libraries() -> None:
+    """Library deprecation chatter is for developers, not for users of the command."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except LangadaptError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

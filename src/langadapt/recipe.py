@@ -1,0 +1,486 @@
+"""The recipe: one YAML file that describes a whole run, parsed into validated, typed objects.
+
+Every mistake a user can make in a recipe is caught here, before any work starts, and reported
+as one line naming the file, the line, the key and what would be valid.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from langadapt.errors import RecipeError
+
+STAGE_ORDER = ("clean", "tokenizer", "align", "pretrain", "translate", "sft", "eval")
+"""The pipeline, in order. ``translate`` (optional) makes target-language instructions for ``sft``."""
+
+
+class Section(BaseModel):
+    """Base of every recipe section: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- data sources
+
+
+class Language(Section):
+    code: str = Field("fa", pattern=r"^[a-z]{2,3}$", description="ISO 639 code, as fastText lid.176 names it")
+    name: str = "Persian"
+
+
+class CorpusSource(Section):
+    """A monolingual source for the clean stage (paper Table 1: one row per source)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    type: Literal["news", "poems", "wiki", "social", "web", "books", "other"] = "other"
+    format: Literal["text", "jsonl", "parquet", "hf"] = "text"
+    path: str = Field(description="file, folder or glob; for format hf a dataset id or local dataset folder")
+    text_field: str = "text"
+    doc_per: Literal["line", "file"] = "line"
+    split: str = "train"
+
+
+class ParallelSource(Section):
+    """Target-language / English sentence pairs: a TSV, two line-aligned files, or a dataset."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    format: Literal["tsv", "pair", "hf"] = "tsv"
+    path: str | None = Field(None, description="TSV file (format tsv) or dataset id/folder (format hf)")
+    target: str | None = Field(None, description="target-language file (format pair)")
+    english: str | None = Field(None, description="English file, line i translates line i of target (format pair)")
+    target_column: int = Field(0, ge=0)
+    english_column: int = Field(1, ge=0)
+    target_field: str = "target"
+    english_field: str = "english"
+    split: str = "train"
+
+    @model_validator(mode="after")
+    def _paths_for_format(self) -> ParallelSource:
+        if self.format == "pair" and (self.target is None or self.english is None):
+            raise ValueError("format 'pair' needs both 'target' and 'english' files")
+        if self.format in ("tsv", "hf") and self.path is None:
+            raise ValueError(f"format '{self.format}' needs 'path'")
+        return self
+
+
+class InstructionSource(Section):
+    """Instruction data for the sft stage (and input of ``translate``)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    format: Literal["alpaca", "dolly", "oasst", "sni", "messages", "pn_summary"]
+    path: str
+    language: str = Field(pattern=r"^[a-z]{2,3}$", description="'en' or the target language code")
+    split: str = "train"
+    max_records: int | None = Field(None, ge=1)
+
+
+class Heldout(Section):
+    """Held-out text for bits per character, measured before and after every training stage."""
+
+    target: str | None = None
+    english: str | None = None
+    max_chars: int = Field(20_000, ge=100, description="characters of each file used")
+
+
+class Data(Section):
+    corpus: list[CorpusSource] = []
+    parallel: list[ParallelSource] = []
+    instructions: list[InstructionSource] = []
+    heldout: Heldout = Heldout()
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Data:
+        for kind in ("corpus", "parallel", "instructions"):
+            names = [s.name for s in getattr(self, kind)]
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise ValueError(f"data.{kind}: source names must be unique, repeated: {', '.join(dup)}")
+        return self
+
+
+# --------------------------------------------------------------------------- stages
+
+
+class CleanConfig(Section):
+    """Stage 1 (paper 3.1): documents to clean, unique target-language sentences."""
+
+    enabled: bool = True
+    min_words: int = Field(5, ge=1)
+    lang_threshold: float = Field(0.70, ge=0.0, le=1.0)
+    digits: Literal["keep", "latin", "persian"] = "keep"
+    boilerplate_keywords: list[str] | None = Field(None, description="None: the shipped Persian+English list")
+    code_markers: list[str] | None = Field(None, description="None: the shipped list")
+    near_dedup: bool = False
+    rejects: bool = False
+    output_format: Literal["jsonl", "parquet"] = "jsonl"
+    workers: int | None = Field(None, ge=1, description="None: one per CPU core")
+    executor: Literal["local", "slurm"] = "local"
+    slurm: dict[str, Any] = {}
+
+
+class TokenizerConfig(Section):
+    """Stage 2 (paper 4.1): train target-language pieces, merge them, resize the embeddings."""
+
+    enabled: bool = True
+    new_pieces: int = Field(20_000, ge=1, description="SentencePiece vocabulary size (paper: 20,000)")
+    model_type: Literal["bpe", "unigram"] = "bpe"
+    sample_sentences: int = Field(1_000_000, ge=1)
+    character_coverage: float = Field(0.9995, gt=0.0, le=1.0)
+    seed: int | None = None
+    init: Literal["mean", "plain"] = "mean"
+    pad_to_multiple_of: int | None = Field(None, ge=1)
+    add_pad_token: bool = False
+    merged_vocab_size: int | None = Field(
+        None, ge=1, description="expected rows after the merge, for `plan` before the tokenizer has run"
+    )
+
+
+class LoraSettings(Section):
+    r: int = Field(8, ge=1, description="LoRA rank (paper: 8)")
+    alpha: float = Field(32.0, gt=0, description="LoRA alpha (paper: 32, scale alpha/r = 4)")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    targets: Literal["all-linear"] | list[str] = Field(
+        "all-linear", description="'all-linear': every linear layer of every block, found from the model"
+    )
+
+
+class TrainSettings(Section):
+    """Settings every training stage shares (the training core reads these)."""
+
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps; None: one pass over the data (epochs)")
+    epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(8, ge=1, description="sequences per micro-batch per process")
+    grad_accum: int = Field(1, ge=1)
+    seq_len: int = Field(256, ge=8)
+    lr: float = Field(1e-4, gt=0)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    train_rows: Literal["all", "new"] = Field("all", description="embeddings/head rows that train: all (paper) or new only")
+    save_every: int = Field(0, ge=0, description="checkpoint every N optimizer steps (0: only at the end)")
+    eval_every: int = Field(0, ge=0, description="held-out bits per character every N steps (0: start and end only)")
+    log_every: int = Field(1, ge=1)
+    max_examples: int | None = Field(None, ge=1, description="cap on training examples (sentences/pairs/instructions)")
+
+
+class BilingualSettings(TrainSettings):
+    """Align step 2: a target-language sentence followed by its English translation."""
+
+    enabled: bool = True
+    order: Literal["target_first", "english_first"] = "target_first"
+    separator: str = "\n"
+    reverse_share: float = Field(0.0, ge=0.0, le=1.0, description="share of examples in the other order")
+
+
+class AlignConfig(Section):
+    """Stage 3 (paper 4.2.1): embeddings and head only, monolingual then bilingual."""
+
+    enabled: bool = True
+    monolingual: TrainSettings = TrainSettings()
+    bilingual: BilingualSettings = BilingualSettings()
+
+
+class PretrainConfig(TrainSettings):
+    """Stage 4 (paper 4.2.2): LoRA on every linear layer plus embeddings and head."""
+
+    enabled: bool = True
+    start_from: Literal["align", "tokenizer"] = "align"
+    lora: LoraSettings = LoraSettings()
+
+
+class SftConfig(TrainSettings):
+    """Stage 5 (paper 3.2, 4.2.2): bilingual instruction tuning, loss on responses only."""
+
+    enabled: bool = True
+    start_from: Literal["base", "tokenizer", "align", "pretrain"] = "pretrain"
+    lora: LoraSettings | None = Field(LoraSettings(), description="null: embeddings and head only (paper's noLoRA)")
+    sources: list[str] | None = Field(None, description="names from data.instructions; None: all")
+    target_instructions: bool = Field(True, description="false: English + translation instructions only (Table 6)")
+    translation_share: float = Field(0.24, ge=0.0, lt=1.0, description="share of translation instructions (paper ~24%)")
+    translation_sources: list[str] | None = Field(None, description="names from data.parallel; None: all")
+    holdout_tasks: list[str] = Field(["multiple_choice", "sentiment"], description="task names kept out of training")
+    limit_target: int | None = Field(None, ge=1, description="use only N target-language instructions (Table 8: 100)")
+
+
+class EvalConfig(Section):
+    """Stage 6 (paper 5): five tasks in two languages."""
+
+    enabled: bool = True
+    tasks: list[str] = Field(["demo"], description="built-in task suite names or task YAML files")
+    mode: Literal["loglik", "generate"] = "loglik"
+    batch_size: int = Field(8, ge=1)
+    max_examples: int | None = Field(None, ge=1)
+    models: list[str] = Field([], description="extra model ids/folders to evaluate beside the run's stages")
+
+
+class TranslateConfig(Section):
+    """Build target-language instructions by machine translation (runs before sft)."""
+
+    enabled: bool = True
+    sources: list[str] = Field([], description="names from data.instructions to translate (English)")
+    translator: Literal["hf", "openai", "stage"] = "stage"
+    stage: Literal["base", "align", "pretrain", "sft"] = Field("pretrain", description="translator 'stage': which stage's model translates")
+    model: str | None = None
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    batch_size: int = Field(8, ge=1)
+
+
+# --------------------------------------------------------------------------- the recipe
+
+
+class Recipe(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="run name: outputs go to <output_dir>/<name>/")
+    base_model: str = Field(description="Hugging Face id, a save_pretrained folder, a .gguf file, or smollm2-135m-instruct")
+    base_config: str | None = Field(None, description="config.json for `plan` without network or weights")
+    language: Language = Language()
+    output_dir: str = "runs"
+    seed: int = 0
+    data: Data = Data()
+    clean: CleanConfig | None = None
+    tokenizer: TokenizerConfig | None = None
+    align: AlignConfig | None = None
+    pretrain: PretrainConfig | None = None
+    translate: TranslateConfig | None = None
+    sft: SftConfig | None = None
+    eval: EvalConfig | None = None
+
+    # Set by load_recipe, not by the user.
+    source_path: Path | None = Field(None, exclude=True)
+
+    def enabled(self, stage: str) -> bool:
+        section = getattr(self, stage, None)
+        return section is not None and section.enabled
+
+    def enabled_stages(self) -> list[str]:
+        return [s for s in STAGE_ORDER if self.enabled(s)]
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def resolve(self, path: str) -> Path:
+        """Input paths are relative to the recipe file's folder."""
+        p = Path(os.path.expanduser(path))
+        if p.is_absolute() or self.source_path is None:
+            return p
+        return self.source_path.parent / p
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _compose_with_lines(text: str, path: str) -> tuple[Any, dict[tuple, int]]:
+    """Parse YAML keeping the line of every key, so errors can point at it."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        reason = getattr(e, "problem", None) or str(e)
+        raise RecipeError(f"not valid YAML: {reason}", path=path, line=line) from None
+    lines: dict[tuple, int] = {}
+    constructor = yaml.constructor.SafeConstructor()
+
+    def walk(n: yaml.Node, loc: tuple) -> Any:
+        lines[loc] = n.start_mark.line + 1
+        if isinstance(n, yaml.MappingNode):
+            out = {}
+            for k, v in n.value:
+                key = k.value
+                if key in out:
+                    raise RecipeError(f"key '{'.'.join(map(str, loc + (key,)))}' appears twice", path=path, line=k.start_mark.line + 1)
+                lines[loc + (key,)] = k.start_mark.line + 1
+                out[key] = walk(v, loc + (key,))
+            return out
+        if isinstance(n, yaml.SequenceNode):
+            return [walk(v, loc + (i,)) for i, v in enumerate(n.value)]
+        return constructor.construct_object(n, deep=True)
+
+    if node is None:
+        return {}, lines
+    return walk(node, ()), lines
+
+
+def _field_names(model: type[BaseModel]) -> list[str]:
+    return [n for n, f in model.model_fields.items() if not f.exclude]
+
+
+def _section_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model class that holds the key at ``loc`` (for listing valid keys)."""
+    model: Any = Recipe
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
+            return None
+        ann = field.annotation
+        candidates = [ann, *getattr(ann, "__args__", ())]
+        nxt = None
+        for c in candidates:
+            for cc in [c, *getattr(c, "__args__", ())]:
+                if isinstance(cc, type) and issubclass(cc, BaseModel):
+                    nxt = cc
+        if nxt is None:
+            return None
+        model = nxt
+    return model
+
+
+def _describe(err: dict) -> tuple[tuple, str]:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in ("str", "list[str]"))))
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        parent = _section_at(loc[:-1])
+        valid = ", ".join(_field_names(parent)) if parent else ""
+        return loc, f"unknown key '{key}'" + (f" (valid keys here: {valid})" if valid else "")
+    if kind == "missing":
+        return loc, f"missing required key '{key}'"
+    got = err.get("input")
+    shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    return loc, f"{key}: {msg}{shown}"
+
+
+def parse_recipe(data: dict, *, path: str = "<recipe>", lines: dict[tuple, int] | None = None) -> Recipe:
+    """Validate a recipe dict; raise RecipeError with one line for the first problem."""
+    lines = lines or {}
+    if not isinstance(data, dict):
+        raise RecipeError("a recipe must be a mapping of keys to values", path=path, line=1)
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as e:
+        loc, msg = _describe(e.errors()[0])
+        line = None
+        for n in range(len(loc), -1, -1):
+            if loc[:n] in lines:
+                line = lines[loc[:n]]
+                break
+        raise RecipeError(msg, path=path, line=line) from None
+    return recipe
+
+
+def load_recipe(path: str | os.PathLike, *, check_files: bool = True) -> Recipe:
+    """Read, parse and validate a recipe file. Raises RecipeError (one line) on any mistake."""
+    p = Path(path)
+    if not p.is_file():
+        raise RecipeError("recipe file not found" if not p.exists() else "recipe path is not a file", path=str(path))
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"recipe is not UTF-8 text ({e.reason} at byte {e.start})", path=str(path)) from None
+    data, lines = _compose_with_lines(text, str(path))
+    recipe = parse_recipe(data, path=str(path), lines=lines)
+    recipe.source_path = p.resolve()
+    check_consistency(recipe, path=str(path), lines=lines)
+    if check_files:
+        check_inputs_exist(recipe, path=str(path), lines=lines)
+    return recipe
+
+
+# --------------------------------------------------------------------------- cross-key checks
+
+def stage_inputs(recipe: Recipe, stage: str) -> tuple[str, ...]:
+    """Earlier stages whose output ``stage`` reads, given this recipe's settings."""
+    if stage == "clean":
+        return ()
+    if stage == "tokenizer":
+        return ("clean",)
+    if stage == "align":
+        return ("clean", "tokenizer")
+    if stage == "pretrain":
+        return ("clean", recipe.pretrain.start_from) if recipe.pretrain else ("clean",)
+    if stage == "translate":
+        t = recipe.translate
+        return (t.stage,) if t is not None and t.translator == "stage" and t.stage != "base" else ()
+    if stage == "sft":
+        start = recipe.sft.start_from if recipe.sft else "pretrain"
+        return (() if start == "base" else (start,)) + (("translate",) if recipe.enabled("translate") else ())
+    if stage == "eval":
+        return tuple(s for s in ("tokenizer", "align", "pretrain", "sft") if recipe.enabled(s))
+    raise KeyError(stage)
+
+
+def check_consistency(recipe: Recipe, *, path: str, lines: dict[tuple, int]) -> None:
+    """Refuse combinations no run could satisfy (a stage needing a disabled stage's output, ...)."""
+
+    def fail(loc: tuple, msg: str) -> None:
+        raise RecipeError(msg, path=path, line=lines.get(loc) or lines.get(loc[:1]))
+
+    for stage in STAGE_ORDER:
+        if not recipe.enabled(stage):
+            continue
+        for need in stage_inputs(recipe, stage):
+            if not recipe.enabled(need):
+                how = "is disabled" if getattr(recipe, need) is not None else "is not in the recipe"
+                key = f"{stage}.start_from" if stage in ("pretrain", "sft") and need not in ("clean",) else stage
+                fail((stage,), f"{key}: stage '{stage}' needs the output of stage '{need}', which {how}; "
+                     f"enable '{need}'" + (f" or change {stage}.start_from" if "start_from" in key else ""))
+    if recipe.enabled("clean") and not recipe.data.corpus:
+        fail(("clean",), "clean: data.corpus lists no sources; add at least one corpus source")
+    if recipe.enabled("align") and recipe.align.bilingual.enabled and not recipe.data.parallel:
+        fail(("align", "bilingual"), "align.bilingual: data.parallel lists no sources; add one or set align.bilingual.enabled: false")
+    if recipe.enabled("sft"):
+        known = {s.name for s in recipe.data.instructions}
+        for i, name in enumerate(recipe.sft.sources or []):
+            if name not in known:
+                fail(("sft", "sources", i), f"sft.sources: '{name}' is not a name in data.instructions (known: {', '.join(sorted(known)) or 'none'})")
+        pknown = {s.name for s in recipe.data.parallel}
+        for i, name in enumerate(recipe.sft.translation_sources or []):
+            if name not in pknown:
+                fail(("sft", "translation_sources", i), f"sft.translation_sources: '{name}' is not a name in data.parallel (known: {', '.join(sorted(pknown)) or 'none'})")
+        if not recipe.data.instructions and recipe.sft.translation_share == 0:
+            fail(("sft",), "sft: no instruction sources in data.instructions and translation_share is 0; nothing to train on")
+    if recipe.translate is not None and recipe.translate.enabled:
+        known = {s.name for s in recipe.data.instructions}
+        for i, name in enumerate(recipe.translate.sources):
+            if name not in known:
+                fail(("translate", "sources", i), f"translate.sources: '{name}' is not a name in data.instructions")
+
+
+def _looks_like_hub_id(s: str) -> bool:
+    parts = s.split("/")
+    return len(parts) == 2 and all(parts) and not s.startswith((".", "/", "~"))
+
+
+def check_inputs_exist(recipe: Recipe, *, path: str, lines: dict[tuple, int]) -> None:
+    """Every input file named in the recipe must exist (hub dataset ids excepted)."""
+
+    def need(loc: tuple, value: str, *, hub_ok: bool = False) -> None:
+        p = recipe.resolve(value)
+        if p.exists() or glob.glob(str(p)):
+            return
+        if hub_ok and _looks_like_hub_id(value):
+            return
+        key = ".".join(str(x) for x in loc)
+        raise RecipeError(f"{key}: input not found: {value} (resolved to {p}; paths are relative to the recipe's folder)",
+                          path=path, line=lines.get(loc))
+
+    d = recipe.data
+    for i, s in enumerate(d.corpus):
+        need(("data", "corpus", i, "path"), s.path, hub_ok=s.format == "hf")
+    for i, s in enumerate(d.parallel):
+        for key in ("path", "target", "english"):
+            v = getattr(s, key)
+            if v is not None:
+                need(("data", "parallel", i, key), v, hub_ok=s.format == "hf")
+    for i, s in enumerate(d.instructions):
+        need(("data", "instructions", i, "path"), s.path, hub_ok=True)
+    for key in ("target", "english"):
+        v = getattr(d.heldout, key)
+        if v is not None:
+            need(("data", "heldout", key), v)
+    if recipe.base_config is not None:
+        need(("base_config",), recipe.base_config)

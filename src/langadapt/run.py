@@ -1,0 +1,201 @@
+"""`langadapt run`: the recipe's enabled stages in order, with completion markers and skipping.
+
+Each stage writes into ``<output_dir>/<name>/<stage>/``. When it finishes, a ``COMPLETE.json``
+marker records a hash of its settings, its input files and the markers of the stages it reads.
+A stage whose marker matches is skipped; a changed stage reruns, and so does everything after
+it. A stage that crashed or was killed has no marker; its ``STARTED.json`` lets the next run
+resume from its last checkpoint when the settings are unchanged, or start clean when they are not.
+"""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from langadapt.errors import LangadaptError
+from langadapt.files import fingerprint_path, read_json, stable_hash, write_json
+from langadapt.recipe import Recipe, stage_inputs
+
+COMPLETE = "COMPLETE.json"
+STARTED = "STARTED.json"
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    entry: str  # "module:function", imported only when the stage runs (keeps the CLI fast)
+    summary: str
+    data: tuple[str, ...] = ()  # which parts of recipe.data this stage reads
+
+    def function(self) -> Callable[[StageContext], dict | None]:
+        module, func = self.entry.split(":")
+        return getattr(importlib.import_module(module), func)
+
+
+STAGES: dict[str, StageSpec] = {}
+
+
+def register(spec: StageSpec) -> None:
+    STAGES[spec.name] = spec
+
+
+# Stages register here as they land (one line each).
+
+
+@dataclass
+class StageContext:
+    """What a stage gets: the validated recipe, where to write, and where earlier stages wrote."""
+
+    recipe: Recipe
+    stage: str
+    out_dir: Path
+    resume: bool = False
+    console: Any = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.recipe.run_dir
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.run_dir / stage
+
+    def model_path(self, stage: str) -> str:
+        """The model a stage produced, as a path `models.resolve_model` understands; 'base': the base model."""
+        return stage_model(self.recipe, stage)
+
+    def log(self, message: str) -> None:
+        if self.console is not None:
+            self.console.print(message)
+        else:
+            print(message, flush=True)
+
+
+def stage_model(recipe: Recipe, stage: str) -> str:
+    """Where a stage's model artefact lives: ``model/`` for full models, ``adapter/`` for PEFT ones."""
+    if stage == "base":
+        return recipe.base_model
+    d = recipe.run_dir / stage
+    for sub in ("adapter", "model"):
+        if (d / sub).is_dir():
+            return str(d / sub)
+    raise LangadaptError(f"stage '{stage}' of run '{recipe.name}' has no model in {d}; run it first (langadapt run)")
+
+
+def read_marker(out_dir: Path) -> dict | None:
+    f = out_dir / COMPLETE
+    try:
+        return read_json(f) if f.is_file() else None
+    except ValueError:
+        return None  # a torn or hand-edited marker counts as missing
+
+
+def stage_hash(recipe: Recipe, stage: str) -> str:
+    """Hash of everything a stage's output depends on: its settings, inputs and upstream markers."""
+    spec = STAGES.get(stage)
+    section = getattr(recipe, stage)
+    parts: dict[str, Any] = {
+        "stage": stage,
+        "settings": section.model_dump(mode="json") if section is not None else None,
+        "base_model": recipe.base_model,
+        "language": recipe.language.model_dump(mode="json"),
+        "seed": recipe.seed,
+        "data": {},
+        "upstream": {},
+    }
+    for kind in spec.data if spec else ():
+        value = getattr(recipe.data, kind)
+        dumped = [v.model_dump(mode="json") for v in value] if isinstance(value, list) else value.model_dump(mode="json")
+        files = []
+        for item in value if isinstance(value, list) else [value]:
+            for key in ("path", "target", "english"):
+                v = getattr(item, key, None)
+                if v is not None and recipe.resolve(v).exists():
+                    files.append(fingerprint_path(recipe.resolve(v)))
+        parts["data"][kind] = {"settings": dumped, "files": files}
+    for up in stage_inputs(recipe, stage):
+        marker = read_marker(recipe.run_dir / up)
+        parts["upstream"][up] = marker["hash"] if marker else None
+    return stable_hash(parts)
+
+
+def stage_status(recipe: Recipe, stage: str) -> str:
+    """'done' (marker matches the recipe), 'stale' (marker from other settings), 'partial', or 'new'."""
+    out = recipe.run_dir / stage
+    marker = read_marker(out)
+    if marker is not None:
+        return "done" if marker.get("hash") == stage_hash(recipe, stage) else "stale"
+    return "partial" if (out / STARTED).is_file() else "new"
+
+
+def _prepare(recipe: Recipe, stage: str, h: str, *, resume: bool) -> bool:
+    """Make the stage folder ready; return whether the stage should resume from its checkpoints."""
+    out = recipe.run_dir / stage
+    (out / COMPLETE).unlink(missing_ok=True)
+    started = out / STARTED
+    can_resume = False
+    if started.is_file():
+        try:
+            can_resume = read_json(started).get("hash") == h
+        except ValueError:
+            can_resume = False
+    if out.exists() and not (resume and can_resume):
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (resume and can_resume):
+        write_json(started, {"stage": stage, "hash": h, "started_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return resume and can_resume
+
+
+def run_stage(recipe: Recipe, stage: str, *, resume: bool, console=None, extra: dict | None = None) -> dict:
+    """Run one stage now (its inputs must be complete) and write its completion marker."""
+    if stage not in STAGES:
+        raise LangadaptError(f"stage '{stage}' is not available in this version of langadapt")
+    for up in stage_inputs(recipe, stage):
+        if stage_status(recipe, up) != "done":
+            raise LangadaptError(f"stage '{stage}' needs stage '{up}' to be finished with the current recipe; "
+                                 f"run `langadapt {up} RECIPE` or `langadapt run RECIPE` first")
+    h = stage_hash(recipe, stage)
+    resuming = _prepare(recipe, stage, h, resume=resume)
+    out = recipe.run_dir / stage
+    ctx = StageContext(recipe=recipe, stage=stage, out_dir=out, resume=resuming, console=console, extra=extra or {})
+    t0 = time.time()
+    summary = STAGES[stage].function()(ctx) or {}
+    write_json(out / COMPLETE, {
+        "stage": stage,
+        "hash": h,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "seconds": round(time.time() - t0, 1),
+        "summary": summary,
+    })
+    return summary
+
+
+def run_recipe(recipe: Recipe, *, console=None, force: bool = False) -> list[tuple[str, str]]:
+    """Run every enabled stage in order; return (stage, 'skipped'|'ran') pairs."""
+    done: list[tuple[str, str]] = []
+    cascade = force
+    for stage in recipe.enabled_stages():
+        status = stage_status(recipe, stage)
+        if status == "done" and not cascade:
+            _say(console, f"[green]✓[/green] {stage}: up to date, skipped")
+            done.append((stage, "skipped"))
+            continue
+        cascade = True
+        why = {"stale": "settings or inputs changed", "partial": "resuming an interrupted run", "new": "not run yet", "done": "an earlier stage reran"}[status]
+        _say(console, f"[bold]▶ {stage}[/bold]: {why}")
+        run_stage(recipe, stage, resume=True, console=console)
+        done.append((stage, "ran"))
+    return done
+
+
+def _say(console, msg: str) -> None:
+    if console is not None:
+        console.print(msg)
+    else:
+        print(msg, flush=True)
+

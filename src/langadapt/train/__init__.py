@@ -1,0 +1,1 @@
+"""The training core every training stage (align, pretrain, sft) shares."""
