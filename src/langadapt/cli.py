@@ -76,12 +76,13 @@ def cmd_run(args) -> int:
 
 def make_stage_command(stage: str) -> Callable:
     def handler(args) -> int:
-        from langadapt.run import run_stage, stage_status
+        from langadapt.run import preflight, run_stage, stage_status
 
         recipe = _load(args)
         console = _console()
         if not recipe.enabled(stage):
             raise LangadaptError(f"stage '{stage}' is not enabled in {args.recipe}; add a '{stage}:' section")
+        preflight(recipe)
         if stage_status(recipe, stage) == "done" and not args.force:
             console.print(f"[green]✓[/green] {stage}: up to date with the recipe (use --force to run it again)")
             return 0

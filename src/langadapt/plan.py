@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from langadapt.recipe import Recipe
+from langadapt.recipe import Recipe, check_against_base
 from langadapt.train.freeze import ParamCounts, apply_policy, stage_policy
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -35,6 +35,7 @@ class VocabPlan:
     base: int
     merged: int
     how: str
+    base_params: int = 0  # parameters of the base model before the merge
 
 
 def _precision(p: str) -> str:
@@ -65,13 +66,8 @@ def vocab_plan(recipe: Recipe, base_vocab: int) -> VocabPlan:
         rows = json.loads(done.read_text(encoding="utf-8"))["vocab_size"]
         return VocabPlan(base_vocab, rows, f"measured: {done}")
     tok = recipe.tokenizer
+    check_against_base(recipe, base_vocab)
     if tok.merged_vocab_size is not None:
-        if tok.merged_vocab_size < base_vocab:
-            from langadapt.errors import RecipeError
-
-            raise RecipeError(
-                f"tokenizer.merged_vocab_size: {tok.merged_vocab_size:,} is smaller than the base vocabulary "
-                f"({base_vocab:,}); a merge only adds tokens", path=str(recipe.source_path or "<recipe>"))
         rows, how = tok.merged_vocab_size, "declared in tokenizer.merged_vocab_size"
     else:
         rows = base_vocab + tok.new_pieces + (1 if tok.add_pad_token else 0)
@@ -103,6 +99,7 @@ def build_meta_model(config, vocab_rows: int):
 def make_plan(recipe: Recipe, config) -> tuple[VocabPlan, list[StagePlan]]:
     """Counts and memory for every enabled training stage of ``recipe``, given the base ``config``."""
     vocab = vocab_plan(recipe, config.vocab_size)
+    vocab.base_params = sum(p.numel() for p in build_meta_model(config, vocab.base).parameters())
     plans: list[StagePlan] = []
     steps: list[tuple[str, str | None, object]] = []
     if recipe.enabled("align"):
@@ -152,7 +149,18 @@ def print_plan(recipe: Recipe, config, vocab: VocabPlan, plans: list[StagePlan],
         memory.add_row(p.stage, p.precision, _gib(m["weights"]), _gib(m["gradients"]), _gib(m["optimizer"]), _gib(p.memory_total))
     console.print(counts)
     console.print(memory)
+    tied = bool(getattr(config, "tie_word_embeddings", False))
     for p in plans:
+        added = p.vocab_rows - vocab.base
+        per_row = config.hidden_size * (1 if tied else 2)
+        lora = p.counts.total - vocab.base_params - added * per_row
+        parts = [f"{vocab.base_params:,} base model"]
+        if added:
+            parts.append(f"{added:,} new rows x {config.hidden_size} x {1 if tied else 2} "
+                         f"({'tied embeddings' if tied else 'embeddings + untied head'}) = {added * per_row:,}")
+        if lora:
+            parts.append(f"{lora:,} LoRA")
+        console.print(f"[bold]{p.stage}[/bold] all {p.counts.total:,} = " + " + ".join(parts))
         console.print(f"[bold]{p.stage}[/bold] trainable {p.counts.trainable:,} =")
         for what, n, how in p.counts.lines:
             console.print(f"  {what:<28} {n:>14,}  {how}")

@@ -351,6 +351,8 @@ def _describe(err: dict) -> tuple[tuple, str]:
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
+    if msg.startswith(key.split(".")[0] + "."):
+        return loc, msg  # the validator already named the key
     return loc, f"{key}: {msg}{shown}"
 
 
@@ -484,3 +486,12 @@ def check_inputs_exist(recipe: Recipe, *, path: str, lines: dict[tuple, int]) ->
             need(("data", "heldout", key), v)
     if recipe.base_config is not None:
         need(("base_config",), recipe.base_config)
+
+
+def check_against_base(recipe: Recipe, base_vocab: int) -> None:
+    """Checks that need the base model's vocabulary size (known once its config is read)."""
+    tok = recipe.tokenizer
+    if recipe.enabled("tokenizer") and tok.merged_vocab_size is not None and tok.merged_vocab_size < base_vocab:
+        raise RecipeError(f"tokenizer.merged_vocab_size: {tok.merged_vocab_size:,} is smaller than the base "
+                          f"vocabulary ({base_vocab:,}); a merge only adds tokens",
+                          path=str(recipe.source_path) if recipe.source_path else None)

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from langadapt.errors import LangadaptError
 from langadapt.files import fingerprint_path, read_json, stable_hash, write_json
-from langadapt.recipe import Recipe, stage_inputs
+from langadapt.recipe import Recipe, check_against_base, stage_inputs
 
 COMPLETE = "COMPLETE.json"
 STARTED = "STARTED.json"
@@ -84,6 +84,22 @@ def stage_model(recipe: Recipe, stage: str) -> str:
         if (d / sub).is_dir():
             return str(d / sub)
     raise LangadaptError(f"stage '{stage}' of run '{recipe.name}' has no model in {d}; run it first (langadapt run)")
+
+
+def preflight(recipe: Recipe) -> None:
+    """Checks that need the base model's config, done before any stage starts.
+
+    The config comes from ``base_config`` or a local model (a GGUF header, a config.json); a hub
+    id without ``base_config`` is checked when the first stage loads it.
+    """
+    from langadapt.models import load_config, resolve_model
+
+    if recipe.base_config is None:
+        src = resolve_model(recipe.base_model)  # raises ModelNotFoundError with what to do
+        if src.kind == "hub":
+            return
+    config = load_config(recipe.base_model, recipe.resolve(recipe.base_config) if recipe.base_config else None)
+    check_against_base(recipe, config.vocab_size)
 
 
 def read_marker(out_dir: Path) -> dict | None:
@@ -177,6 +193,7 @@ def run_stage(recipe: Recipe, stage: str, *, resume: bool, console=None, extra: 
 
 def run_recipe(recipe: Recipe, *, console=None, force: bool = False) -> list[tuple[str, str]]:
     """Run every enabled stage in order; return (stage, 'skipped'|'ran') pairs."""
+    preflight(recipe)
     done: list[tuple[str, str]] = []
     cascade = force
     for stage in recipe.enabled_stages():

@@ -1,0 +1,102 @@
+"""`run`: stages in order, completion markers, skipping, re-running after a change, no marker on a crash."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from langadapt import run as runmod
+from langadapt.recipe import load_recipe
+
+CALLS: list[str] = []
+
+
+def fake_clean(ctx):
+    CALLS.append("clean")
+    (ctx.out_dir / "sentences.txt").write_text("ok")
+    return {"sentences": 1}
+
+
+def fake_tokenizer(ctx):
+    CALLS.append("tokenizer")
+    assert (ctx.stage_dir("clean") / "sentences.txt").read_text() == "ok"
+    if ctx.extra.get("crash") or CRASH.get("tokenizer"):
+        raise RuntimeError("killed")
+    (ctx.out_dir / "model").mkdir()
+    return {}
+
+
+CRASH: dict[str, bool] = {}
+
+
+@pytest.fixture
+def recipe_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(runmod, "STAGES", {
+        "clean": runmod.StageSpec("clean", f"{__name__}:fake_clean", "", data=("corpus",)),
+        "tokenizer": runmod.StageSpec("tokenizer", f"{__name__}:fake_tokenizer", "", data=("heldout",)),
+    })
+    monkeypatch.setattr(runmod, "preflight", lambda recipe: None)
+    CALLS.clear()
+    CRASH.clear()
+    (tmp_path / "c.txt").write_text("متن\n", encoding="utf-8")
+    p = tmp_path / "r.yaml"
+    p.write_text("name: t\nbase_model: x/y\noutput_dir: %s\ndata: {corpus: [{name: c, path: c.txt}]}\n"
+                 "clean: {min_words: 5}\ntokenizer: {new_pieces: 10}\n" % (tmp_path / "runs"))
+    return p
+
+
+def test_run_executes_stages_in_order_and_writes_markers(recipe_file):
+    recipe = load_recipe(recipe_file)
+    assert runmod.run_recipe(recipe) == [("clean", "ran"), ("tokenizer", "ran")]
+    assert CALLS == ["clean", "tokenizer"]
+    marker = json.loads((recipe.run_dir / "clean" / "COMPLETE.json").read_text())
+    assert marker["summary"] == {"sentences": 1} and len(marker["hash"]) == 64
+
+
+def test_finished_stages_are_skipped(recipe_file):
+    runmod.run_recipe(load_recipe(recipe_file))
+    CALLS.clear()
+    assert runmod.run_recipe(load_recipe(recipe_file)) == [("clean", "skipped"), ("tokenizer", "skipped")]
+    assert CALLS == []
+
+
+def test_changed_setting_reruns_that_stage_and_everything_after(recipe_file):
+    runmod.run_recipe(load_recipe(recipe_file))
+    CALLS.clear()
+    recipe_file.write_text(recipe_file.read_text().replace("min_words: 5", "min_words: 6"))
+    assert runmod.run_recipe(load_recipe(recipe_file)) == [("clean", "ran"), ("tokenizer", "ran")]
+
+
+def test_changed_later_setting_reruns_only_that_stage(recipe_file):
+    runmod.run_recipe(load_recipe(recipe_file))
+    CALLS.clear()
+    recipe_file.write_text(recipe_file.read_text().replace("new_pieces: 10", "new_pieces: 12"))
+    assert runmod.run_recipe(load_recipe(recipe_file)) == [("clean", "skipped"), ("tokenizer", "ran")]
+
+
+def test_changed_input_file_reruns_the_stage_reading_it(recipe_file, tmp_path):
+    runmod.run_recipe(load_recipe(recipe_file))
+    CALLS.clear()
+    (tmp_path / "c.txt").write_text("متن دیگری که تازه است\n", encoding="utf-8")
+    assert runmod.run_recipe(load_recipe(recipe_file))[0] == ("clean", "ran")
+
+
+def test_crashed_stage_leaves_no_marker_and_reruns(recipe_file):
+    recipe = load_recipe(recipe_file)
+    CRASH["tokenizer"] = True
+    with pytest.raises(RuntimeError):
+        runmod.run_recipe(recipe)
+    assert (recipe.run_dir / "clean" / "COMPLETE.json").is_file()
+    assert not (recipe.run_dir / "tokenizer" / "COMPLETE.json").exists()
+    assert runmod.stage_status(recipe, "tokenizer") == "partial"
+    CRASH.clear()
+    CALLS.clear()
+    assert runmod.run_recipe(recipe) == [("clean", "skipped"), ("tokenizer", "ran")]
+
+
+def test_stage_alone_refuses_when_its_input_stage_is_missing(recipe_file):
+    from langadapt.errors import LangadaptError
+
+    with pytest.raises(LangadaptError, match="needs stage 'clean'"):
+        runmod.run_stage(load_recipe(recipe_file), "tokenizer", resume=False)
