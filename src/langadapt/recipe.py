@@ -78,6 +78,9 @@ class InstructionSource(Section):
     language: str = Field(pattern=r"^[a-z]{2,3}$", description="'en' or the target language code")
     split: str = "train"
     max_records: int | None = Field(None, ge=1)
+    task: str | None = Field(None, description="task label for records that name none (for sft.holdout_tasks)")
+    prompt: str | None = Field(None, description="pn_summary: the summarization instruction (default: varied built-in phrasings)")
+    examples: int = Field(0, ge=0, description="sni: positive examples shown before each input")
 
 
 class Heldout(Section):
@@ -208,6 +211,12 @@ class SftConfig(TrainSettings):
     translation_sources: list[str] | None = Field(None, description="names from data.parallel; None: all")
     holdout_tasks: list[str] = Field(["multiple_choice", "sentiment"], description="task names kept out of training")
     limit_target: int | None = Field(None, ge=1, description="use only N target-language instructions (Table 8: 100)")
+    task_map: dict[str, str] = Field({}, description="extra task names -> labels for holdout_tasks, e.g. task1312_amazonreview_polarity_classification: sentiment")
+    translation_prompts: str | None = Field(None, description="JSON file of translation phrasings for a target language without built-in ones")
+    template: Literal["auto", "default"] = Field("auto", description="auto: the tokenizer's chat template if it has one; default: langadapt's")
+    pack: bool = Field(True, description="pack several conversations per sequence (attention stays within each)")
+    samples: int | list[str] = Field(3, description="after training, answer N demo instructions from the data (half in the target language), or these prompts")
+    sample_max_new_tokens: int = Field(96, ge=1)
 
 
 class EvalConfig(Section):
