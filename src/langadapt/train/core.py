@@ -1,0 +1,540 @@
+"""The training loop every training stage (align, pretrain, sft) calls.
+
+Public entry point (stable; later additions are keyword arguments only)::
+
+    train_model(model, tokenizer, examples, settings, out_dir, *, resume=False, pack=True,
+                heldout=None, log=None, name="train", seed=0, bpc_start=None, callback=None)
+        -> TrainResult
+
+- ``model``: already frozen by ``langadapt.train.freeze.apply_policy`` (a plain transformers
+  model or a ``PeftModel``). Trainable tensors are moved to fp32 (mixed precision keeps fp32
+  master weights); frozen ones keep the dtype they were loaded in.
+- ``examples``: a sequence of ``{"input_ids": [...], "labels": [...]}`` dicts, one per
+  document or example (``labels`` -100 = no loss; absent = same as ``input_ids``). Special
+  tokens (BOS/EOS) are the caller's choice; the core adds none.
+  ``pack=True`` packs them into ``settings.seq_len`` blocks (see ``packing.py``: positions
+  restart per document so attention does not cross documents on models built on
+  transformers' masking utilities, and the first token of each document is never a target).
+  ``pack=False`` gives one row per example, truncated to ``seq_len`` and right-padded
+  (each micro-batch trimmed to its longest row).
+- ``settings``: a recipe ``TrainSettings`` (or a subclass): ``max_steps`` (else ``epochs``
+  passes over the rows), ``batch_size`` (rows per micro-batch per process), ``grad_accum``,
+  ``seq_len``, ``lr``, ``schedule`` (cosine/linear/constant, all with linear warm-up over
+  ``warmup_ratio`` of the steps), ``weight_decay`` (matrices only), ``max_grad_norm``,
+  ``precision`` (auto: fp32 on CPU, bf16 on a GPU that supports it, else fp16),
+  ``save_every``, ``eval_every``, ``log_every``, ``max_examples`` (first N examples).
+- ``out_dir``: receives ``checkpoints/<name>/step-N/`` (``model/`` = ``save_pretrained``
+  folder of the model or PEFT adapter, plus tokenizer; ``state/`` = optimizer, scheduler and
+  per-process RNG via ``Accelerator.save_state``; ``trainer_state.json`` = data position and
+  history), built under ``.tmp-step-N`` and renamed when complete, only the newest kept;
+  ``metrics.jsonl`` (one row per logged step: loss, lr, grad norm, tokens/s, memory);
+  ``bpc.json``; ``tensorboard/<name>/`` when TensorBoard is installed.
+- ``resume=True``: continue from the newest complete checkpoint of ``name`` (none: start
+  fresh). Data order, RNG, optimizer and schedule are restored, so a killed and resumed run
+  ends with the same weights as an uninterrupted one. ``resume=False`` deletes old ones.
+- ``heldout``: ``{"target": text, "english": text}`` (either key optional): bits per
+  character at the start, every ``eval_every`` steps and at the end; ``bpc_start`` supplies
+  already-measured start values (same model, e.g. the previous sub-step's end) to skip one
+  evaluation. Written to ``out_dir/bpc.json`` as ``{"target": {"start", "end", "steps",
+  "parts": {"<name>": {"start", "end"}}}, ...}``, merged across calls with different ``name``:
+  ``start`` comes from the first name written, ``end`` from the last.
+- ``log``: called with human-readable lines (default: ``print``); ``callback(step, metrics)``
+  after every optimizer step (tests use it to kill a run at a chosen step).
+- ``seed``: seeds torch/numpy/random and the data order.
+
+Works unchanged under ``accelerate launch`` (DDP, FSDP, DeepSpeed): every process builds the
+same rows and takes its own slice of each global batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from langadapt.errors import LangadaptError
+from langadapt.files import append_jsonl, iter_jsonl, read_json, write_json, write_jsonl
+
+
+@dataclass
+class TrainResult:
+    """What a call to ``train_model`` produced."""
+
+    model: Any  # the trained model, unwrapped from any distributed wrapper (still PEFT if it was)
+    steps: int
+    final_loss: float | None
+    tokens_per_s: float
+    tokens: int = 0  # training tokens seen (all processes)
+    seconds: float = 0.0
+    bpc: dict = field(default_factory=dict)  # {"target": {"start", "end", "steps": [...]}, ...}
+    trainable: int = 0
+    total: int = 0
+    rows: int = 0  # packed blocks or padded rows
+    truncated: int = 0  # examples cut to seq_len (pack=False only)
+    resumed_from: int | None = None
+    checkpoint: Path | None = None
+
+
+def resolve_precision(precision: str) -> str:
+    """The precision a run uses: 'auto' is fp32 on CPU and bf16 (else fp16) on a GPU."""
+    import torch
+
+    if precision == "auto":
+        if not torch.cuda.is_available():
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise LangadaptError("precision fp16 needs a GPU; use fp32 or bf16 (or auto) on a CPU")
+    return precision
+
+
+def load_dtype(precision: str):
+    """The dtype to load a model in for ``precision`` (frozen weights stay in it; trainable ones go to fp32)."""
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[resolve_precision(precision)]
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_root(out_dir: str | os.PathLike, name: str) -> Path:
+    return Path(out_dir) / "checkpoints" / name
+
+
+def last_checkpoint(out_dir: str | os.PathLike, name: str) -> Path | None:
+    """The newest complete checkpoint of ``name`` (``trainer_state.json`` is written last)."""
+    root = checkpoint_root(out_dir, name)
+    if not root.is_dir():
+        return None
+    done = []
+    for d in root.iterdir():
+        if d.name.startswith("step-") and d.name[5:].isdigit() and (d / "trainer_state.json").is_file():
+            done.append((int(d.name[5:]), d))
+    return max(done)[1] if done else None
+
+
+def _trains_full_embeddings(model) -> bool:
+    """A PEFT model whose full embedding/head tensors train (not LoRA, not trainable-token deltas)."""
+    return any(
+        p.requires_grad and "lora_" not in n and "trainable_tokens" not in n for n, p in model.named_parameters()
+    )
+
+
+def save_model(model, path: str | os.PathLike, *, state_dict=None) -> None:
+    """``save_pretrained`` for a plain model or a PEFT adapter (with trained embeddings/head)."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        model.save_pretrained(str(path), state_dict=state_dict, save_embedding_layers=_trains_full_embeddings(model))
+    else:
+        model.save_pretrained(str(path), state_dict=state_dict)
+
+
+def load_trained_weights(model, path: str | os.PathLike) -> None:
+    """Load the tensors a checkpoint's ``model/`` folder holds into ``model`` (same architecture)."""
+    from peft import PeftModel, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if isinstance(model, PeftModel):
+        result = set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
+        if getattr(result, "unexpected_keys", None):
+            raise LangadaptError(f"checkpoint {path} does not fit the model: unexpected {result.unexpected_keys[:3]}")
+        return
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise LangadaptError(f"checkpoint {path} has no .safetensors weights")
+    for f in files:
+        result = model.load_state_dict(load_file(str(f)), strict=False)
+        if result.unexpected_keys:
+            raise LangadaptError(f"checkpoint {f} does not fit the model: unexpected {result.unexpected_keys[:3]}")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _memory_mb() -> float:
+    import resource
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """No 'Writing model shards' bar inside our own progress bar."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
+def _make_accelerator(precision: str, grad_accum: int):
+    import torch
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    # Accelerator keeps process-wide state; a second call in one process (align's two steps,
+    # tests) may need another precision or accumulation. The process group itself is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    # cpu=True on a machine without a GPU makes `accelerate launch` (torchrun) processes use gloo.
+    return Accelerator(mixed_precision=mp, gradient_accumulation_steps=grad_accum, cpu=not torch.cuda.is_available())
+
+
+def _optimizer(model, settings):
+    import torch
+
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": settings.weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return torch.optim.AdamW(groups, lr=settings.lr, foreach=False)
+
+
+def _scheduler(optimizer, settings, total_steps: int):
+    from transformers import get_scheduler
+
+    warmup = math.ceil(settings.warmup_ratio * total_steps)
+    kind = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[settings.schedule]
+    return get_scheduler(kind, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+
+
+class _Order:
+    """Which row each global position reads: a fresh seeded permutation per pass over the rows."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self._cache = n, seed, {}
+
+    def rows(self, start: int, count: int):
+        import torch
+
+        out = []
+        for k in range(start, start + count):
+            epoch, i = divmod(k, self.n)
+            if epoch not in self._cache:
+                g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+                self._cache = {epoch: torch.randperm(self.n, generator=g)}
+            out.append(int(self._cache[epoch][i]))
+        return torch.tensor(out, dtype=torch.long)
+
+
+def _merge_bpc(path: Path, name: str, mine: dict) -> dict:
+    """Merge this call's held-out results into ``bpc.json`` (start from the first name, end from the last)."""
+    merged = read_json(path) if path.is_file() else {}
+    for lang, r in mine.items():
+        entry = merged.setdefault(lang, {})
+        parts = entry.setdefault("parts", {})  # insertion order = order of the calls
+        parts[name] = {"start": r["start"], "end": r["end"]}
+        steps = [s for s in entry.get("steps", []) if s.get("name") != name]
+        entry["steps"] = steps + [{"name": name, **s} for s in r["steps"]]
+        names = list(parts)
+        entry["start"] = parts[names[0]]["start"]
+        entry["end"] = parts[names[-1]]["end"]
+        merged[lang] = {"start": entry["start"], "end": entry["end"], "steps": entry["steps"], "parts": parts}
+    write_json(path, merged)
+    return merged
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train_model(
+    model,
+    tokenizer,
+    examples: Sequence[dict],
+    settings,
+    out_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    pack: bool = True,
+    heldout: dict[str, str] | None = None,
+    log: Callable[[str], None] | None = None,
+    name: str = "train",
+    seed: int = 0,
+    bpc_start: dict[str, float] | None = None,
+    callback: Callable[[int, dict], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` on ``examples`` as ``settings`` say; see the module docstring for the contract."""
+    import torch
+    from accelerate.utils import DistributedType, set_seed
+    from tqdm.auto import tqdm
+
+    from langadapt.train import packing
+    from langadapt.train.bpc import bits_per_char
+    from langadapt.train.freeze import count_parameters
+
+    out_dir = Path(out_dir)
+    precision = resolve_precision(settings.precision)
+    accelerator = _make_accelerator(precision, settings.grad_accum)
+    main = accelerator.is_main_process
+    say = (log or (lambda m: print(m, flush=True))) if main else (lambda m: None)
+    heldout = {k: v for k, v in (heldout or {}).items() if v}
+
+    # ---- rows
+    if settings.max_examples is not None:
+        examples = examples[: settings.max_examples]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    truncated = 0
+    if pack:
+        rows = packing.pack(examples, settings.seq_len, pad_id)
+    else:
+        rows, truncated = packing.pad(examples, settings.seq_len, pad_id)
+        if truncated:
+            say(f"{name}: {truncated:,} of {len(rows):,} examples longer than seq_len {settings.seq_len} were truncated")
+    world = accelerator.num_processes
+    bs, accum = settings.batch_size, settings.grad_accum
+    per_step = bs * accum * world
+    total_steps = settings.max_steps or max(1, math.ceil(settings.epochs * len(rows) / per_step))
+    order = _Order(len(rows), seed)
+
+    # ---- model, optimizer, schedule
+    set_seed(seed)
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()  # fp32 master weights; autocast handles the compute dtype
+    total, trainable = count_parameters(model)
+    if trainable == 0:
+        raise ValueError("the model has no trainable parameters; freeze it with langadapt.train.freeze.apply_policy")
+    optimizer = _optimizer(model, settings)
+    scheduler = _scheduler(optimizer, settings, total_steps)
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = bs
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    # Model weights go to the checkpoint's standard model/ folder, not into accelerate's state;
+    # sharded engines (FSDP, DeepSpeed) still save and load their own shards.
+    accelerator.register_save_state_pre_hook(lambda models, weights, d: weights.clear())
+    accelerator.register_load_state_pre_hook(lambda models, d: models.clear())
+
+    def unwrapped():
+        return accelerator.unwrap_model(model)
+
+    # ---- resume or start fresh
+    start_step, tokens_seen, seconds_before, train_seconds = 0, 0, 0.0, 0.0
+    history: dict[str, list[dict]] = {k: [] for k in heldout}
+    resumed_from = None
+    root = checkpoint_root(out_dir, name)
+    ckpt = last_checkpoint(out_dir, name) if resume else None
+    if ckpt is not None:
+        state = read_json(ckpt / "trainer_state.json")
+        expect = {"rows": len(rows), "per_step": per_step, "total_steps": total_steps, "seed": seed}
+        got = {k: state.get(k) for k in expect}
+        if got != expect:
+            raise LangadaptError(
+                f"checkpoint {ckpt} was made with other data or settings ({got} != {expect}); "
+                "run without --resume to start over"
+            )
+        if not sharded:
+            load_trained_weights(unwrapped(), ckpt / "model")
+        accelerator.load_state(str(ckpt / "state"))
+        start_step, tokens_seen = state["step"], state["tokens"]
+        seconds_before, train_seconds = state["seconds"], state["train_seconds"]
+        history = {k: v for k, v in state["bpc_history"].items() if k in heldout}
+        resumed_from = start_step
+        say(f"{name}: resuming from {ckpt} (step {start_step:,} of {total_steps:,})")
+    elif main:
+        shutil.rmtree(root, ignore_errors=True)
+    metrics_path = out_dir / "metrics.jsonl"
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if metrics_path.is_file():  # drop rows of this name past the step we continue from
+            keep = [r for r in iter_jsonl(metrics_path)
+                    if not (r.get("name") == name and (ckpt is None or r.get("step", 0) > start_step))]
+            write_jsonl(metrics_path, keep)
+    accelerator.wait_for_everyone()
+
+    writer = None
+    if main:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(out_dir / "tensorboard" / name))
+        except ImportError:
+            writer = None
+
+    def evaluate(step: int, known: dict[str, float] | None = None) -> dict[str, float]:
+        values = {}
+        eval_model = model if sharded else unwrapped()
+        with accelerator.autocast():
+            for lang, text in heldout.items():
+                if known and lang in known:
+                    values[lang] = float(known[lang])
+                else:
+                    values[lang] = bits_per_char(eval_model, tokenizer, text, seq_len=settings.seq_len, batch_size=bs)
+                history[lang].append({"step": step, "bpc": values[lang]})
+        if main and values:
+            append_jsonl(metrics_path, {"name": name, "step": step, **{f"bpc_{k}": round(v, 5) for k, v in values.items()}})
+        return values
+
+    def save_checkpoint(step: int) -> Path:
+        final = root / f"step-{step}"
+        tmp = root / f".tmp-step-{step}"
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        state_dict = accelerator.get_state_dict(model) if sharded else None
+        if main:
+            with _quiet_transformers():
+                save_model(unwrapped(), tmp / "model", state_dict=state_dict)
+            tokenizer.save_pretrained(str(tmp / "model"))
+        accelerator.save_state(str(tmp / "state"))
+        accelerator.wait_for_everyone()
+        if main:
+            write_json(tmp / "trainer_state.json", {
+                "name": name, "step": step, "total_steps": total_steps, "rows": len(rows), "per_step": per_step,
+                "seed": seed, "tokens": tokens_seen, "seconds": seconds_before + (time.time() - t_start),
+                "train_seconds": train_seconds,
+                "bpc_history": history, "final_loss": last_loss,
+            })
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            for old in root.iterdir():
+                if old.name.startswith("step-") and old != final:
+                    shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        return final
+
+    say(f"{name}: {len(rows):,} {'packed blocks' if pack else 'rows'} of <= {settings.seq_len} tokens, "
+        f"{total_steps:,} steps x {per_step} rows ({bs} x {accum} accumulation x {world} processes), "
+        f"{precision}, trainable {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
+    t_start = time.time()
+    last_loss: float | None = None
+    if start_step == 0 and heldout:
+        start_values = evaluate(0, bpc_start)
+        say(f"{name}: held-out bits per character at start: " + ", ".join(f"{k} {v:.4f}" for k, v in start_values.items()))
+
+    model.train()
+    bar = tqdm(total=total_steps, initial=start_step, desc=name, disable=not main, dynamic_ncols=True, unit="step")
+    window_tokens, window_seconds = 0, 0.0
+    ckpt_path = ckpt
+    rank = accelerator.process_index
+    for step in range(start_step, total_steps):
+        t_step = time.time()
+        # This process's micro-batches for the step, and its count of predicted tokens, so that
+        # every predicted token weighs the same whatever micro-batch it falls in.
+        batches = []
+        for a in range(accum):
+            start = ((step * accum + a) * world + rank) * bs
+            batches.append(rows.batch(order.rows(start, bs)))
+        n_pred = [int((b["labels"][:, 1:] != packing.IGNORE).sum()) for b in batches]
+        n_total = max(1, sum(n_pred))
+        step_loss = torch.zeros((), device=accelerator.device)
+        for b, n in zip(batches, n_pred):
+            b = {k: v.to(accelerator.device) for k, v in b.items()}
+            with accelerator.accumulate(model), accelerator.autocast():
+                out = model(**b)
+                loss = out.loss * (n / n_total) if n else out.logits.sum() * 0.0
+                accelerator.backward(loss * accum)  # backward divides by accum again
+                step_loss += loss.detach().float()
+                grad_norm = None
+                if accelerator.sync_gradients and settings.max_grad_norm:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+                optimizer.step()
+                if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
+                    scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            window_tokens += int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
+        done = step + 1
+        window_seconds += time.time() - t_step
+        bar.update(1)
+        if done % settings.log_every == 0 or done == total_steps:
+            mean_loss = float(accelerator.reduce(step_loss, reduction="mean"))
+            toks = int(accelerator.reduce(torch.tensor(window_tokens, device=accelerator.device), reduction="sum"))
+            tokens_seen += toks
+            train_seconds += window_seconds
+            last_loss = mean_loss
+            metrics = {
+                "name": name, "step": done, "loss": round(mean_loss, 5), "lr": scheduler.get_last_lr()[0],
+                "grad_norm": round(float(grad_norm), 5) if grad_norm is not None else None,
+                "tokens_per_s": round(toks / window_seconds, 1) if window_seconds > 0 else None, "tokens": tokens_seen,
+                "memory_mb": round(_memory_mb(), 1), "elapsed_s": round(seconds_before + time.time() - t_start, 2),
+            }
+            window_tokens, window_seconds = 0, 0.0
+            if main:
+                append_jsonl(metrics_path, metrics)
+                if writer is not None:
+                    for k in ("loss", "lr", "grad_norm", "tokens_per_s"):
+                        if metrics[k] is not None:
+                            writer.add_scalar(f"{name}/{k}", metrics[k], done)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{metrics['lr']:.2e}", tok_s=f"{metrics['tokens_per_s'] or 0:.0f}")
+        else:
+            metrics = {"name": name, "step": done}
+        if heldout and settings.eval_every and done % settings.eval_every == 0 and done != total_steps:
+            values = evaluate(done)
+            say(f"{name}: step {done:,}: bits per character " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+        if done == total_steps and heldout:
+            values = evaluate(done)
+            say(f"{name}: held-out bits per character at end: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+        if done == total_steps or (settings.save_every and done % settings.save_every == 0):
+            ckpt_path = save_checkpoint(done)
+        if callback is not None:
+            callback(done, metrics)
+    bar.close()
+    if writer is not None:
+        writer.close()
+
+    seconds = seconds_before + (time.time() - t_start)
+    if start_step >= total_steps:  # resumed a finished run: report what it recorded
+        state = read_json(ckpt / "trainer_state.json")
+        last_loss = state.get("final_loss")
+    bpc: dict[str, dict] = {}
+    for lang, points in history.items():
+        if points:
+            bpc[lang] = {"start": points[0]["bpc"], "end": points[-1]["bpc"], "steps": points}
+    if main and bpc:
+        _merge_bpc(out_dir / "bpc.json", name, bpc)
+    trained = unwrapped()
+    accelerator.wait_for_everyone()
+    accelerator.free_memory()
+    return TrainResult(
+        model=trained,
+        steps=total_steps,
+        final_loss=last_loss,
+        tokens_per_s=tokens_seen / train_seconds if train_seconds > 0 else 0.0,
+        tokens=tokens_seen,
+        seconds=seconds,
+        bpc=bpc,
+        trainable=trainable,
+        total=total,
+        rows=len(rows),
+        truncated=truncated,
+        resumed_from=resumed_from,
+        checkpoint=ckpt_path,
+    )
+
+
+def describe_bpc(bpc: dict) -> str:
+    """One line per language: ``target 3.1200 -> 2.8000 (-10.3%)``."""
+    lines = []
+    for lang, r in bpc.items():
+        if "start" not in r:
+            continue
+        change = 100 * (r["end"] - r["start"]) / r["start"] if r["start"] else 0.0
+        lines.append(f"{lang:<8} {r['start']:.4f} -> {r['end']:.4f} bits/char ({change:+.1f}%)")
+    return "\n".join(lines)
+
+
+__all__ = ["TrainResult", "train_model", "resolve_precision", "load_dtype", "last_checkpoint", "save_model",
+           "load_trained_weights", "describe_bpc"]
