@@ -444,7 +444,7 @@ def train_model(
         for b, n in zip(batches, n_pred):
             b = {k: v.to(accelerator.device) for k, v in b.items()}
             with accelerator.accumulate(model), accelerator.autocast():
-                out = model(**b)
+                out = model(**b, use_cache=False)  # a cache would turn off packed-sequence masking
                 loss = out.loss * (n / n_total) if n else out.logits.sum() * 0.0
                 accelerator.backward(loss * accum)  # backward divides by accum again
                 step_loss += loss.detach().float()

@@ -1,8 +1,9 @@
 """Turning tokenized examples into training rows: packed fixed-length blocks, or padded rows.
 
 Packing concatenates documents into ``seq_len`` blocks with no padding waste. Each document's
-``position_ids`` restart at 0, which transformers (5.x) reads as "packed sequences" when no
-attention mask is given: the causal mask becomes block-diagonal for the eager/SDPA/flex
+``position_ids`` restart at 0, which transformers (5.x) reads as "packed sequences" when neither
+an attention mask nor a KV cache is given (the core passes ``use_cache=False``): the causal
+mask becomes block-diagonal for the eager/SDPA/flex
 attention paths of the models built on ``masking_utils`` (Llama, Mistral, Qwen, GPT-2, ...),
 and flash-attention 2 uses the variable-length kernel. Models whose attention ignores
 ``position_ids`` for masking (older remote-code models) attend across document boundaries
