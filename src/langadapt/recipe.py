@@ -231,16 +231,42 @@ class EvalConfig(Section):
 
 
 class TranslateConfig(Section):
-    """Build target-language instructions by machine translation (runs before sft)."""
+    """Build target-language instructions by machine translation (runs before sft), then clean them."""
 
     enabled: bool = True
-    sources: list[str] = Field([], description="names from data.instructions to translate (English)")
+    sources: list[str] = Field([], description="names from data.instructions to translate; []: every source not in the target language")
     translator: Literal["hf", "openai", "stage"] = "stage"
-    stage: Literal["base", "align", "pretrain", "sft"] = Field("pretrain", description="translator 'stage': which stage's model translates")
-    model: str | None = None
-    base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    batch_size: int = Field(8, ge=1)
+    stage: Literal["base", "align", "pretrain"] = Field(
+        "pretrain", description="translator 'stage': which stage's model translates (translate runs before sft)")
+    model: str | None = Field(None, description="hf: hub id or local folder of a seq2seq or causal model; openai: the served model name")
+    base_url: str | None = Field(None, description="openai: the endpoint, e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str = Field("OPENAI_API_KEY", description="openai: environment variable holding the key (unset: no key sent)")
+    batch_size: int = Field(8, ge=1, le=4096, description="texts per generate() call (hf, stage) or concurrent requests (openai)")
+    source_code: str | None = Field(None, description="hf seq2seq: the model's code for English (NLLB eng_Latn, M2M100 en); None: 'en' if the tokenizer knows it")
+    target_code: str | None = Field(None, description="hf seq2seq: the model's code for the target (NLLB pes_Arab, M2M100 fa); None: language.code if the tokenizer knows it")
+    unit: Literal["line", "field"] = Field("line", description="line: each line translated alone (sentence-level models, small LLMs); field: each whole field at once")
+    max_new_tokens: int = Field(256, ge=1, le=32768, description="cap on generated tokens per text")
+    retries: int = Field(4, ge=0, le=20, description="openai: retries of a failed request before the record is left for the next resume")
+    backoff: float = Field(1.0, ge=0.0, le=600.0, description="openai: seconds before the first retry, doubled after each")
+    timeout: float = Field(120.0, gt=0.0, le=3600.0, description="openai: seconds to wait for one answer")
+    wording_rules: bool = Field(True, description="drop records whose answer depends on English wording (spelling, rhyme, grammar, ...)")
+    lang_threshold: float = Field(0.5, ge=0.0, le=1.0, description="drop translations whose target-language probability is lower")
+    min_length_ratio: float = Field(0.3, gt=0.0, le=100.0, description="drop translations shorter than this times the source (characters)")
+    max_length_ratio: float = Field(3.0, gt=0.0, le=100.0, description="drop translations longer than this times the source (characters)")
+    repeat_threshold: int = Field(4, ge=2, le=1000, description="drop translations repeating a phrase this many times in a row (source does not)")
+    max_records: int | None = Field(None, ge=1, description="translate at most this many records per source")
+
+    @model_validator(mode="after")
+    def _translator_settings(self) -> TranslateConfig:
+        if self.min_length_ratio >= self.max_length_ratio:
+            raise ValueError(f"translate.min_length_ratio ({self.min_length_ratio}) must be below max_length_ratio ({self.max_length_ratio})")
+        if self.translator == "hf" and not self.model:
+            raise ValueError("translate.model: translator 'hf' needs a model (a hub id or a local folder)")
+        if self.translator == "openai" and not self.base_url:
+            raise ValueError("translate.base_url: translator 'openai' needs the endpoint (e.g. http://127.0.0.1:8000/v1)")
+        if self.translator == "openai" and not self.model:
+            raise ValueError("translate.model: translator 'openai' needs the name of the model the endpoint serves")
+        return self
 
 
 # --------------------------------------------------------------------------- the recipe

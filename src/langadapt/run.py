@@ -44,6 +44,7 @@ def register(spec: StageSpec) -> None:
 
 
 # Stages register here as they land (one line each).
+register(StageSpec("translate", "langadapt.translate.stage:run", "machine-translate instruction data into the target language, then clean it", data=("instructions",)))
 
 
 @dataclass
