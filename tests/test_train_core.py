@@ -99,13 +99,14 @@ def test_padded_rows_are_truncated_and_masked():
 
 def test_bits_per_char_scores_every_token_once():
     from langadapt.train.bpc import bits_per_char
+    from langadapt.train.examples import boundary_id
 
     tok = tiny_tokenizer()
     model = tiny_llama().eval()
     text = "the cat sat on the mat and a dog ran in the park"
     ids = tok(text, add_special_tokens=False)["input_ids"]
     with torch.no_grad():
-        logits = model(input_ids=torch.tensor([[tok.bos_token_id] + ids])).logits[0, :-1]
+        logits = model(input_ids=torch.tensor([[boundary_id(tok)] + ids])).logits[0, :-1]
     nll = torch.nn.functional.cross_entropy(logits, torch.tensor(ids), reduction="sum").item()
     expected = nll / torch.log(torch.tensor(2.0)).item() / len(text)
     # one window holding everything, and many short windows, give the same kind of number

@@ -1,8 +1,9 @@
 """Held-out bits per UTF-8 character: a loss that stays comparable when the tokenizer changes.
 
 Every token of the text is scored once: the token ids are cut into windows of ``seq_len - 1``
-tokens, each preceded by a boundary token (the tokenizer's BOS, else its EOS) so that the
-first token of a window is predicted too. The summed negative log-likelihood, in bits, is
+tokens, each preceded by the boundary token training documents start with
+(``examples.boundary_id``: BOS for tokenizers that add it, else EOS), so that the first token
+of a window is predicted too. The summed negative log-likelihood, in bits, is
 divided by the number of characters of the text. A merged tokenizer that spends fewer tokens
 on the same text is neither rewarded nor punished by the unit.
 """
@@ -15,22 +16,16 @@ from pathlib import Path
 from langadapt.errors import DataError
 
 
-def _boundary_id(tokenizer) -> int:
-    for attr in ("bos_token_id", "eos_token_id"):
-        tid = getattr(tokenizer, attr, None)
-        if tid is not None:
-            return int(tid)
-    raise ValueError("the tokenizer has neither a BOS nor an EOS token to start held-out windows with")
-
-
 def bits_per_char(model, tokenizer, text: str, *, seq_len: int = 256, batch_size: int = 8) -> float:
     """Bits per UTF-8 character of ``text`` under ``model`` (lower is better)."""
     import torch
 
+    from langadapt.train.examples import boundary_id
+
     if not text:
         raise ValueError("bits_per_char needs a non-empty text")
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    start = _boundary_id(tokenizer)
+    start = boundary_id(tokenizer)
     width = max(2, seq_len) - 1
     windows = [[start] + ids[i : i + width] for i in range(0, len(ids), width)]
     device = next(model.parameters()).device

@@ -1,0 +1,211 @@
+"""Parallel text readers: target-language / English sentence pairs for align's bilingual step
+and sft's translation instructions.
+
+Three formats (a ``data.parallel`` entry of the recipe):
+- ``tsv``: one pair per line, the sides in columns ``target_column`` and ``english_column``;
+- ``pair``: two line-aligned files, line i of ``english`` translating line i of ``target``;
+- ``hf``: a dataset id, a ``save_to_disk`` folder, or a local JSON/JSONL/Parquet/CSV file,
+  with ``target_field`` / ``english_field`` (dotted paths such as ``translation.fa`` reach
+  into nested records).
+
+Nothing misaligned is trained on silently. Two files with different line counts are refused
+(their alignment is unknowable). Lines with an empty side, or TSV lines missing a column, are
+skipped and reported with their line numbers; when they are more than a tenth of a source the
+source is refused as probably misaligned or mis-declared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import zip_longest
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from langadapt.errors import DataError
+
+MAX_BAD_SHARE = 0.10
+
+
+class Pair(NamedTuple):
+    """One sentence pair; ``line`` is the 1-based line (or row) it came from."""
+
+    source: str
+    target: str
+    english: str
+    line: int
+
+
+@dataclass
+class ParallelReport:
+    """What reading one source found: pairs kept and lines skipped, by reason, with line numbers."""
+
+    name: str
+    where: str
+    lines: int = 0
+    kept: int = 0
+    skipped: dict[str, list[int]] = field(default_factory=dict)
+
+    def skip(self, reason: str, line: int) -> None:
+        self.skipped.setdefault(reason, []).append(line)
+
+    @property
+    def skipped_count(self) -> int:
+        return sum(len(v) for v in self.skipped.values())
+
+    def summary(self, show: int = 10) -> str:
+        """One line: ``quran: 6,235 lines, 6,230 pairs; skipped 5 (empty english: lines 7, 9, ...)``."""
+        text = f"{self.name}: {self.lines:,} lines, {self.kept:,} pairs"
+        if self.skipped:
+            parts = []
+            for reason, lines in self.skipped.items():
+                shown = ", ".join(str(n) for n in lines[:show]) + (", ..." if len(lines) > show else "")
+                parts.append(f"{reason}: {len(lines):,} (line{'s' if len(lines) > 1 else ''} {shown})")
+            text += f"; skipped {self.skipped_count:,} — " + "; ".join(parts)
+        return text
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "where": self.where, "lines": self.lines, "kept": self.kept,
+                "skipped": {k: {"count": len(v), "lines": v[:100]} for k, v in self.skipped.items()}}
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(1-based line number, text without the line break), decoding each line on its own so a
+    bad byte is reported with its line."""
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise DataError(f"cannot read parallel file: {e.strerror}", path=str(path)) from None
+    with f:
+        for n, raw in enumerate(f, 1):
+            try:
+                yield n, raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                raise DataError(f"not UTF-8 text ({e.reason} at byte {e.start} of the line)", path=str(path), line=n) from None
+
+
+def _count_lines(path: Path) -> int:
+    with open(path, "rb") as f:
+        return sum(1 for _ in f)
+
+
+def _keep(report: ParallelReport, out: list[Pair], target: str, english: str, line: int) -> None:
+    target, english = target.strip(), english.strip()
+    if not target and not english:
+        report.skip("blank", line)
+    elif not target:
+        report.skip("empty target", line)
+    elif not english:
+        report.skip("empty english", line)
+    else:
+        out.append(Pair(report.name, target, english, line))
+        report.kept += 1
+
+
+def _read_pair(src, resolve) -> tuple[list[Pair], ParallelReport]:
+    tpath, epath = resolve(src.target), resolve(src.english)
+    report = ParallelReport(src.name, f"{tpath} + {epath}")
+    out: list[Pair] = []
+    for (nt, t), (ne, e) in zip_longest(_lines(tpath), _lines(epath), fillvalue=(None, None)):
+        if t is None or e is None:
+            nt_all, ne_all = _count_lines(tpath), _count_lines(epath)
+            raise DataError(
+                f"line-aligned files differ in length: {tpath} has {nt_all:,} lines, {epath} has {ne_all:,}; "
+                f"line {min(nt_all, ne_all) + 1} has no partner. Fix the files so line i of one translates line i "
+                "of the other", path=str(tpath if t is None else epath))
+        report.lines = nt
+        _keep(report, out, t, e, nt)
+    return out, report
+
+
+def _read_tsv(src, resolve) -> tuple[list[Pair], ParallelReport]:
+    path = resolve(src.path)
+    report = ParallelReport(src.name, str(path))
+    out: list[Pair] = []
+    need = max(src.target_column, src.english_column) + 1
+    for n, line in _lines(path):
+        report.lines = n
+        if not line.strip():
+            report.skip("blank", n)
+            continue
+        cols = line.split("\t")
+        if len(cols) < need:
+            report.skip(f"fewer than {need} tab-separated columns", n)
+            continue
+        _keep(report, out, cols[src.target_column], cols[src.english_column], n)
+    return out, report
+
+
+def _field(row: Any, dotted: str):
+    value = row
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _load_dataset(src, resolve):
+    import datasets
+
+    p = resolve(src.path)
+    try:
+        if p.is_dir() and ((p / "dataset_info.json").is_file() or (p / "state.json").is_file() or (p / "dataset_dict.json").is_file()):
+            ds = datasets.load_from_disk(str(p))
+            return ds[src.split] if isinstance(ds, datasets.DatasetDict) else ds
+        if p.is_file():
+            kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(p.suffix)
+            if kind is None:
+                raise DataError(f"format hf: cannot read a '{p.suffix}' file; give JSON, JSONL, Parquet or CSV", path=str(p))
+            return datasets.load_dataset(kind, data_files=str(p), split="train")
+        return datasets.load_dataset(str(p) if p.exists() else src.path, split=src.split)
+    except DataError:
+        raise
+    except Exception as e:  # datasets raises many kinds; all mean "cannot read this source"
+        raise DataError(f"cannot load parallel dataset '{src.path}' (split {src.split}): {type(e).__name__}: {e}",
+                        path=str(p)) from None
+
+
+def _read_hf(src, resolve) -> tuple[list[Pair], ParallelReport]:
+    ds = _load_dataset(src, resolve)
+    report = ParallelReport(src.name, src.path)
+    out: list[Pair] = []
+    for n, row in enumerate(ds, 1):
+        report.lines = n
+        t, e = _field(row, src.target_field), _field(row, src.english_field)
+        if t is None or e is None:
+            missing = src.target_field if t is None else src.english_field
+            report.skip(f"no field '{missing}'", n)
+            continue
+        _keep(report, out, str(t), str(e), n)
+    return out, report
+
+
+def read_source(src, resolve=Path) -> tuple[list[Pair], ParallelReport]:
+    """Every usable pair of one ``ParallelSource``, and the report of what was skipped.
+
+    ``resolve`` turns the recipe's paths into files (``recipe.resolve``). Raises ``DataError``
+    for files of different lengths, undecodable lines, or a source with too many bad lines.
+    """
+    reader = {"pair": _read_pair, "tsv": _read_tsv, "hf": _read_hf}[src.format]
+    pairs, report = reader(src, resolve)
+    if report.lines and report.skipped_count > MAX_BAD_SHARE * report.lines:
+        raise DataError(f"refusing parallel source '{src.name}': {report.summary()} — more than "
+                        f"{MAX_BAD_SHARE:.0%} of its lines are unusable; the sides are probably misaligned or the "
+                        "columns/fields are set wrong", path=report.where)
+    if not pairs:
+        raise DataError(f"parallel source '{src.name}' has no usable pairs", path=report.where)
+    return pairs, report
+
+
+def read_parallel(recipe, names: list[str] | None = None) -> tuple[list[Pair], list[ParallelReport]]:
+    """The pairs of the recipe's ``data.parallel`` sources (all, or those in ``names``), in order."""
+    pairs: list[Pair] = []
+    reports: list[ParallelReport] = []
+    for src in recipe.data.parallel:
+        if names is not None and src.name not in names:
+            continue
+        p, r = read_source(src, recipe.resolve)
+        pairs.extend(p)
+        reports.append(r)
+    return pairs, reports
