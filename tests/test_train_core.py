@@ -148,7 +148,7 @@ def test_training_lowers_loss_and_writes_metrics_checkpoint_and_bpc(tmp_path):
     assert [r["step"] for r in rows if "bpc_target" in r] == [0, 6, 12]
     bpc = json.loads((tmp_path / "bpc.json").read_text())
     assert bpc["target"]["end"] < bpc["target"]["start"]
-    assert bpc["target"]["parts"]["mono"] == {"start": bpc["target"]["start"], "end": bpc["target"]["end"]}
+    assert bpc["target"]["mono"] == {"start": bpc["target"]["start"], "end": bpc["target"]["end"]}
     ckpt = last_checkpoint(tmp_path, "mono")
     assert ckpt.name == "step-12" and not any(p.name.startswith(".tmp") for p in ckpt.parent.iterdir())
     assert [p.name for p in ckpt.parent.iterdir()] == ["step-12"]  # older checkpoints are removed

@@ -181,6 +181,7 @@ class BilingualSettings(TrainSettings):
     order: Literal["target_first", "english_first"] = "target_first"
     separator: str = "\n"
     reverse_share: float = Field(0.0, ge=0.0, le=1.0, description="share of examples in the other order")
+    sources: list[str] | None = Field(None, description="names from data.parallel; None: all")
 
 
 class AlignConfig(Section):

@@ -36,8 +36,8 @@ Public entry point (stable; later additions are keyword arguments only)::
   character at the start, every ``eval_every`` steps and at the end; ``bpc_start`` supplies
   already-measured start values (same model, e.g. the previous sub-step's end) to skip one
   evaluation. Written to ``out_dir/bpc.json`` as ``{"target": {"start", "end", "steps",
-  "parts": {"<name>": {"start", "end"}}}, ...}``, merged across calls with different ``name``:
-  ``start`` comes from the first name written, ``end`` from the last.
+  "<name>": {"start", "end"}}, ...}``, merged across calls with different ``name``: ``start``
+  comes from the first call, ``end`` from the last (``steps`` entries carry their ``name``).
 - ``log``: called with human-readable lines (default: ``print``); ``callback(step, metrics)``
   after every optimizer step (tests use it to kill a run at a chosen step).
 - ``seed``: seeds torch/numpy/random and the data order.
@@ -243,14 +243,12 @@ def _merge_bpc(path: Path, name: str, mine: dict) -> dict:
     merged = read_json(path) if path.is_file() else {}
     for lang, r in mine.items():
         entry = merged.setdefault(lang, {})
-        parts = entry.setdefault("parts", {})  # insertion order = order of the calls
-        parts[name] = {"start": r["start"], "end": r["end"]}
+        entry[name] = {"start": r["start"], "end": r["end"]}
         steps = [s for s in entry.get("steps", []) if s.get("name") != name]
         entry["steps"] = steps + [{"name": name, **s} for s in r["steps"]]
-        names = list(parts)
-        entry["start"] = parts[names[0]]["start"]
-        entry["end"] = parts[names[-1]]["end"]
-        merged[lang] = {"start": entry["start"], "end": entry["end"], "steps": entry["steps"], "parts": parts}
+        names = list(dict.fromkeys(s["name"] for s in entry["steps"]))  # in the order the calls ran
+        entry["start"] = entry[names[0]]["start"]
+        entry["end"] = entry[names[-1]]["end"]
     write_json(path, merged)
     return merged
 
