@@ -1,0 +1,88 @@
+"""Stage 4, pretrain (paper 4.2.2): LoRA continued pre-training on target-language text.
+
+Starts from the align stage's model (or the tokenizer stage's, ``pretrain.start_from``).
+LoRA (rank and alpha from the recipe; paper r=8, alpha=32) goes on every linear layer of
+every transformer block, found from the model (``freeze.lora_targets``), and the embeddings
+and head train too: all rows (the paper) or only the rows the merge added. The text is the
+clean stage's sentences, packed into ``seq_len`` blocks.
+
+Writes ``adapter/``: a PEFT adapter folder holding the LoRA weights and the trained
+embeddings/head (or the new rows' deltas), plus the tokenizer. Its ``base_model_name_or_path``
+is the absolute path of the starting model, so ``PeftModel``/``AutoPeftModelForCausalLM`` load
+it without langadapt; ``langadapt.models.load_model`` also accepts a path relative to the
+adapter folder. Tied embeddings stay tied (the head is the embedding tensor, saved once per name).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from langadapt.errors import LangadaptError
+from langadapt.files import atomic_path
+from langadapt.stages import is_main_process, wait_for_everyone
+
+
+def save_adapter(model, tokenizer, final: Path, base: str) -> None:
+    """Write a PEFT adapter folder (+ tokenizer) whose config names ``base`` as its base model."""
+    from langadapt.train.core import save_model
+
+    with atomic_path(final) as tmp:
+        save_model(model, tmp)
+        tokenizer.save_pretrained(str(tmp))
+        cfg_path = tmp / "adapter_config.json"
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        cfg["base_model_name_or_path"] = base
+        cfg_path.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+
+
+def run(ctx) -> dict:
+    from langadapt.models import load_model_and_tokenizer
+    from langadapt.stages.align import base_vocab_of
+    from langadapt.train.bpc import read_heldout
+    from langadapt.train.core import describe_bpc, load_dtype, train_model
+    from langadapt.train.examples import document_examples, read_sentences
+    from langadapt.train.freeze import apply_policy, lora_targets, stage_policy
+
+    recipe = ctx.recipe
+    cfg = recipe.pretrain
+    out = ctx.out_dir
+    start = ctx.model_path(cfg.start_from)
+    if (Path(start) / "adapter_config.json").is_file():
+        raise LangadaptError(f"pretrain.start_from: {start} is an adapter; pretrain starts from a full model "
+                             "(align or tokenizer)")
+    model, tokenizer = load_model_and_tokenizer(start, dtype=load_dtype(cfg.precision))
+    rows, lora = stage_policy(recipe, "pretrain")
+    targets = lora_targets(model) if lora.targets == "all-linear" else list(lora.targets)
+    frozen, counts = apply_policy(model, embeddings=rows, lora=lora, base_vocab=base_vocab_of(model, rows, start))
+    sentences = read_sentences(ctx.stage_dir("clean"), limit=cfg.max_examples)
+    ctx.log(f"pretrain: from {cfg.start_from} ({start}); {len(sentences):,} sentences; LoRA r={lora.r} "
+            f"alpha={lora.alpha:g} on {', '.join(targets)}; embeddings/head rows: {rows}; trainable "
+            f"{counts.trainable:,} of {counts.total:,} ({counts.percent:.2f}%)")
+
+    result = train_model(frozen, tokenizer, document_examples(tokenizer, sentences), cfg, out, resume=ctx.resume,
+                         heldout=read_heldout(recipe), log=ctx.log, name="pretrain", seed=recipe.seed)
+    if is_main_process():
+        save_adapter(result.model, tokenizer, out / "adapter", str(Path(start).resolve()))
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # adapter/ holds the result now
+    wait_for_everyone()
+    if result.bpc:
+        ctx.log("pretrain: held-out bits per character, before -> after the stage\n" + describe_bpc(result.bpc))
+    else:
+        ctx.log("pretrain: no held-out text in data.heldout; bits per character not measured")
+    ctx.log(f"pretrain: saved {out / 'adapter'}")
+    return {
+        "start_from": cfg.start_from,
+        "lora_targets": targets,
+        "train_rows": rows,
+        "sentences": len(sentences),
+        "rows": result.rows,
+        "steps": result.steps,
+        "tokens": result.tokens,
+        "final_loss": result.final_loss,
+        "tokens_per_s": round(result.tokens_per_s, 1),
+        "trainable": counts.trainable,
+        "total": counts.total,
+        "bpc": {k: {"start": v["start"], "end": v["end"]} for k, v in result.bpc.items()},
+    }
