@@ -110,7 +110,7 @@ class Seq2SeqTranslator(_LocalModel):
             tokenizer.src_lang = source_code
         if target_code:
             self.forced_bos = _language_token_id(tokenizer, target_code)
-            if self.forced_bos is None and hasattr(tokenizer, "src_lang"):
+            if self.forced_bos is None:
                 raise LangadaptError(f"translate.target_code: the tokenizer of {self.label} has no language token "
                                      f"'{target_code}' (NLLB uses codes like pes_Arab, M2M100 like fa)")
 
