@@ -1,0 +1,219 @@
+"""The `tokenizer` stage (paper 4.1): pieces from the cleaned corpus, merged into the base tokenizer,
+and the base model's embeddings grown to match.
+
+Reads ``<run>/clean/sentences/*.jsonl``; writes ``model/`` (a ``save_pretrained`` model with the merged
+tokenizer beside it), ``sp.model`` (the SentencePiece model) and ``report.json``.
+
+When the sample supports fewer pieces than ``tokenizer.new_pieces`` (a small corpus), SentencePiece
+stops where the data runs out; the stage warns, and the report records requested and learned sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from langadapt.errors import LangadaptError
+from langadapt.files import atomic_path, read_json, write_json
+
+ENGLISH_CHECK = [
+    "The quick brown fox jumps over the lazy dog. It's 3:45 p.m.; isn't it?",
+    "def f(x):\n    return {'a': [1, 2, 3], \"b\": x ** 2}  # code, too",
+    "Naïve café façade — “quoted” ‘text’… 100€ ±5% → ∞ 🚀 日本語 Привет",
+]
+"""Checked on every run besides the held-out English text: base and merged ids must be equal."""
+
+PAD_NAMES = ("<pad>", "<|pad|>", "<|langadapt_pad|>")
+
+
+def padded(n: int, multiple: int | None) -> int:
+    return -(-n // multiple) * multiple if multiple else n
+
+
+def save_tokenizer(base_tok, tokenizer_json: dict, out_dir: Path, *, pad_token: str | None, pad_id: int | None):
+    """Write the merged tokenizer as a Hugging Face folder and load it back.
+
+    The folder starts as the base tokenizer's own (special tokens, chat template, settings), then
+    gets the merged ``tokenizer.json``. Its class becomes ``TokenizersBackend``: classes such as
+    ``LlamaTokenizer`` rebuild their pre-tokenizer from code on load and would drop ours.
+    """
+    from transformers import AutoTokenizer
+
+    base_tok.save_pretrained(out_dir)
+    for stale in ("tokenizer.model", "vocab.json", "merges.txt", "spiece.model", "vocab.txt"):
+        (out_dir / stale).unlink(missing_ok=True)
+    tj = json.loads(json.dumps(tokenizer_json))
+    cfg_path = out_dir / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    cfg["tokenizer_class"] = "TokenizersBackend"
+    for key in ("vocab_file", "merges_file", "tokenizer_file", "legacy", "add_prefix_space"):
+        cfg.pop(key, None)
+    if pad_token is not None:
+        tj["model"]["vocab"][pad_token] = pad_id
+        tj["added_tokens"].append({"id": pad_id, "content": pad_token, "single_word": False, "lstrip": False,
+                                   "rstrip": False, "normalized": False, "special": True})
+        cfg["pad_token"] = pad_token
+    (out_dir / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False), encoding="utf-8")
+    cfg_path.write_text(json.dumps(cfg, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    return AutoTokenizer.from_pretrained(str(out_dir))
+
+
+def drop_gguf_quantizer(model) -> None:
+    """Let ``save_pretrained`` write a model loaded from GGUF whose weights were de-quantized on load.
+
+    transformers keeps the GGUF quantizer on such a model and refuses to save it, though every weight
+    is a plain float tensor. Models with packed (still quantized) weights keep it and save refuses.
+    """
+    import torch
+
+    quantizer = getattr(model, "hf_quantizer", None)
+    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
+    if quantizer is None or getattr(method, "value", method) != "gguf":
+        return
+    if all(p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in model.parameters()) and all(
+            type(m).__module__.startswith("torch.") or "Linear" not in type(m).__name__ for m in model.modules()):
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            delattr(model.config, "quantization_config")
+
+
+def _check_identical(base_tok, merged_tok, lines: list[str]) -> int:
+    """How many of ``lines`` get different ids (with special tokens) from the merged tokenizer."""
+    return sum(base_tok(x)["input_ids"] != merged_tok(x)["input_ids"] for x in lines)
+
+
+def run(ctx) -> dict:
+    from langadapt.models import load_model_and_tokenizer
+    from langadapt.tokenizer.embeddings import resize_and_init
+    from langadapt.tokenizer.fertility import fertility, read_lines
+    from langadapt.tokenizer.merge import merge_pieces, read_sentencepiece
+    from langadapt.tokenizer.train import train_sentencepiece
+
+    recipe, cfg, out = ctx.recipe, ctx.recipe.tokenizer, ctx.out_dir
+    seed = cfg.seed if cfg.seed is not None else recipe.seed
+    timings: dict[str, float] = {}
+    sentences = ctx.stage_dir("clean") / "sentences"
+    files = sorted(sentences.glob("*.jsonl"))
+    if not files:
+        raise LangadaptError(f"no cleaned sentences in {sentences}/; run the clean stage first (langadapt clean RECIPE)")
+
+    # 1. SentencePiece on a reservoir sample (reused when resuming after a later step was killed).
+    sp_model, sp_info = out / "sp.model", out / "sp.json"
+    if ctx.resume and sp_model.is_file() and sp_info.is_file():
+        info = read_json(sp_info)
+        ctx.log(f"tokenizer: reusing {sp_model} ({info['learned']:,} pieces)")
+    else:
+        t0 = time.perf_counter()
+        sample = _sample(files, cfg.sample_sentences, out / ".work" / "sample.txt", seed, ctx)
+        ctx.log(f"tokenizer: sampled {sample.sentences_kept:,} of {sample.sentences_seen:,} sentences; "
+                f"training SentencePiece ({cfg.model_type}, {cfg.new_pieces:,} pieces)")
+        trained = train_sentencepiece(sample.path, sp_model, vocab_size=cfg.new_pieces, model_type=cfg.model_type,
+                                      character_coverage=cfg.character_coverage, seed=seed)
+        sample.path.unlink(missing_ok=True)
+        info = {"model_type": cfg.model_type, "requested": cfg.new_pieces, "learned": trained.learned,
+                "sentences_seen": sample.sentences_seen, "sentences_sampled": sample.sentences_kept,
+                "characters_sampled": sample.characters, "character_coverage": cfg.character_coverage, "seed": seed}
+        write_json(sp_info, info)
+        timings["sentencepiece"] = round(time.perf_counter() - t0, 2)
+    if info["learned"] < info["requested"]:
+        ctx.log(f"[yellow]warning[/yellow]: tokenizer.new_pieces is {info['requested']:,} but the sample of "
+                f"{info['sentences_sampled']:,} sentences supports only {info['learned']:,} pieces; using "
+                f"{info['learned']:,} (more text, or a smaller new_pieces, removes this warning)")
+    pieces = read_sentencepiece(sp_model)
+
+    # 2. Merge into the base tokenizer.
+    t0 = time.perf_counter()
+    model, base_tok = load_model_and_tokenizer(recipe.base_model)
+    timings["load_base"] = round(time.perf_counter() - t0, 2)
+    base_rows = model.get_input_embeddings().weight.shape[0]
+    t0 = time.perf_counter()
+    merged = merge_pieces(json.loads(base_tok.backend_tokenizer.to_str()), pieces, base_rows=base_rows)
+    timings["merge"] = round(time.perf_counter() - t0, 2)
+    pad_token = pad_id = None
+    if cfg.add_pad_token:
+        if base_tok.pad_token is None or base_tok.pad_token == base_tok.eos_token:
+            vocab = base_tok.get_vocab()
+            pad_token = next((p for p in PAD_NAMES if p not in vocab), None)
+            if pad_token is None:
+                raise LangadaptError(f"tokenizer.add_pad_token: the base vocabulary already has {', '.join(PAD_NAMES)}")
+            pad_id = merged.size
+        else:
+            ctx.log(f"tokenizer: the base already has a padding token ({base_tok.pad_token!r}); none added")
+    tokens = merged.size + (pad_token is not None)
+    rows = padded(tokens, cfg.pad_to_multiple_of)
+
+    # 3. The model folder: merged tokenizer, resized and initialised embeddings.
+    t0 = time.perf_counter()
+    with atomic_path(out / "model") as model_dir:
+        model_dir.mkdir()
+        tok = save_tokenizer(base_tok, merged.tokenizer_json, model_dir, pad_token=pad_token, pad_id=pad_id)
+        if len(tok) != tokens:
+            raise RuntimeError(f"the saved tokenizer has {len(tok)} tokens, expected {tokens}")
+        spellings = {merged.first_new_id + i: s for i, s in enumerate(merged.spellings)}
+        resized = resize_and_init(model, rows, spellings, init=cfg.init, seed=seed)
+        model.config.langadapt_base_vocab_size = base_rows
+        if pad_id is not None:
+            model.config.pad_token_id = pad_id
+            if getattr(model, "generation_config", None) is not None:
+                model.generation_config.pad_token_id = pad_id
+        drop_gguf_quantizer(model)
+        model.save_pretrained(model_dir)
+    timings["save"] = round(time.perf_counter() - t0, 2)
+
+    # 4. Guarantees on real text, and fertility.
+    heldout = recipe.data.heldout
+    texts = {}
+    for which in ("target", "english"):
+        path = getattr(heldout, which)
+        texts[which] = read_lines(recipe.resolve(path), heldout.max_chars) if path else None
+    english = ENGLISH_CHECK + (texts["english"] or [])
+    differing = _check_identical(base_tok, tok, english)
+    if differing:
+        raise RuntimeError(f"the merged tokenizer changed the ids of {differing} English lines; this is a bug in langadapt")
+    target_lines = texts["target"] or []
+    roundtrip = sum(tok.decode(tok(x, add_special_tokens=False)["input_ids"]) !=
+                    base_tok.decode(base_tok(x, add_special_tokens=False)["input_ids"]) for x in target_lines)
+    fert = {}
+    for which, lines in texts.items():
+        if lines:
+            fert[which] = {"base": fertility(base_tok, lines), "merged": fertility(tok, lines)}
+
+    report = {
+        "base_model": recipe.base_model,
+        "family": merged.family,
+        "base_vocab_size": base_rows,
+        "base_tokenizer_size": merged.base_ids,
+        "merged_tokenizer_size": tokens,
+        "merged_vocab_size": rows,
+        "pad_token": pad_token,
+        "pad_to_multiple_of": cfg.pad_to_multiple_of,
+        "sentencepiece": info,
+        **{k: v for k, v in merged.stats.items() if k != "family"},
+        "init": cfg.init,
+        "tied_embeddings": resized.tied,
+        "english_lines_checked": len(english),
+        "english_identical": True,
+        "target_roundtrip_failures": roundtrip,
+        "fertility": fert,
+        "seconds": timings,
+    }
+    write_json(out / "report.json", report)
+    summary = f"{report['new_pieces']:,} new pieces, vocabulary {base_rows:,} -> {rows:,}"
+    if "target" in fert:
+        summary += (f"; target tokens/word {fert['target']['base']['tokens_per_word']} -> "
+                    f"{fert['target']['merged']['tokens_per_word']}")
+    ctx.log(f"tokenizer: {summary}")
+    return report
+
+
+def _sample(files: list[Path], k: int, path: Path, seed: int, ctx):
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from langadapt.tokenizer.train import reservoir_sample
+
+    total = sum(f.stat().st_size for f in files)
+    with Progress(TextColumn("sampling sentences"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+                  console=ctx.console, transient=True) as progress:
+        task = progress.add_task("sample", total=total)
+        return reservoir_sample(files, k, path, seed=seed, progress=lambda n: progress.advance(task, n))
