@@ -131,14 +131,16 @@ class TokenizerConfig(Section):
     """Stage 2 (paper 4.1): train target-language pieces, merge them, resize the embeddings."""
 
     enabled: bool = True
-    new_pieces: int = Field(20_000, ge=1, description="SentencePiece vocabulary size (paper: 20,000)")
+    new_pieces: int = Field(20_000, ge=1, description="SentencePiece vocabulary size (paper: 20,000); lowered, "
+                            "with a warning, to what a small sample supports")
     model_type: Literal["bpe", "unigram"] = "bpe"
-    sample_sentences: int = Field(1_000_000, ge=1)
+    sample_sentences: int = Field(1_000_000, ge=1, description="cleaned sentences drawn at random to train on")
     character_coverage: float = Field(0.9995, gt=0.0, le=1.0)
-    seed: int | None = None
-    init: Literal["mean", "plain"] = "mean"
+    seed: int | None = Field(None, description="None: the recipe's seed")
+    init: Literal["mean", "plain"] = Field("mean", description="new rows: mean of the rows of the base tokens that "
+                                           "spell the token, or plain (the model's random init, as in the paper)")
     pad_to_multiple_of: int | None = Field(None, ge=1)
-    add_pad_token: bool = False
+    add_pad_token: bool = Field(False, description="add <pad> when the base has no padding token or pads with EOS")
     merged_vocab_size: int | None = Field(
         None, ge=1, description="expected rows after the merge, for `plan` before the tokenizer has run"
     )

