@@ -110,21 +110,49 @@ class Data(Section):
 # --------------------------------------------------------------------------- stages
 
 
+class SlurmSettings(Section):
+    """How the clean stage runs under Slurm (datatrove's SlurmPipelineExecutor), for ``executor: slurm``."""
+
+    partition: str = Field(description="Slurm partition the job arrays are submitted to")
+    time: str = Field("24:00:00", pattern=r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$", description="time limit of each array task")
+    tasks: int = Field(64, ge=1, le=100_000, description="array tasks of the reading/filtering and dedup passes")
+    cpus_per_task: int = Field(1, ge=1, le=512)
+    mem_per_cpu_gb: int = Field(2, ge=1, le=1024)
+    qos: str | None = Field(None, description="Slurm QOS; None: the cluster default")
+    job_name: str = Field("langadapt-clean", pattern=r"^[A-Za-z0-9_.-]+$")
+    venv_path: str | None = Field(None, description="activate script sourced in each job, e.g. /path/venv/bin/activate")
+    env_command: str | None = Field(None, description="shell command run in each job before Python (instead of venv_path)")
+    sbatch_args: dict[str, str | int] = Field({}, description="extra #SBATCH options, e.g. {account: myproj}")
+    max_array_size: int = Field(1001, ge=1, description="the cluster's MaxArraySize")
+    poll_seconds: int = Field(30, ge=1, le=3600, description="how often `langadapt clean` checks the jobs while waiting")
+
+
 class CleanConfig(Section):
     """Stage 1 (paper 3.1): documents to clean, unique target-language sentences."""
 
     enabled: bool = True
-    min_words: int = Field(5, ge=1)
-    lang_threshold: float = Field(0.70, ge=0.0, le=1.0)
-    digits: Literal["keep", "latin", "persian"] = "keep"
+    min_words: int = Field(5, ge=1, le=1000, description="drop sentences with fewer whitespace-separated words (paper: 5)")
+    lang_threshold: float = Field(0.70, ge=0.0, le=1.0, description="keep sentences whose target-language probability "
+                                  "(fastText lid.176) is at least this (paper: 0.70)")
+    digits: Literal["keep", "latin", "persian"] = Field(
+        "keep", description="keep: digits as written (Persian: Arabic-Indic become Persian); latin: 0-9; persian: ۰-۹")
     boilerplate_keywords: list[str] | None = Field(None, description="None: the shipped Persian+English list")
+    boilerplate_urls: bool = Field(True, description="also drop sentences holding a URL, www address or e-mail address")
     code_markers: list[str] | None = Field(None, description="None: the shipped list")
-    near_dedup: bool = False
-    rejects: bool = False
+    near_dedup: bool = Field(False, description="also drop near-duplicates (datatrove MinHash) after exact dedup")
+    near_dedup_ngrams: int = Field(3, ge=1, le=20, description="word n-gram size of the MinHash shingles")
+    rejects: bool = Field(False, description="write dropped sentences with their reason to rejects/")
     output_format: Literal["jsonl", "parquet"] = "jsonl"
-    workers: int | None = Field(None, ge=1, description="None: one per CPU core")
+    workers: int | None = Field(None, ge=1, le=4096, description="local: worker processes (None: one per CPU core); "
+                                "slurm: array tasks running at once (None: no limit)")
     executor: Literal["local", "slurm"] = "local"
-    slurm: dict[str, Any] = {}
+    slurm: SlurmSettings | None = Field(None, description="settings for executor: slurm")
+
+    @model_validator(mode="after")
+    def _slurm_settings(self) -> CleanConfig:
+        if self.executor == "slurm" and self.slurm is None:
+            raise ValueError("executor 'slurm' needs a 'slurm:' section with at least 'partition'")
+        return self
 
 
 class TokenizerConfig(Section):

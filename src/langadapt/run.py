@@ -44,6 +44,7 @@ def register(spec: StageSpec) -> None:
 
 
 # Stages register here as they land (one line each).
+register(StageSpec("clean", "langadapt.clean.stage:run", "documents to clean, unique target-language sentences (datatrove; local or Slurm)", data=("corpus",)))
 register(StageSpec("tokenizer", "langadapt.tokenizer.stage:run", "train target-language pieces, merge them into the base tokenizer, resize and initialise embeddings", data=("heldout",)))
 register(StageSpec("align", "langadapt.stages.align:run", "embeddings and head only: monolingual, then bilingual next-token prediction", data=("parallel", "heldout")))
 register(StageSpec("pretrain", "langadapt.stages.pretrain:run", "LoRA on every linear layer plus embeddings/head, target-language next-token prediction", data=("heldout",)))

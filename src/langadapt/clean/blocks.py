@@ -1,0 +1,227 @@
+"""datatrove pipeline blocks of the clean stage that are not filters: reading, sentences, counting, writing.
+
+Every block counts per corpus source in its datatrove statistics, under labels
+``"<source>|<metric>"``; :mod:`langadapt.clean.report` adds them up over all tasks into the
+report. Documents carry ``source`` (name), ``type`` and ``src`` (index of the source in the
+recipe, which decides which copy of a duplicate is kept) in their metadata.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+from datatrove.data import Document, DocumentsPipeline
+from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.writers.jsonl import JsonlWriter
+
+from langadapt.clean.normalize import normalize
+from langadapt.clean.split import split_sentences
+from langadapt.data.corpus import Piece, read_piece
+
+
+def flush_counts(step: PipelineStep, counts: Counter) -> None:
+    """Move per-source counts into the block's datatrove stats (one update per label, not per document)."""
+    for label, n in counts.items():
+        step.stat_update(label, value=n)
+    counts.clear()
+
+
+# --------------------------------------------------------------------------- rows on disk
+
+
+def sentence_row(writer, doc: Document) -> dict:
+    """A line of ``sentences/*.jsonl``: the contract later stages read."""
+    m = doc.metadata
+    return {"text": doc.text, "source": m["source"], "type": m["type"], "lang_prob": round(m.get("lang_prob", 0.0), 4)}
+
+
+def work_row(writer, doc: Document) -> dict:
+    """A line of an intermediate shard: a sentence row plus what the next pass needs."""
+    m = doc.metadata
+    return {"text": doc.text, "source": m["source"], "type": m["type"], "lang_prob": m.get("lang_prob", 0.0),
+            "src": m["src"], "doc": doc.id}
+
+
+class RejectRow:
+    """Adapter for a rejects writer: the sentence, why it was dropped, and where it came from."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def __call__(self, writer, doc: Document) -> dict:
+        return {"text": doc.text, "reason": self.reason, "source": doc.metadata["source"], "doc": doc.id}
+
+
+class ShardWriter(JsonlWriter):
+    """datatrove's JSONL writer for files named by rank only: the name is worked out once per rank,
+    not per document (the template substitution with every document's metadata is most of its cost)."""
+
+    def _get_output_filename(self, document: Document, rank: int | str = 0, **kwargs) -> str:
+        names = self.__dict__.setdefault("_names", {})
+        if rank not in names:
+            names[rank] = self.output_filename.substitute(rank=str(rank).zfill(5))
+        return names[rank]
+
+
+def rejects_writer(folder: str | os.PathLike | None, reason: str) -> JsonlWriter | None:
+    """A JSONL writer for dropped sentences of one reason (``<folder>/<reason>/<rank>.jsonl``), or None."""
+    if folder is None:
+        return None
+    return ShardWriter(str(folder), output_filename=f"{reason}/${{rank}}.jsonl", compression=None,
+                       adapter=RejectRow(reason))
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class CorpusReader(PipelineStep):
+    """Reads this task's pieces of the corpus (see :func:`langadapt.data.corpus.plan_pieces`).
+
+    Lines that are not valid UTF-8 are counted (``invalid_utf8``, once per line) and skipped.
+    Bytes read are written to ``progress_dir/<rank>`` about once a second for the progress bar.
+    """
+
+    type = "📖 - READER"
+    name = "corpus"
+
+    def __init__(self, sources: list, plan: list[list[Piece]], *, progress_dir: str | None = None,
+                 rejects_dir: str | None = None):
+        super().__init__()
+        self.sources = sources
+        self.plan = plan
+        self.progress_dir = progress_dir
+        self.rejects_dir = rejects_dir
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        counts: Counter = Counter()
+        done = 0
+        last = time.monotonic()
+        writer = rejects_writer(self.rejects_dir, "invalid_utf8")
+        try:
+            for piece in self.plan[rank]:
+                source = self.sources[piece.source]
+                name = source.name
+                md = {"source": name, "type": source.type, "src": piece.source}
+                for rec in read_piece(piece, source):
+                    counts[f"{name}|bytes_in"] += rec.nbytes
+                    done += rec.nbytes
+                    if rec.invalid:
+                        if not rec.repeat:
+                            counts[f"{name}|invalid_utf8"] += 1
+                            if writer is not None:
+                                writer.write(Document(rec.text, rec.where, metadata=dict(md)), rank)
+                        continue
+                    self.stat_update("documents")
+                    yield Document(rec.text, rec.where, metadata=dict(md))
+                    if self.progress_dir and time.monotonic() - last > 1.0:
+                        self._progress(rank, done)
+                        last = time.monotonic()
+        finally:
+            if writer is not None:
+                writer.close()
+            if self.progress_dir:
+                self._progress(rank, done)
+            flush_counts(self, counts)
+
+    def _progress(self, rank: int, done: int) -> None:
+        path = Path(self.progress_dir) / f"{rank:05d}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(str(done))
+        os.replace(tmp, path)
+
+
+class ShardReader(PipelineStep):
+    """Reads back the intermediate shard ``<folder>/<rank>.jsonl`` that the same rank wrote in the pass before.
+
+    Dedup filters identify sentences by their position in the shard, so a rank must read
+    exactly the file its own rank wrote (datatrove's folder readers deal files out by sorted
+    name, which shifts when a rank wrote nothing).
+    """
+
+    type = "📖 - READER"
+    name = "shard"
+
+    def __init__(self, folder: str):
+        super().__init__()
+        self.folder = folder
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        import orjson
+
+        path = Path(self.folder) / f"{rank:05d}.jsonl"
+        if not path.is_file():
+            return
+        with open(path, "rb") as f:
+            for line in f:
+                r = orjson.loads(line)
+                yield Document(r["text"], r["doc"], metadata={
+                    "source": r["source"], "type": r["type"], "src": r["src"], "lang_prob": r["lang_prob"]})
+
+
+# --------------------------------------------------------------------------- documents to sentences
+
+
+class SplitSentences(PipelineStep):
+    """Normalizes each document for the target language and splits it into sentences, one document each."""
+
+    type = "✂️ - SPLITTER"
+    name = "normalize + split"
+
+    def __init__(self, lang: str, digits: str = "keep"):
+        super().__init__()
+        self.lang = lang
+        self.digits = digits
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        counts: Counter = Counter()
+        lang, digits = self.lang, self.digits
+        try:
+            for doc in data:
+                m = doc.metadata
+                sentences = split_sentences(normalize(doc.text, lang, digits), lang)
+                counts[f"{m['source']}|sentences_in"] += len(sentences)
+                if len(sentences) == 1:  # a line that is one sentence (poetry, most short docs): reuse it
+                    doc.text, doc.id = sentences[0], f"{doc.id}/0"
+                    yield doc
+                    continue
+                for k, s in enumerate(sentences):
+                    yield Document(s, f"{doc.id}/{k}", metadata={"source": m["source"], "type": m["type"], "src": m["src"]})
+        finally:
+            flush_counts(self, counts)
+
+
+class Tally(PipelineStep):
+    """Counts the sentences (and their UTF-8 bytes) that pass this point, per source."""
+
+    type = "🔢 - COUNT"
+
+    def __init__(self, label: str):
+        super().__init__()
+        self.label = label
+        self.name = f"tally {label}"
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        counts: Counter = Counter()
+        label = self.label
+        try:
+            for doc in data:
+                src = doc.metadata["source"]
+                counts[f"{src}|{label}"] += 1
+                counts[f"{src}|{label}_bytes"] += len(doc.text.encode("utf-8"))
+                yield doc
+        finally:
+            flush_counts(self, counts)
+
+
+def sentence_writer(folder: str, output_format: str, *, work: bool = False):
+    """The writer of final (or, with ``work``, intermediate) sentence shards, one file per rank."""
+    if output_format == "parquet" and not work:
+        from datatrove.pipeline.writers.parquet import ParquetWriter
+
+        return ParquetWriter(folder, output_filename="${rank}.parquet", adapter=sentence_row)
+    return ShardWriter(folder, output_filename="${rank}.jsonl", compression=None,
+                       adapter=work_row if work else sentence_row)

@@ -1,0 +1,317 @@
+"""The clean stage as datatrove passes, run by the local executor (N worker processes) or on Slurm.
+
+Passes (each a datatrove pipeline, each task writing its own files):
+
+1. ``filter`` (N tasks): read this task's pieces of the corpus, normalize, split into
+   sentences, drop by rule (too_short, code, boilerplate, language), write the survivors to an
+   intermediate shard and their exact-dedup signatures.
+2. ``dups`` (N tasks, one per hash range): find every duplicate across all shards.
+3. ``dedup`` (N tasks): read the shard back, drop the duplicates found, write the sentences
+   (or, with near-dedup, a second shard and the MinHash signatures).
+4. With ``near_dedup``: ``buckets`` (14 tasks), ``clusters`` (1 task), ``near`` (N tasks).
+
+Everything lives in ``<out>/work/`` until the last pass has finished; then ``sentences/`` (and
+``rejects/``) move into place in one rename each, the report is written, and the work folder
+goes (the datatrove logs stay in ``<out>/logs/``). A killed run resumes: datatrove skips the
+tasks whose completion files exist.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from datatrove.executor.local import LocalPipelineExecutor
+from loguru import logger
+
+from langadapt.errors import LangadaptError
+
+
+class QuietLocalExecutor(LocalPipelineExecutor):
+    """datatrove's local executor, with task logs kept in files and only errors on the console.
+
+    The stage shows its own progress bar; datatrove's per-task INFO lines and statistics
+    dumps would bury it.
+    """
+
+    def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
+        logger.enable("datatrove")
+        try:
+            # local_rank only picks the console log level: above 0 means errors only
+            return super()._run_for_rank(rank, local_rank + 1, node_rank)
+        finally:
+            logger.disable("datatrove")
+
+    def run(self):
+        logger.disable("datatrove")
+        try:
+            return super().run()
+        finally:
+            logger.enable("datatrove")
+
+
+@dataclass
+class Job:
+    """Everything one clean run needs, resolved from the recipe."""
+
+    sources: Sequence  # CorpusSource
+    resolve: Callable[[str], Path]
+    lang: str
+    cfg: object  # CleanConfig
+    out_dir: Path
+    resume: bool = False
+
+    @property
+    def work(self) -> Path:
+        return self.out_dir / "work"
+
+    @property
+    def slurm(self) -> bool:
+        return self.cfg.executor == "slurm"
+
+    @property
+    def workers(self) -> int:
+        if self.cfg.workers:
+            return self.cfg.workers
+        try:
+            return len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            return os.cpu_count() or 1
+
+    @property
+    def tasks(self) -> int:
+        return self.cfg.slurm.tasks if self.slurm else self.workers
+
+
+@dataclass
+class Pass:
+    name: str
+    title: str
+    pipeline: list
+    tasks: int
+    workers: int
+
+
+def build_passes(job: Job, plan: list) -> list[Pass]:
+    """The datatrove pipelines of a run, in order."""
+    from datatrove.pipeline.dedup.exact_dedup import ExactDedupFilter, ExactFindDedups
+
+    from langadapt.clean import filters as F
+    from langadapt.clean.blocks import (CorpusReader, ShardReader, SplitSentences, Tally, rejects_writer,
+                                        sentence_writer)
+    from langadapt.clean.dedup import MINHASH_BUCKETS, SentenceSignature, exact_config
+
+    cfg, w = job.cfg, job.work
+    rej = str(w / "rejects") if cfg.rejects else None
+    n, workers = job.tasks, (min(job.workers, job.tasks) if not job.slurm else job.workers)
+    final_out = str(w / "sentences")
+    boiler = F.DEFAULT_BOILERPLATE if cfg.boilerplate_keywords is None else cfg.boilerplate_keywords
+    markers = F.DEFAULT_CODE_MARKERS if cfg.code_markers is None else cfg.code_markers
+    dedup_cfg = exact_config()
+
+    passes = [Pass("filter", "read, split, filter", [
+        CorpusReader(list(job.sources), plan, progress_dir=str(w / "progress"), rejects_dir=rej),
+        SplitSentences(job.lang, cfg.digits),
+        F.MinWordsFilter(cfg.min_words, exclusion_writer=rejects_writer(rej, "too_short")),
+        F.CodeFilter(markers, exclusion_writer=rejects_writer(rej, "code")),
+        F.BoilerplateFilter(job.lang, boiler, urls=cfg.boilerplate_urls, exclusion_writer=rejects_writer(rej, "boilerplate")),
+        F.LanguageFilter(job.lang, cfg.lang_threshold, exclusion_writer=rejects_writer(rej, "language")),
+        sentence_writer(str(w / "filtered"), "jsonl", work=True),
+        SentenceSignature(str(w / "sigs"), dedup_cfg, finder_workers=n),
+    ], n, workers)]
+    passes.append(Pass("dups", "find duplicates", [ExactFindDedups(str(w / "sigs"), str(w / "dups"), dedup_cfg)],
+                       n, workers))
+    dedup = [
+        ShardReader(str(w / "filtered")),
+        Tally("exact_in"),
+        ExactDedupFilter(str(w / "dups"), dedup_cfg, exclusion_writer=rejects_writer(rej, "duplicate")),
+        Tally("exact_out"),
+    ]
+    if not cfg.near_dedup:
+        passes.append(Pass("dedup", "drop duplicates", dedup + [Tally("out"), sentence_writer(final_out, cfg.output_format)],
+                           n, workers))
+        return passes
+
+    from datatrove.pipeline.dedup.minhash import (MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter,
+                                                  MinhashDedupSignature)
+
+    from langadapt.clean.dedup import SpaceWordTokenizer, minhash_config
+
+    mh = minhash_config(cfg.near_dedup_ngrams)
+    passes.append(Pass("dedup", "drop duplicates", dedup + [
+        sentence_writer(str(w / "exact"), "jsonl", work=True),
+        MinhashDedupSignature(str(w / "mh_sigs"), config=mh, language=SpaceWordTokenizer()),
+    ], n, workers))
+    passes.append(Pass("buckets", "near duplicates: buckets",
+                       [MinhashDedupBuckets(str(w / "mh_sigs"), str(w / "mh_buckets"), config=mh)],
+                       MINHASH_BUCKETS, min(workers, MINHASH_BUCKETS)))
+    passes.append(Pass("clusters", "near duplicates: clusters",
+                       [MinhashDedupCluster(str(w / "mh_buckets"), str(w / "mh_remove"), config=mh)], 1, 1))
+    passes.append(Pass("near", "drop near duplicates", [
+        ShardReader(str(w / "exact")),
+        Tally("near_in"),
+        MinhashDedupFilter(str(w / "mh_remove"), exclusion_writer=rejects_writer(rej, "near_duplicate")),
+        Tally("out"),
+        sentence_writer(final_out, cfg.output_format),
+    ], n, workers))
+    return passes
+
+
+def make_executors(job: Job, passes: list[Pass]) -> list:
+    logs = job.work / "logs"
+    executors = []
+    for p in passes:
+        if job.slurm:
+            from datatrove.executor.slurm import SlurmPipelineExecutor
+
+            s = job.cfg.slurm
+            executors.append(SlurmPipelineExecutor(
+                p.pipeline, tasks=p.tasks, time=s.time, partition=s.partition, cpus_per_task=s.cpus_per_task,
+                mem_per_cpu_gb=s.mem_per_cpu_gb, workers=job.cfg.workers or -1, job_name=f"{s.job_name}-{p.name}",
+                qos=s.qos, env_command=s.env_command, venv_path=s.venv_path, sbatch_args=dict(s.sbatch_args),
+                max_array_size=s.max_array_size, depends=executors[-1] if executors else None,
+                logging_dir=str(logs / p.name), skip_completed=True,
+                slurm_logs_folder=str(logs / p.name / "slurm_logs"),
+            ))
+        else:
+            executors.append(QuietLocalExecutor(
+                p.pipeline, tasks=p.tasks, workers=p.workers, logging_dir=str(logs / p.name), skip_completed=True,
+                # fork: workers start in milliseconds; nothing thread-heavy is loaded before the stage
+                start_method="fork",
+            ))
+    return executors
+
+
+# --------------------------------------------------------------------------- running, with progress
+
+
+class _Watcher:
+    """Polls task completions (and bytes read in the first pass) and moves a rich progress bar."""
+
+    def __init__(self, job: Job, passes: list[Pass], total_bytes: int, console=None):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.job, self.passes, self.total_bytes = job, passes, max(1, total_bytes)
+        self.progress = Progress(TextColumn("[bold]clean[/bold] {task.description}"), BarColumn(),
+                                 TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
+                                 console=console, transient=False)
+        self.ids = {p.name: self.progress.add_task(p.title, total=p.tasks, detail="", start=False) for p in passes}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self):
+        self.progress.__enter__()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.refresh()
+        self.progress.__exit__(*exc)
+
+    def done(self, p: Pass) -> int:
+        folder = self.job.work / "logs" / p.name / "completions"
+        return len(os.listdir(folder)) if folder.is_dir() else 0
+
+    def refresh(self) -> None:
+        for p in self.passes:
+            tid = self.ids[p.name]
+            done = self.done(p)
+            if done and not self.progress.tasks[tid].started:
+                self.progress.start_task(tid)
+            detail = f"{done}/{p.tasks} tasks"
+            if p.name == "filter":
+                read = 0
+                folder = self.job.work / "progress"
+                for f in folder.glob("[0-9]*") if folder.is_dir() else ():
+                    try:
+                        read += int(f.read_text() or 0)
+                    except (OSError, ValueError):
+                        pass
+                if read and not self.progress.tasks[tid].started:
+                    self.progress.start_task(tid)
+                detail += f", {read / 1e6:,.1f}/{self.total_bytes / 1e6:,.1f} MB"
+            self.progress.update(tid, completed=done, detail=detail)
+
+    def start(self, p: Pass) -> None:
+        tid = self.ids[p.name]
+        if not self.progress.tasks[tid].started:
+            self.progress.start_task(tid)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.5):
+            self.refresh()
+
+
+def run_passes(job: Job, passes: list[Pass], *, total_bytes: int, console=None) -> None:
+    """Run every pass to completion (locally in order, or submitted to Slurm and waited for)."""
+    executors = make_executors(job, passes)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with _Watcher(job, passes, total_bytes, console) as watcher:
+        if not job.slurm:
+            for p, ex in zip(passes, executors):
+                watcher.start(p)
+                ex.run()
+                incomplete = ex.get_incomplete_ranks(skip_completed=True)
+                if incomplete:
+                    raise LangadaptError(f"clean: pass '{p.name}' left {len(incomplete)} task(s) unfinished; "
+                                         f"see {job.work / 'logs' / p.name / 'logs'}")
+        else:
+            executors[-1].run()  # submits every pass, each depending on the one before
+            _wait_for_slurm(job, passes, executors)
+
+
+def _wait_for_slurm(job: Job, passes: list[Pass], executors: list) -> None:
+    """Block until every pass's tasks have completed; fail if the jobs left the queue unfinished."""
+    poll = job.cfg.slurm.poll_seconds
+    while True:
+        left = {p.name: len(ex.get_incomplete_ranks(skip_completed=True)) for p, ex in zip(passes, executors)}
+        if not any(left.values()):
+            return
+        ids = [str(ex.job_id) for ex in executors if ex.job_id not in (None, -1)]
+        if ids and not _slurm_jobs_queued(ids):
+            time.sleep(min(poll, 5))  # completion files may land just after the job leaves the queue
+            left = {p.name: len(ex.get_incomplete_ranks(skip_completed=True)) for p, ex in zip(passes, executors)}
+            if any(left.values()):
+                unfinished = ", ".join(f"{k}: {v}" for k, v in left.items() if v)
+                raise LangadaptError(f"clean: the Slurm jobs ended with unfinished tasks ({unfinished}); see the logs "
+                                     f"in {job.work / 'logs'}; run the same command again to resume")
+            return
+        time.sleep(poll)
+
+
+def _slurm_jobs_queued(ids: list[str]) -> bool:
+    try:
+        out = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(ids)], capture_output=True, text=True,
+                             timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return True  # cannot tell: keep waiting
+    if out.returncode != 0:
+        # squeue refuses ids it no longer knows: then none of them is queued
+        return "Invalid job id" not in out.stderr
+    return bool(out.stdout.strip())
+
+
+def finish(job: Job) -> None:
+    """Move the outputs into place (one rename each), keep the logs, drop the intermediates."""
+    from langadapt.files import atomic_path
+
+    for name in ("sentences", "rejects"):
+        src = job.work / name
+        if name == "rejects" and not job.cfg.rejects:
+            continue
+        src.mkdir(parents=True, exist_ok=True)
+        with atomic_path(job.out_dir / name) as tmp:
+            os.replace(src, tmp)
+    logs = job.out_dir / "logs"
+    if logs.exists():
+        shutil.rmtree(logs)
+    os.replace(job.work / "logs", logs)
+    shutil.rmtree(job.work, ignore_errors=True)

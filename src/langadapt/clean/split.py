@@ -1,0 +1,80 @@
+"""Sentence splitting that knows the target language's punctuation (paper 3.1).
+
+A sentence ends at a line break, or at a run of terminators (. ! ? … and, for Persian and
+Arabic-script languages, also ؟ ؛ ۔) followed by a space or the end of the line; closing quotes
+and brackets after the terminator stay with the sentence. A period does not end a sentence
+when it belongs to a decimal number (3.14, no space follows), an initial or a one-letter
+abbreviation (J. R. R. Tolkien, ق. م.), a dotted abbreviation (e.g., U.S., ه.ش.), a known
+abbreviation (Dr., etc., ...), or when the next word starts with a lowercase Latin letter.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+ABBREVIATIONS = frozenset("""
+mr mrs ms dr prof sr jr st vs etc eg ie cf al fig figs no nos vol vols ed eds pp approx dept est inc ltd co corp
+jan feb mar apr jun jul aug sep sept oct nov dec mt ft gen gov col lt sgt capt rev
+""".split())
+"""Lowercased words that are abbreviations when a period follows (English; Persian ones are one letter or dotted)."""
+
+_COMMON_TERMINATORS = ".!?…"
+_ARABIC_SCRIPT_TERMINATORS = "؟؛۔"
+_ARABIC_SCRIPT = {"fa", "fas", "pes", "ar", "ara", "ur", "urd", "ps", "pus", "ckb", "ku", "sd", "ug", "azb", "bal", "glk", "mzn"}
+_CLOSERS = "\"'»”’)]}›"
+
+
+@lru_cache(maxsize=None)
+def _boundary(lang: str) -> re.Pattern:
+    term = _COMMON_TERMINATORS + (_ARABIC_SCRIPT_TERMINATORS if lang in _ARABIC_SCRIPT else "")
+    return re.compile(rf"[{re.escape(term)}]+[{re.escape(_CLOSERS)}]*(?=\s|$)")
+
+
+_WORD_BEFORE = re.compile(r"(\S+)$")
+_LOWER_LATIN_AFTER = re.compile(r"\s+[\"'«“(\[]*[a-z]")
+
+
+def _period_is_not_an_end(line: str, start: int, end: int) -> bool:
+    """Whether a lone '.' at ``start`` (run ending at ``end``) belongs to its word instead of ending the sentence."""
+    m = _WORD_BEFORE.search(line, 0, start)
+    word = m.group(1) if m else ""
+    word = word.lstrip("\"'«“([")
+    if not word:
+        return False
+    core = word.rstrip(".")
+    if "." in core:  # dotted abbreviation: e.g. U.S. ه.ش.
+        return True
+    if len(core) == 1 and core.isalpha():  # initial or one-letter abbreviation
+        return True
+    if core.lower() in ABBREVIATIONS:
+        return True
+    return bool(_LOWER_LATIN_AFTER.match(line, end))
+
+
+def split_sentences(text: str, lang: str) -> list[str]:
+    """The sentences of ``text`` (stripped, none empty), in order."""
+    pattern = _boundary(lang)
+    out: list[str] = []
+    for line in text.split("\n"):
+        start = 0
+        for m in pattern.finditer(line):
+            run = m.group(0).rstrip(_CLOSERS)
+            if run == "." and _period_is_not_an_end(line, m.start(), m.end()):
+                continue
+            piece = line[start:m.end()].strip()
+            if piece:
+                out.append(piece)
+            start = m.end()
+        piece = line[start:].strip()
+        if piece:
+            out.append(piece)
+    return out
+
+
+_WORD = re.compile(r"\w")
+
+
+def count_words(sentence: str) -> int:
+    """Words: space-separated tokens holding at least one letter or digit (a ZWNJ does not split a word)."""
+    return sum(1 for tok in sentence.split() if _WORD.search(tok))

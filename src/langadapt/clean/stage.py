@@ -1,0 +1,53 @@
+"""`langadapt clean RECIPE`: the recipe's corpus to clean, unique target-language sentences (paper 3.1).
+
+Writes into the stage folder: ``sentences/*.jsonl`` (``{"text", "source", "type", "lang_prob"}``
+per line; ``*.parquet`` with ``output_format: parquet``), ``report.json`` and ``report.csv``
+(per source: bytes before and after, sentences in and out, drops per reason; plus totals),
+``rejects/<reason>/*.jsonl`` with ``rejects: true``, and the datatrove logs in ``logs/``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+from langadapt.errors import LangadaptError
+
+
+def run(ctx) -> dict:
+    """Clean ``ctx.recipe.data.corpus`` into ``ctx.out_dir``; return the report's totals."""
+    recipe, cfg = ctx.recipe, ctx.recipe.clean
+    if not recipe.data.corpus:
+        raise LangadaptError("clean: data.corpus lists no sources; add at least one corpus source")
+    from langadapt.clean.pipeline import Job, build_passes, finish, run_passes
+    from langadapt.clean.report import build_report, collect_counts, print_report, write_report
+    from langadapt.clean.langid import check_language
+    from langadapt.data.corpus import plan_pieces
+
+    lang = recipe.language.code
+    check_language(lang)
+    job = Job(sources=recipe.data.corpus, resolve=recipe.resolve, lang=lang, cfg=cfg, out_dir=ctx.out_dir,
+              resume=ctx.resume)
+    # every input is found and opened (Parquet schemas, dataset columns) before any work starts
+    plan = plan_pieces(job.sources, job.resolve, job.tasks)
+    total_bytes = sum(p.size for task in plan for p in task)
+    if job.work.exists() and not ctx.resume:
+        shutil.rmtree(job.work)
+    job.work.mkdir(parents=True, exist_ok=True)
+    where = f"{job.tasks} Slurm tasks" if job.slurm else f"{job.workers} worker process(es)"
+    ctx.log(f"clean: {len(job.sources)} source(s), {total_bytes / 1e6:,.1f} MB, {where}, language {lang}")
+
+    t0 = time.time()
+    run_passes(job, build_passes(job, plan), total_bytes=total_bytes, console=ctx.console)
+    seconds = time.time() - t0
+
+    report = build_report(job.sources, collect_counts(job.work / "logs"), near_dedup=cfg.near_dedup)
+    report["run"] = {
+        "language": lang, "lang_threshold": cfg.lang_threshold, "min_words": cfg.min_words,
+        "executor": cfg.executor, "tasks": job.tasks, "workers": job.workers, "seconds": round(seconds, 2),
+        "mb_per_s": round(report["totals"]["original_bytes"] / 1e6 / seconds, 3) if seconds > 0 else None,
+    }
+    finish(job)
+    write_report(ctx.out_dir, report)
+    print_report(report, ctx.console)
+    return {**report["totals"], "seconds": report["run"]["seconds"]}

@@ -1,0 +1,1 @@
+"""Readers shared by stages: monolingual corpora (``corpus``), instruction formats (``instructions``)."""

@@ -1,0 +1,410 @@
+"""Monolingual corpus readers: plain text, JSONL, Parquet and Hugging Face datasets, in pieces.
+
+A source (a ``data.corpus`` entry of the recipe) is cut into :class:`Piece` s that workers read
+independently: byte ranges of plain-text and JSONL files (a line belongs to the piece its first
+byte lies in), row groups of Parquet files, shards of a dataset. :func:`plan_pieces` spreads the
+pieces over tasks so that each reads about the same number of bytes, whatever the file sizes.
+
+:func:`read_piece` yields :class:`Record` s, one per line (or per document), each at most
+``max_bytes`` long: a longer line (a 1 GB single-line file, a huge document) is cut at a space
+into several records, so memory stays bounded whatever the input. A line that is not valid
+UTF-8 comes back as a record with ``invalid=True`` (text decoded with replacement characters),
+to be counted and skipped; it never stops the run. Mistakes the user must fix (a JSONL line that
+is not JSON, a missing text field or column) raise :class:`~langadapt.errors.DataError` naming the
+file and line.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import heapq
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from langadapt.errors import DataError
+
+MAX_RECORD_BYTES = 1 << 20
+"""Longest record handed on; longer lines and documents are cut at a space into several records."""
+
+MAX_JSON_LINE_BYTES = 64 << 20
+"""A JSONL record must be parsed whole; beyond this size it is refused rather than held in memory."""
+
+JSONL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
+PARQUET_SUFFIXES = (".parquet",)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A unit of reading work: part of one source that one task reads alone."""
+
+    source: int  # index of the source in data.corpus
+    path: str  # file, or dataset folder/id for kind "hf"
+    kind: str  # "lines": byte range [start, end) of a text/JSONL file; "file": a whole file;
+    #            "parquet": row group ``start``; "hf": shard ``start`` of ``end`` shards
+    start: int = 0
+    end: int = 0
+    size: int = 0  # bytes (estimate for "hf"), for balancing the tasks
+
+
+@dataclass(slots=True)
+class Record:
+    text: str
+    where: str  # "file:byte offset" (or dataset:row), a stable id for the document
+    nbytes: int  # UTF-8 bytes of the text as read (for the report's "original bytes")
+    invalid: bool = False  # the line was not valid UTF-8; ``text`` holds it with replacement characters
+    repeat: bool = False  # an earlier part of the same (long) line was already reported invalid
+
+
+# --------------------------------------------------------------------------- finding the files
+
+
+def _is_saved_dataset(folder: Path) -> bool:
+    return (folder / "dataset_info.json").is_file() or (folder / "dataset_dict.json").is_file()
+
+
+def _looks_like_hub_id(s: str) -> bool:
+    parts = s.split("/")
+    return len(parts) == 2 and all(parts) and not s.startswith((".", "/", "~"))
+
+
+def source_files(source, resolve: Callable[[str], Path]) -> list[Path]:
+    """The files of a text/JSONL/Parquet source: a file, every matching file in a folder, or a glob."""
+    p = resolve(source.path)
+    if any(c in str(p) for c in "*?["):
+        found = sorted(Path(f) for f in glob.glob(str(p), recursive=True) if Path(f).is_file())
+    elif p.is_file():
+        found = [p]
+    elif p.is_dir():
+        found = sorted(f for f in p.rglob("*") if f.is_file()
+                       and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        if source.format == "jsonl":
+            found = [f for f in found if f.name.endswith(JSONL_SUFFIXES)]
+        elif source.format == "parquet":
+            found = [f for f in found if f.name.endswith(PARQUET_SUFFIXES)]
+    else:
+        raise DataError(f"corpus source '{source.name}': input not found: {source.path} (resolved to {p})")
+    if not found:
+        raise DataError(f"corpus source '{source.name}': no {source.format} files in {source.path} (resolved to {p})")
+    return found
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def plan_pieces(sources: Sequence, resolve: Callable[[str], Path], tasks: int,
+                *, piece_bytes: int | None = None) -> list[list[Piece]]:
+    """Cut every source into pieces and give each of ``tasks`` tasks about the same number of bytes.
+
+    Missing inputs raise DataError here, before any work starts. Pieces keep corpus order within
+    a task; the plan depends only on the sources, the files and ``tasks`` (so a resumed run
+    gets the same plan).
+    """
+    files: list[tuple[int, Any, Path, int]] = []
+    pieces: list[Piece] = []
+    for i, s in enumerate(sources):
+        if s.format == "hf":
+            pieces += _dataset_pieces(i, s, resolve, tasks)
+            continue
+        for f in source_files(s, resolve):
+            files.append((i, s, f, f.stat().st_size))
+    splittable = sum(size for _, s, f, size in files if _splittable(s, f))
+    if piece_bytes is None:
+        # several pieces per task so that unequal files still balance, but not so small that
+        # seeking to line starts costs anything
+        piece_bytes = min(256 << 20, max(1 << 20, splittable // max(1, tasks * 4)))
+    for i, s, f, size in files:
+        if s.format == "parquet":
+            pieces += _parquet_pieces(i, s, f)
+        elif not _splittable(s, f):
+            pieces.append(Piece(i, str(f), "file", 0, size, size))
+        else:
+            n = max(1, -(-size // piece_bytes))
+            step = -(-size // n) if size else 0
+            for k in range(n):
+                a, b = k * step, min(size, (k + 1) * step)
+                pieces.append(Piece(i, str(f), "lines", a, b, b - a))
+    order = {p: n for n, p in enumerate(pieces)}
+    plan: list[list[Piece]] = [[] for _ in range(tasks)]
+    load = [(0, t) for t in range(tasks)]
+    for p in sorted(pieces, key=lambda p: (-p.size, order[p])):
+        used, t = heapq.heappop(load)
+        plan[t].append(p)
+        heapq.heappush(load, (used + max(p.size, 1), t))
+    for task in plan:
+        task.sort(key=order.__getitem__)
+    return plan
+
+
+def _splittable(source, f: Path) -> bool:
+    return source.doc_per == "line" and not f.name.endswith(".gz") and source.format in ("text", "jsonl")
+
+
+def _parquet_pieces(i: int, source, f: Path) -> list[Piece]:
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.ParquetFile(f).metadata
+    except Exception as e:  # pyarrow raises ArrowInvalid, OSError, ... for a damaged file
+        raise DataError(f"not a readable Parquet file: {e}", path=str(f)) from None
+    names = meta.schema.names
+    if source.text_field not in names:
+        raise DataError(f"no column '{source.text_field}' (columns: {', '.join(names)}); "
+                        f"set text_field of corpus source '{source.name}'", path=str(f))
+    return [Piece(i, str(f), "parquet", g, g + 1, meta.row_group(g).total_byte_size) for g in range(meta.num_row_groups)]
+
+
+def _dataset_pieces(i: int, source, resolve, tasks: int) -> list[Piece]:
+    p = resolve(source.path)
+    where = str(p) if p.exists() else source.path
+    if not p.exists() and not _looks_like_hub_id(source.path):
+        raise DataError(f"corpus source '{source.name}': dataset not found: {source.path} "
+                        f"(resolved to {p}; not a local folder nor a hub id like 'owner/name')")
+    ds = load_dataset_split(where, source)  # fail early: a wrong split or field stops the run here
+    size = ds.data.nbytes if hasattr(ds, "data") else 0
+    return [Piece(i, where, "hf", k, tasks, size // tasks) for k in range(tasks)]
+
+
+def load_dataset_split(where: str, source):
+    """The ``source.split`` split of a saved dataset folder, a folder of data files, or a hub id."""
+    import datasets
+
+    p = Path(where)
+    try:
+        if p.is_dir() and _is_saved_dataset(p):
+            ds = datasets.load_from_disk(str(p))
+        else:
+            ds = datasets.load_dataset(str(p) if p.is_dir() else where, split=source.split)
+        if isinstance(ds, datasets.DatasetDict):
+            if source.split not in ds:
+                raise DataError(f"dataset has no split '{source.split}' (splits: {', '.join(ds)})", path=where)
+            ds = ds[source.split]
+    except DataError:
+        raise
+    except Exception as e:  # datasets raises many types (offline, missing files, ...): one line for the user
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise DataError(f"cannot load dataset '{where}' (split {source.split}): {type(e).__name__}: {first}"[:400]) from None
+    if source.text_field not in ds.column_names:
+        raise DataError(f"dataset has no column '{source.text_field}' (columns: {', '.join(ds.column_names)}); "
+                        f"set text_field of corpus source '{source.name}'", path=where)
+    return ds
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_piece(piece: Piece, source, *, max_bytes: int = MAX_RECORD_BYTES) -> Iterator[Record]:
+    """The records of one piece, in order, none longer than ``max_bytes`` (UTF-8)."""
+    if piece.kind == "parquet":
+        yield from _read_parquet(piece, source, max_bytes)
+    elif piece.kind == "hf":
+        yield from _read_dataset(piece, source, max_bytes)
+    elif source.format == "jsonl":
+        yield from _read_jsonl(piece, source, max_bytes)
+    else:
+        yield from _read_text(piece, max_bytes)
+
+
+def read_source(source, resolve: Callable[[str], Path], *, max_bytes: int = MAX_RECORD_BYTES) -> Iterator[Record]:
+    """Every record of a source, in order (one process; the clean stage reads pieces in parallel)."""
+    for task in plan_pieces([source], resolve, 1):
+        for piece in task:
+            yield from read_piece(piece, source, max_bytes=max_bytes)
+
+
+def _open(piece: Piece):
+    if piece.path.endswith(".gz"):
+        return gzip.open(piece.path, "rb")
+    return open(piece.path, "rb")
+
+
+def _raw_lines(f, start: int, end: int | None, max_bytes: int) -> Iterator[tuple[int, bytes, bool]]:
+    """(offset of the line, bytes, complete) for the lines starting in [start, end).
+
+    A line longer than ``max_bytes`` comes in several parts (``complete`` False for all but the
+    last), cut after a space when there is one in the second half of the buffer, else at a
+    character boundary: memory never holds more than ``max_bytes`` of a line.
+    """
+    if start > 0:
+        f.seek(start - 1)
+        if f.read(1) != b"\n":  # this line began in the previous piece, which reads it
+            while (chunk := f.readline(max_bytes)) and not chunk.endswith(b"\n"):
+                pass
+    carry = b""
+    offset = 0
+    in_line = False  # inside a long line whose first part was already given
+    while True:
+        if not in_line:
+            offset = f.tell()
+            if end is not None and offset >= end:
+                return
+        data = f.readline(max_bytes - len(carry))
+        buf = carry + data if carry else data
+        carry = b""
+        if not buf:
+            return
+        if buf.endswith(b"\n"):
+            yield offset, buf.rstrip(b"\r\n"), True
+        elif len(buf) < max_bytes:  # the file ends without a newline
+            yield offset, buf, True
+        else:
+            cut = buf.rfind(b" ", max_bytes // 2) + 1  # 0 when there is no space
+            if cut == 0:
+                # no space: cut before the last character, whole or not, so no UTF-8 character is split
+                cut = len(buf)
+                while cut > 0 and buf[cut - 1] & 0xC0 == 0x80:
+                    cut -= 1
+                if cut > 0 and buf[cut - 1] >= 0xC0:
+                    cut -= 1
+                if cut == 0:  # not UTF-8 at all: any cut will do
+                    cut = len(buf)
+            yield offset, buf[:cut], False
+            carry = buf[cut:]
+            in_line = True
+            continue
+        in_line = False
+
+
+def _decode_lines(piece: Piece, max_bytes: int) -> Iterator[tuple[int, str | None, bytes, bool]]:
+    """(offset, text or None when invalid UTF-8, raw bytes, complete) per line part."""
+    with _open(piece) as f:
+        end = piece.end if piece.kind == "lines" else None
+        for offset, raw, complete in _raw_lines(f, piece.start if piece.kind == "lines" else 0, end, max_bytes):
+            if offset == 0 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                text = None
+            yield offset, text, raw, complete
+
+
+def _read_text(piece: Piece, max_bytes: int) -> Iterator[Record]:
+    whole_file = piece.kind == "file"
+    bad_line = -1
+    for offset, text, raw, complete in _decode_lines(piece, max_bytes):
+        where = piece.path if whole_file else f"{piece.path}:{offset}"
+        if text is None:
+            # a long line comes in parts: count it once, skip every bad part
+            yield Record(raw.decode("utf-8", errors="replace"), where, len(raw), invalid=True, repeat=bad_line == offset)
+            bad_line = offset
+            continue
+        if text.strip():
+            yield Record(text, where, len(raw))
+
+
+def _read_jsonl(piece: Piece, source, max_bytes: int) -> Iterator[Record]:
+    import orjson
+
+    for offset, text, raw, complete in _decode_lines(piece, MAX_JSON_LINE_BYTES):
+        if not complete:
+            raise DataError(f"line {line_number(piece.path, offset)}: JSONL record longer than "
+                            f"{MAX_JSON_LINE_BYTES >> 20} MiB; split it, or use format 'text'", path=piece.path)
+        where = f"{piece.path}:{offset}"
+        if text is None:
+            yield Record(raw.decode("utf-8", errors="replace"), where, len(raw), invalid=True)
+            continue
+        if not text.strip():
+            continue
+        try:
+            rec = orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            raise DataError(f"line {line_number(piece.path, offset)}: not valid JSON ({e})"[:300], path=piece.path) from None
+        value = _field(rec, source, piece.path, offset)
+        if value:
+            yield from _cut(value, where, max_bytes)
+
+
+def _field(rec: Any, source, path: str, offset: int) -> str | None:
+    if not isinstance(rec, dict):
+        raise DataError(f"line {line_number(path, offset)}: a JSONL record must be an object, got {type(rec).__name__}", path=path)
+    if source.text_field not in rec:
+        keys = ", ".join(list(rec)[:12])
+        raise DataError(f"line {line_number(path, offset)}: no field '{source.text_field}' (fields: {keys}); "
+                        f"set text_field of corpus source '{source.name}'", path=path)
+    value = rec[source.text_field]
+    if value is not None and not isinstance(value, str):
+        raise DataError(f"line {line_number(path, offset)}: field '{source.text_field}' is {type(value).__name__}, "
+                        "not text", path=path)
+    return value
+
+
+def _read_parquet(piece: Piece, source, max_bytes: int) -> Iterator[Record]:
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(piece.path)
+    row = sum(pf.metadata.row_group(g).num_rows for g in range(piece.start))
+    for batch in pf.iter_batches(batch_size=1024, row_groups=[piece.start], columns=[source.text_field]):
+        for value in batch.column(0).to_pylist():
+            if value:
+                if not isinstance(value, str):
+                    raise DataError(f"row {row + 1}: column '{source.text_field}' is {type(value).__name__}, not text",
+                                    path=piece.path)
+                yield from _cut(value, f"{piece.path}:{row}", max_bytes)
+            row += 1
+
+
+def _read_dataset(piece: Piece, source, max_bytes: int) -> Iterator[Record]:
+    ds = load_dataset_split(piece.path, source)
+    shards = min(piece.end, len(ds))  # fewer rows than tasks: the last tasks read nothing
+    if piece.start >= shards:
+        return
+    shard = ds.shard(num_shards=shards, index=piece.start, contiguous=True)
+    row = 0
+    for batch in shard.iter(batch_size=1000):
+        for value in batch[source.text_field]:
+            if value:
+                if not isinstance(value, str):
+                    raise DataError(f"row {row + 1} of shard {piece.start}: column '{source.text_field}' is "
+                                    f"{type(value).__name__}, not text", path=piece.path)
+                yield from _cut(value, f"{piece.path}[{source.split}]:{piece.start}/{row}", max_bytes)
+            row += 1
+
+
+def _cut(text: str, where: str, max_bytes: int) -> Iterator[Record]:
+    """A document as records of at most ``max_bytes``, cut after a space or newline when possible."""
+    nbytes = len(text.encode("utf-8"))
+    if nbytes <= max_bytes:
+        yield Record(text, where, nbytes)
+        return
+    step = max(1, max_bytes // 4)  # characters: at most 4 bytes each, so a part never exceeds max_bytes
+    i = 0
+    while i < len(text):
+        j = min(len(text), i + step)
+        if j < len(text):
+            k = max(text.rfind(" ", i + step // 2, j), text.rfind("\n", i + step // 2, j))
+            j = k + 1 if k >= 0 else j
+        part = text[i:j]
+        yield Record(part, where, len(part.encode("utf-8")))
+        i = j
+
+
+def line_number(path: str, offset: int) -> int:
+    """1-based line number of the byte ``offset`` (counted only when an error needs it)."""
+    n = 1
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        left = offset
+        while left > 0 and (chunk := f.read(min(left, 1 << 20))):
+            n += chunk.count(b"\n")
+            left -= len(chunk)
+    return n
+
+
+def describe_sources(sources: Sequence, resolve: Callable[[str], Path]) -> list[dict]:
+    """Name, type, format and total input bytes of each source, for logs and reports."""
+    out = []
+    for s in sources:
+        if s.format == "hf":
+            size = None
+        else:
+            size = sum(os.path.getsize(f) for f in source_files(s, resolve))
+        out.append({"name": s.name, "type": s.type, "format": s.format, "bytes": size})
+    return out
+
+
+__all__ = ["Piece", "Record", "plan_pieces", "read_piece", "read_source", "source_files", "line_number",
+           "load_dataset_split", "describe_sources", "MAX_RECORD_BYTES"]
