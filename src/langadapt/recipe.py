@@ -140,7 +140,7 @@ class CleanConfig(Section):
     boilerplate_urls: bool = Field(True, description="also drop sentences holding a URL, www address or e-mail address")
     code_markers: list[str] | None = Field(None, description="None: the shipped list")
     near_dedup: bool = Field(False, description="also drop near-duplicates (datatrove MinHash) after exact dedup")
-    near_dedup_ngrams: int = Field(3, ge=1, le=20, description="word n-gram size of the MinHash shingles")
+    near_dedup_ngrams: int = Field(2, ge=1, le=20, description="word n-gram size of the MinHash shingles")
     rejects: bool = Field(False, description="write dropped sentences with their reason to rejects/")
     output_format: Literal["jsonl", "parquet"] = "jsonl"
     workers: int | None = Field(None, ge=1, le=4096, description="local: worker processes (None: one per CPU core); "

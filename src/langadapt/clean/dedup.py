@@ -16,22 +16,26 @@ from __future__ import annotations
 
 import numpy as np
 from datatrove.data import Document, DocumentsPipeline
-from datatrove.pipeline.dedup import exact_dedup
+from datatrove.pipeline.dedup import exact_dedup, minhash
 from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig, ExactDedupSignature, get_sig_dtype
 from datatrove.utils.typeshelper import StatHints
 from datatrove.utils.word_tokenizers import WordTokenizer
 
-MINHASH_BUCKETS = 14
-MINHASH_HASHES_PER_BUCKET = 8
+# Sentences are short, so LSH is set looser than datatrove's document default (14 x 8, ~0.72):
+# 20 bands of 5 hashes find pairs of Jaccard similarity 0.75 (one word changed in a 15-word
+# sentence, on word pairs) 99.6% of the time, and pairs at 0.5 about half the time.
+MINHASH_BUCKETS = 20
+MINHASH_HASHES_PER_BUCKET = 5
 
 
 def _quiet_tqdm(iterable=None, *args, **kwargs):
     return iterable
 
 
-# The finder pass wraps its start-up in tqdm bars, which would print into our own progress
+# The dedup passes wrap their start-up in tqdm bars, which would print into our own progress
 # display from every task; the numbers they show are in the task logs anyway.
 exact_dedup.tqdm = _quiet_tqdm
+minhash.tqdm = _quiet_tqdm
 
 
 def sentence_text(doc: Document) -> bytes:
@@ -106,5 +110,8 @@ class SpaceWordTokenizer(WordTokenizer):
 
 def minhash_config(ngrams: int):
     from datatrove.pipeline.dedup.minhash import MinhashConfig
+    from datatrove.utils.hashing import HashConfig
 
-    return MinhashConfig(n_grams=ngrams, num_buckets=MINHASH_BUCKETS, hashes_per_bucket=MINHASH_HASHES_PER_BUCKET)
+    # sha1: datatrove hands shingles to the hash as str, which the installed xxhash refuses
+    return MinhashConfig(n_grams=ngrams, num_buckets=MINHASH_BUCKETS, hashes_per_bucket=MINHASH_HASHES_PER_BUCKET,
+                         hash_config=HashConfig(precision=64, hash_fc="sha1"))

@@ -100,6 +100,14 @@ class Pass:
 
 def build_passes(job: Job, plan: list) -> list[Pass]:
     """The datatrove pipelines of a run, in order."""
+    logger.disable("datatrove")  # its constructors warn about settings this wiring gets right
+    try:
+        return _build_passes(job, plan)
+    finally:
+        logger.enable("datatrove")
+
+
+def _build_passes(job: Job, plan: list) -> list[Pass]:
     from datatrove.pipeline.dedup.exact_dedup import ExactDedupFilter, ExactFindDedups
 
     from langadapt.clean import filters as F
