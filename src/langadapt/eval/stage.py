@@ -1,0 +1,165 @@
+"""The eval stage: the base model, every enabled stage's model and any extra models on the recipe's
+tasks, written as results.json/results.csv, with the run report beside them.
+
+Each model's rows are cached in ``cache/`` as soon as it is done, so a killed evaluation resumes at
+the next model instead of starting over.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from langadapt.errors import LangadaptError
+from langadapt.eval import protocols
+from langadapt.eval.evaluate import EvalSettings, evaluate_model, settings_dict, task_info
+from langadapt.eval.tasks import check_languages, load_tasks
+from langadapt.files import atomic_path, read_json, write_json
+
+
+def model_entries(recipe) -> list[dict]:
+    """The columns to evaluate: name, stage, and where the model is (path or API settings)."""
+    from langadapt.run import stage_model
+
+    cfg = recipe.eval
+    stages = cfg.stages if cfg.stages is not None else \
+        ["base"] + [s for s in ("align", "pretrain", "sft") if recipe.enabled(s)]
+    out = []
+    for s in stages:
+        if s != "base" and not recipe.enabled(s):
+            raise LangadaptError(f"eval.stages lists '{s}', which is not enabled in the recipe")
+        out.append({"name": s, "stage": s, "path": stage_model(recipe, s)})
+    for m in cfg.models:
+        if isinstance(m, str):
+            name = Path(m.rstrip("/")).name or m
+            out.append({"name": name, "stage": "extra", "path": str(recipe.resolve(m)) if recipe.resolve(m).exists() else m})
+        elif m.path is not None:
+            p = recipe.resolve(m.path)
+            out.append({"name": m.name, "stage": "extra", "path": str(p) if p.exists() else m.path})
+        else:
+            out.append({"name": m.name, "stage": "extra", "api": m.model_dump(mode="json")})
+    names = [e["name"] for e in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise LangadaptError(f"eval: two models are both called {', '.join(dup)}; give extra models distinct names")
+    return out
+
+
+def make_backend(entry: dict, cfg):
+    from langadapt.eval.backends import ApiBackend, LocalBackend
+
+    if "api" in entry:
+        a = entry["api"]
+        return ApiBackend(name=entry["name"], base_url=a["base_url"], model=a["model"], api_key_env=a["api_key_env"],
+                          concurrency=a["concurrency"])
+    return LocalBackend.load(entry["path"], name=entry["name"], device=cfg.device, prompt_format=cfg.prompt_format,
+                             max_length=cfg.max_length, share_prefix=cfg.share_prefix)
+
+
+def eval_settings(recipe) -> EvalSettings:
+    cfg = recipe.eval
+    return EvalSettings(mode=cfg.mode, batch_size=cfg.batch_size, max_examples=cfg.max_examples,
+                        max_examples_per_task=dict(cfg.max_examples_per_task), few_shot=cfg.few_shot,
+                        max_new_tokens=cfg.max_new_tokens, repetition_penalty=cfg.repetition_penalty, seed=recipe.seed)
+
+
+def bpc_rows(recipe) -> list[dict]:
+    """Held-out bits per character each training stage measured at its end, as result rows."""
+    rows = []
+    for stage in ("align", "pretrain", "sft"):
+        f = recipe.run_dir / stage / "bpc.json"
+        if not f.is_file():
+            continue
+        try:
+            data = read_json(f)
+        except ValueError:
+            continue
+        for key, lang in (("target", recipe.language.code), ("english", "en")):
+            end = (data.get(key) or {}).get("end") if isinstance(data.get(key), dict) else None
+            if isinstance(end, (int, float)):
+                rows.append({"model": stage, "stage": stage, "task": "heldout", "language": lang, "metric": "bpc",
+                             "value": float(end), "n": None, "protocol": "original", "settings": {"source": str(f)}})
+    return rows
+
+
+def run(ctx) -> dict:
+    """Evaluate every model column on every task; write results and the report."""
+    from langadapt.eval import report
+
+    recipe, cfg = ctx.recipe, ctx.recipe.eval
+    t0 = time.time()
+    recipe_dir = recipe.source_path.parent if recipe.source_path else None
+    tasks = load_tasks(cfg.tasks, recipe_dir=recipe_dir, paths=cfg.paths, target_language=recipe.language.code,
+                       select=cfg.select)
+    check_languages(tasks, recipe.language.code)
+    for t in tasks:  # read every data file before loading any model: bad data fails in seconds
+        t.examples()
+    entries = model_entries(recipe)
+    settings = eval_settings(recipe)
+    file_map = None
+    if cfg.protocol.enabled and cfg.protocol.translator == "file":
+        file_map = protocols.read_translation_file(recipe.resolve(cfg.protocol.file))
+    if cfg.protocol.enabled and cfg.protocol.models:
+        unknown = set(cfg.protocol.models) - {e["name"] for e in entries}
+        if unknown:
+            raise LangadaptError(f"eval.protocol.models names {', '.join(sorted(unknown))}, which is not an evaluated model")
+
+    cache = ctx.out_dir / "cache"
+    preds = ctx.out_dir / "predictions"
+    rows: list[dict] = []
+    models_info = []
+    for entry in entries:
+        cached = cache / f"{entry['name']}.json"
+        if ctx.resume and cached.is_file():
+            ctx.log(f"  eval: {entry['name']} already evaluated (resuming)")
+            data = read_json(cached)
+            rows += data["rows"]
+            models_info.append(data["model"])
+            continue
+        ctx.log(f"  eval: {entry['name']} ({entry.get('path') or entry['api']['model']})")
+        backend = make_backend(entry, cfg)
+        m_rows = evaluate_model(backend, tasks, settings, model=entry["name"], stage=entry["stage"],
+                                predictions_dir=preds, console=ctx.console)
+        if cfg.protocol.enabled and (cfg.protocol.models is None or entry["name"] in cfg.protocol.models):
+            p_tasks = [t for t in tasks if protocols.applies_to(t)]
+            for variant in cfg.protocol.variants:
+                def parts_for(task, examples, variant=variant):
+                    return protocols.make_parts(variant, task, examples, translator=cfg.protocol.translator,
+                                                backend=backend, file_map=file_map, few_shot=settings.shots(task),
+                                                seed=settings.seed, batch_size=settings.batch_size,
+                                                max_new_tokens=cfg.protocol.max_new_tokens,
+                                                repetition_penalty=settings.repetition_penalty, console=ctx.console)
+                m_rows += evaluate_model(backend, p_tasks, settings, model=entry["name"], stage=entry["stage"],
+                                         protocol=protocols.VARIANTS[variant], parts_for=parts_for,
+                                         predictions_dir=preds, console=ctx.console)
+        info = {"name": entry["name"], "stage": entry["stage"], **backend.settings()}
+        backend.close()
+        write_json(cached, {"model": info, "rows": m_rows})
+        rows += m_rows
+        models_info.append(info)
+
+    rows += bpc_rows(recipe)
+    infos = [task_info(t, settings) for t in tasks]
+    for t in infos:  # the random column as rows too, for anyone reading the CSV alone
+        if t["random"] is not None:
+            rows.append({"model": "random", "stage": "random", "task": t["name"], "language": t["language"],
+                         "metric": "accuracy", "value": round(t["random"], 6), "n": t["n"], "protocol": "original",
+                         "settings": {"rule": "expected accuracy of uniform guessing over each item's options"}})
+    results = {
+        "run": recipe.name, "base_model": recipe.base_model, "language": recipe.language.model_dump(mode="json"),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "settings": {**settings_dict(settings),
+        "prompt_format": cfg.prompt_format, "tasks": cfg.tasks, "protocol": cfg.protocol.model_dump(mode="json")},
+        "models": models_info, "tasks": infos, "rows": rows,
+    }
+    report.write_results(ctx.out_dir, results)
+    summary = {"models": [m["name"] for m in models_info], "tasks": [t["id"] for t in infos],
+               "rows": len(rows), "seconds": round(time.time() - t0, 1)}
+    if cfg.report:
+        html_path, markdown = report.write_report(recipe.run_dir, ctx.out_dir / "report.html")
+        with atomic_path(ctx.out_dir / "report.md") as tmp:
+            tmp.write_text(markdown + "\n", encoding="utf-8")
+        ctx.log(markdown)
+        ctx.log(f"  report: {html_path}")
+        summary["report"] = str(html_path)
+    summary["table"] = report.summary_table(results)
+    return summary
