@@ -146,6 +146,34 @@ def build_parser() -> argparse.ArgumentParser:
 EXTRA_COMMANDS: list[Callable] = []
 """Functions that add a subparser (report, chat, serve, export), appended as those land."""
 
+def cmd_report(args) -> int:
+    from pathlib import Path
+
+    from langadapt.eval.report import write_report
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise LangadaptError(f"run folder not found: {run_dir} (a run writes to <output_dir>/<name>/, e.g. runs/demo)")
+    out, markdown = write_report(run_dir, Path(args.out) if args.out else None)
+    console = _console()
+    console.print(markdown, markup=False, highlight=False)
+    console.print(f"[bold green]report[/bold green]: {out}")
+    return 0
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="render a run's report: one self-contained HTML page and the main table",
+                       description="Read a run folder (cleaning report, tokenizer fertility, bits per character, "
+                       "training loss, evaluation results; any missing part is shown as 'not run') and write one "
+                       "self-contained HTML page (inline CSS and SVG plots, nothing fetched from the network) with "
+                       "the task table laid out like the paper's Table 5. The main table is also printed as Markdown.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the run's folder, e.g. runs/demo")
+    p.add_argument("--out", help="where to write the page (default: RUN_DIR/report.html)")
+    p.set_defaults(func=cmd_report)
+
+
+EXTRA_COMMANDS.append(_add_report)
+
 
 def _quiet_libraries() -> None:
     """Library deprecation chatter is for developers, not for users of the command."""

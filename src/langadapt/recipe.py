@@ -250,15 +250,79 @@ class SftConfig(TrainSettings):
     sample_max_new_tokens: int = Field(96, ge=1)
 
 
+class EvalModel(Section):
+    """An extra model column: a local model (``path``) or an OpenAI-compatible endpoint (``base_url`` + ``model``)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$", description="column name in the tables")
+    path: str | None = Field(None, description="hub id, model folder, adapter folder or .gguf file")
+    base_url: str | None = Field(None, description="API: e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1")
+    model: str | None = Field(None, description="API: the served model name")
+    api_key_env: str | None = Field("OPENAI_API_KEY", description="API: environment variable holding the key (null: none)")
+    concurrency: int = Field(4, ge=1, le=256, description="API: requests in flight at once")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> EvalModel:
+        if (self.path is None) == (self.base_url is None):
+            raise ValueError(f"model '{self.name}' needs either 'path' (a local model) or 'base_url' and 'model' (an API)")
+        if self.base_url is not None and not self.model:
+            raise ValueError(f"model '{self.name}': an API model needs 'model' (the served model name)")
+        return self
+
+
+class TranslationProtocol(Section):
+    """Paper Table 7: target-language tasks again with the instruction (and the input) translated to English."""
+
+    enabled: bool = False
+    variants: list[Literal["instruction", "instruction+input"]] = Field(["instruction", "instruction+input"], min_length=1)
+    translator: Literal["self", "file", "task"] = Field(
+        "self", description="self: the evaluated model translates; file: a given translation file; "
+        "task: the task's own English instruction (instruction variant only)")
+    file: str | None = Field(None, description="translator 'file': JSONL {source, english} or TSV source<TAB>english")
+    models: list[str] | None = Field(None, description="model/stage names to run it for; None: every evaluated model")
+    max_new_tokens: int = Field(160, ge=1, description="translator 'self': token limit per translated text")
+
+    @model_validator(mode="after")
+    def _translator(self) -> TranslationProtocol:
+        if self.translator == "file" and not self.file:
+            raise ValueError("translator 'file' needs 'file'")
+        if self.translator == "task" and "instruction+input" in self.variants:
+            raise ValueError("translator 'task' can only translate the instruction; use 'self' or 'file' for instruction+input")
+        return self
+
+
 class EvalConfig(Section):
     """Stage 6 (paper 5): five tasks in two languages."""
 
     enabled: bool = True
-    tasks: list[str] = Field(["demo"], description="built-in task suite names or task YAML files")
-    mode: Literal["loglik", "generate"] = "loglik"
-    batch_size: int = Field(8, ge=1)
-    max_examples: int | None = Field(None, ge=1)
-    models: list[str] = Field([], description="extra model ids/folders to evaluate beside the run's stages")
+    tasks: list[str] = Field(["demo"], description="built-in task suite names (demo, parsinlu, paper) or task YAML files")
+    select: list[str] | None = Field(None, description="keep only these tasks: names (sentiment) or ids (fa/sentiment)")
+    mode: Literal["loglik", "generate"] = Field("loglik", description="classification by option log-likelihood or by generating and parsing")
+    batch_size: int = Field(8, ge=1, le=4096, description="prompts per model call (concurrent requests for API models)")
+    max_examples: int | None = Field(None, ge=1, description="cap on examples per task (a seeded sample)")
+    max_examples_per_task: dict[str, int] = Field({}, description="per-task caps by name or id, e.g. {summarization: 8}")
+    stages: list[Literal["base", "tokenizer", "align", "pretrain", "sft"]] | None = Field(
+        None, description="which models of the run to evaluate; None: base and every enabled align/pretrain/sft")
+    models: list[str | EvalModel] = Field([], description="extra models: a model id/folder, or {name, path} / {name, base_url, model, api_key_env}")
+    few_shot: int | None = Field(None, ge=0, description="demonstrations per prompt; None: each task's own (0 in the built-ins)")
+    max_new_tokens: int | None = Field(None, ge=1, description="cap on each task's generation length")
+    repetition_penalty: float = Field(1.1, ge=1.0, le=3.0, description="generation: HF repetition penalty (1.0: none)")
+    prompt_format: Literal["auto", "chat", "plain"] = Field("auto", description="auto: chat template when the tokenizer has one")
+    max_length: int = Field(2048, ge=32, description="prompt tokens kept (the left is cut beyond this)")
+    share_prefix: bool = Field(True, description="score all options of a prompt from one pass over the prompt")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    paths: dict[str, str] = Field({}, description="suite path variables, e.g. {parsinlu: /data/parsinlu}")
+    protocol: TranslationProtocol = TranslationProtocol()
+    report: bool = Field(True, description="write report.html and report.md beside the results")
+
+    @model_validator(mode="after")
+    def _checks(self) -> EvalConfig:
+        for k, v in self.max_examples_per_task.items():
+            if v < 1:
+                raise ValueError(f"max_examples_per_task.{k} must be at least 1")
+        names = [m if isinstance(m, str) else m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError("eval.models: model names must be unique")
+        return self
 
 
 class TranslateConfig(Section):
