@@ -146,6 +146,28 @@ def build_parser() -> argparse.ArgumentParser:
 EXTRA_COMMANDS: list[Callable] = []
 """Functions that add a subparser (report, chat, serve, export), appended as those land."""
 
+
+def _add_chat(sub) -> None:
+    from langadapt.serve.chat import add_parser
+
+    add_parser(sub)
+
+
+def _add_serve(sub) -> None:
+    from langadapt.serve.server import add_parser
+
+    add_parser(sub)
+
+
+def _add_export(sub) -> None:
+    from langadapt.serve.export import add_parser
+
+    add_parser(sub)
+
+
+EXTRA_COMMANDS += [_add_chat, _add_serve, _add_export]
+
+
 def cmd_report(args) -> int:
     from pathlib import Path
 
