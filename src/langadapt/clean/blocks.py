@@ -16,6 +16,7 @@ from pathlib import Path
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.writers.jsonl import JsonlWriter
+from datatrove.utils.typeshelper import StatHints
 
 from langadapt.clean.normalize import normalize
 from langadapt.clean.split import split_sentences
@@ -56,14 +57,36 @@ class RejectRow:
 
 
 class ShardWriter(JsonlWriter):
-    """datatrove's JSONL writer for files named by rank only: the name is worked out once per rank,
-    not per document (the template substitution with every document's metadata is most of its cost)."""
+    """datatrove's JSONL writer, lean: files named by rank only, the name worked out once per rank,
+    and the document count added to the statistics once at the end (per-document file-name
+    templating and statistics cost more than writing the line)."""
+
+    _names: dict | None = None
+    _count = 0
 
     def _get_output_filename(self, document: Document, rank: int | str = 0, **kwargs) -> str:
-        names = self.__dict__.setdefault("_names", {})
-        if rank not in names:
-            names[rank] = self.output_filename.substitute(rank=str(rank).zfill(5))
-        return names[rank]
+        if self._names is None:
+            self._names = {}
+        if rank not in self._names:
+            self._names[rank] = self.output_filename.substitute(rank=str(rank).zfill(5))
+        return self._names[rank]
+
+    def write(self, document: Document, rank: int = 0, **kwargs) -> None:
+        name = self._get_output_filename(document, rank)
+        self._write(self.adapter(document), self.output_mg.get_file(name), name)
+        self._count += 1
+
+    def close(self) -> None:
+        if self._count:
+            self.stat_update(StatHints.total, value=self._count)
+            self._count = 0
+        super().close()
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        with self:
+            for document in data:
+                self.write(document, rank)
+                yield document
 
 
 def rejects_writer(folder: str | os.PathLike | None, reason: str) -> JsonlWriter | None:
