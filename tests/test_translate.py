@@ -194,6 +194,7 @@ def test_text_that_looks_like_a_marker_is_itself_protected():
     ("What does NASA stand for?", "abbreviation"),
     ("Reverse the word 'stressed'.", "reversal"),
     ("Translate 'thank you' into Spanish.", "translation"),
+    ("Render the sentence below in Persian.", "translation"),
 ])
 def test_records_bound_to_english_wording_are_caught(prompt, rule):
     assert wording_rule(prompt) == rule
@@ -295,6 +296,7 @@ def test_alpaca_file_is_translated_keeping_structure_ids_and_protected_spans(tmp
 
     (source,) = translated_sources(recipe)
     assert (source.name, source.format, source.language) == ("alpaca_en.fa", "alpaca", "fa")
+    assert translated_sources(recipe, only=["some_other_source"]) == []  # follows sft.sources
     conversations, read = read_instructions(source, path=Path(source.path))
     assert read.kept == 3 and conversations[0].language == "fa"
 
@@ -404,11 +406,10 @@ def test_an_endpoint_refusing_the_key_stops_with_one_line_naming_the_variable(tm
     monkeypatch.delenv("STUB_KEY", raising=False)
     endpoint.key = "sekret"
     write_alpaca(tmp_path / "alpaca.jsonl", ALPACA[:1])
-    recipe = load_recipe(make_recipe(tmp_path, endpoint.url, api_key_env="STUB_KEY"))
+    recipe = load_recipe(make_recipe(tmp_path, endpoint.url, api_key_env="STUB_KEY", batch_size=1))
     with pytest.raises(LangadaptError, match=r"HTTP 401; set \$STUB_KEY"):
         run_stage(recipe, "translate", resume=False)
-    assert endpoint.attempts and len(endpoint.attempts) == len(set(endpoint.attempts))  # a 401 is not retried
-    assert len(endpoint.attempts) <= 2  # nothing more is sent once one request was refused
+    assert len(endpoint.attempts) == 1  # not retried, and nothing more sent once a request was refused
 
 
 def test_conversations_are_translated_turn_by_turn_keeping_roles(tmp_path, endpoint):
@@ -448,3 +449,14 @@ def test_batch_translation_sends_a_line_repeated_within_the_batch_once():
     results = translate_items(items, t, unit="line", lang="fa")
     assert t.calls.count("Say hello.") == 1 and len(t.calls) == 2  # "Hello [[0]]" is also shared
     assert [r["fields"]["output"].split()[-1] for r in results] == ["0", "1", "2"]
+
+
+def test_naming_a_source_already_in_the_target_language_is_refused(tmp_path, endpoint):
+    write_alpaca(tmp_path / "alpaca.jsonl", ALPACA[:1])
+    recipe_path = make_recipe(tmp_path, endpoint.url, sources=["alpaca_en"])
+    data = yaml.safe_load(recipe_path.read_text(encoding="utf-8"))
+    data["data"]["instructions"][0]["language"] = "fa"
+    recipe_path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(LangadaptError, match="'alpaca_en' is already in the target language 'fa'"):
+        run_stage(load_recipe(recipe_path), "translate", resume=False)
+    assert endpoint.attempts == []

@@ -24,7 +24,8 @@ synonyms            synonym(s), antonym(s), opposite word
 abbreviation        acronym, abbreviation, abbreviate, "stand for"
 word-count          how many words, number of words, word count, count the words
 reversal            reverse/backwards applied to a word, string, sentence or letters
-translation         translate/translation tasks: the answer is in another language by design
+translation         translate/translation, or "in/into/to/from" + a language name (English, Persian,
+                    French, ...): the answer is in a given language by design
 ==================  ==========================================================================
 
 False positives cost a training record; false negatives cost a wrong one. The lists favour
@@ -50,8 +51,13 @@ def _rule(name: str, *alternatives: str) -> Rule:
     return Rule(name, re.compile(r"\b(?:" + "|".join(alternatives) + r")\b", re.IGNORECASE))
 
 
+# "Render this in Persian", "Answer in French": the expected answer is in a language by design.
+_LANGUAGES = ("English", "Persian", "Farsi", "French", "Spanish", "German", "Italian", "Portuguese", "Dutch", "Russian",
+              "Arabic", "Turkish", "Chinese", "Mandarin", "Japanese", "Korean", "Hindi", "Urdu", "Latin", "Greek")
+
 RULES: tuple[Rule, ...] = (
-    _rule("translation", r"translat(?:e|es|ed|ing|ion|ions|or)"),
+    _rule("translation", r"translat(?:e|es|ed|ing|ion|ions|or)",
+          r"(?:in|into|to|from)\s+(?:" + "|".join(_LANGUAGES) + r")"),
     _rule("spelling", r"spell(?:s|ed|ing)?", r"misspell(?:ed|ing|ings)?", r"typos?"),
     _rule("rhyme", r"rhym(?:e|es|ed|ing)"),
     _rule("letters", r"how\s+many\s+(?:letters|characters|vowels|consonants|syllables)",

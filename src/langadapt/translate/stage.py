@@ -42,11 +42,12 @@ _AFFIXES = re.compile(r"^(\s*(?:(?:[-*+•>]+|#{1,6}|\[\[\d+\]\][.):])\s+)?)(.*?
 # --------------------------------------------------------------------------- what sft reads
 
 
-def translated_sources(recipe) -> list:
+def translated_sources(recipe, only: list[str] | None = None) -> list:
     """The translate stage's outputs as ``data.instructions`` entries the sft readers take.
 
     One per translated source, named ``<source>.<lang>`` (``alpaca_en.fa``), format ``alpaca``
     for Alpaca/Dolly sources and ``messages`` for the others, language the recipe's target.
+    ``only``: names of original sources to include (``sft.sources``); None: all.
     """
     from langadapt.recipe import InstructionSource
 
@@ -55,6 +56,8 @@ def translated_sources(recipe) -> list:
     by_name = {s.name: s for s in recipe.data.instructions}
     found = []
     for source in selected_sources(recipe):
+        if only is not None and source.name not in only:
+            continue
         path = out_dir / INSTRUCTIONS / f"{source.name}.jsonl"
         if path.is_file():
             found.append(InstructionSource(name=f"{source.name}.{lang}", format=output_format(by_name[source.name].format),
@@ -124,8 +127,9 @@ class WorkLog:
         os.fsync(self._f.fileno())
 
     def close(self) -> None:
-        self.sync()
-        self._f.close()
+        if not self._f.closed:
+            self.sync()
+            self._f.close()
 
 
 # --------------------------------------------------------------------------- translating records
@@ -251,16 +255,17 @@ def run(ctx) -> dict:
     done_now = 0
     pending: Counter = Counter()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=ctx.console, transient=False) as bar:
-        for source, _, _, log, _, todo in plans:
-            if not todo:
-                continue
-            task = bar.add_task(f"translate {source.name}", total=len(todo))
-            translator = translator_for(source.language)
-            try:
+    try:
+        with Progress(*columns, console=ctx.console, transient=False) as bar:
+            for source, _, _, log, _, todo in plans:
+                if not todo:
+                    continue
+                task = bar.add_task(f"translate {source.name}", total=len(todo))
+                translator = translator_for(source.language)
                 for start in range(0, len(todo), cfg.batch_size):
                     batch = todo[start:start + cfg.batch_size]
-                    for item, result in zip(batch, translate_items(batch, translator, unit=cfg.unit, lang=lang, digits=digits)):
+                    results = translate_items(batch, translator, unit=cfg.unit, lang=lang, digits=digits)
+                    for item, result in zip(batch, results):
                         if result is None:
                             pending[source.name] += 1
                         else:
@@ -268,8 +273,9 @@ def run(ctx) -> dict:
                             done_now += 1
                     log.sync()
                     bar.advance(task, len(batch))
-            finally:
-                log.close()
+    finally:
+        for plan in plans:
+            plan[3].close()
     seconds = time.time() - t0
 
     report = _finish(ctx, plans, rules, pending, write_outputs=not pending)

@@ -214,6 +214,7 @@ class EndpointTranslator(Translator):
         self.max_tokens = max_tokens
         self.sleep = sleep
         self.failures: dict[str, int] = {}  # last error message -> texts given up on
+        self._refused: LangadaptError | None = None  # once set, no further request is sent
 
     def describe(self) -> dict:
         return {"kind": self.name, "url": self.url, "model": self.model, "concurrency": self.batch_size,
@@ -232,8 +233,13 @@ class EndpointTranslator(Translator):
 
     def _with_retries(self, text: str) -> str | None:
         for attempt in range(self.retries + 1):
+            if self._refused is not None:
+                raise self._refused
             try:
                 return self._request(text)
+            except LangadaptError as e:
+                self._refused = e
+                raise
             except EndpointError as e:
                 if attempt == self.retries:
                     key = str(e)[:200]
