@@ -206,6 +206,7 @@ def test_records_bound_to_english_wording_are_caught(prompt, rule):
     "What is the capital of Iran?",
     "Give three tips for staying healthy.",
     "Explain why the sky is blue.",
+    "Write a short story set in Persian culture.",
 ])
 def test_ordinary_instructions_pass_the_wording_rules(prompt):
     assert wording_rule(prompt) is None

@@ -24,8 +24,8 @@ synonyms            synonym(s), antonym(s), opposite word
 abbreviation        acronym, abbreviation, abbreviate, "stand for"
 word-count          how many words, number of words, word count, count the words
 reversal            reverse/backwards applied to a word, string, sentence or letters
-translation         translate/translation, or "in/into/to/from" + a language name (English, Persian,
-                    French, ...): the answer is in a given language by design
+translation         translate/translation, or "in/into/to/from" + a language name ending the clause
+                    ("... in Persian.", "... in English?"): the answer is in a given language by design
 ==================  ==========================================================================
 
 False positives cost a training record; false negatives cost a wrong one. The lists favour
@@ -51,13 +51,14 @@ def _rule(name: str, *alternatives: str) -> Rule:
     return Rule(name, re.compile(r"\b(?:" + "|".join(alternatives) + r")\b", re.IGNORECASE))
 
 
-# "Render this in Persian", "Answer in French": the expected answer is in a language by design.
+# "Render this in Persian.", "What does it mean in English?": the answer is in a language by design.
+# A word after the name ("in Persian culture") makes it an adjective, not a target language.
 _LANGUAGES = ("English", "Persian", "Farsi", "French", "Spanish", "German", "Italian", "Portuguese", "Dutch", "Russian",
               "Arabic", "Turkish", "Chinese", "Mandarin", "Japanese", "Korean", "Hindi", "Urdu", "Latin", "Greek")
 
 RULES: tuple[Rule, ...] = (
     _rule("translation", r"translat(?:e|es|ed|ing|ion|ions|or)",
-          r"(?:in|into|to|from)\s+(?:" + "|".join(_LANGUAGES) + r")"),
+          r"(?:in|into|to|from)\s+(?:" + "|".join(_LANGUAGES) + r")(?!\s+\w)"),
     _rule("spelling", r"spell(?:s|ed|ing)?", r"misspell(?:ed|ing|ings)?", r"typos?"),
     _rule("rhyme", r"rhym(?:e|es|ed|ing)"),
     _rule("letters", r"how\s+many\s+(?:letters|characters|vowels|consonants|syllables)",
