@@ -167,14 +167,18 @@ def merged_pair(request, tmp_path, persian_sp):
 
 
 def test_reservoir_sample_keeps_k_sentences_from_the_corpus_reproducibly(tmp_path):
+    """JSONL (with blank lines) and Parquet shards, as the clean stage writes them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     from langadapt.tokenizer.train import reservoir_sample
 
-    files = []
-    for f in range(2):
-        p = tmp_path / f"part-{f}.jsonl"
-        p.write_text("".join(json.dumps({"text": f"جمله {f}-{i}"}, ensure_ascii=False) + "\n" + ("\n" if i % 7 == 0 else "")
-                             for i in range(300)), encoding="utf-8")
-        files.append(p)
+    p = tmp_path / "part-0.jsonl"
+    p.write_text("".join(json.dumps({"text": f"جمله 0-{i}"}, ensure_ascii=False) + "\n" + ("\n" if i % 7 == 0 else "")
+                         for i in range(300)), encoding="utf-8")
+    q = tmp_path / "part-1.parquet"
+    pq.write_table(pa.table({"text": [f"جمله 1-{i}" for i in range(300)], "source": ["x"] * 300}), q, row_group_size=64)
+    files = [p, q]
     everything = {f"جمله {f}-{i}" for f in range(2) for i in range(300)}
 
     def draw(seed, k=50):

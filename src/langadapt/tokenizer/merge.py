@@ -32,8 +32,8 @@ The ZWNJ problem (byte-level bases)
 SmolLM2's GPT-2 pattern (`` ?\\p{L}+``) ends a word at U+200C, the zero-width non-joiner Persian
 writes inside words (می‌خواهم), so such a word costs at least three pre-tokens whatever merges we
 add, and merges trained across the ZWNJ ("▁می‌") can never apply. For byte-level bases we therefore
-put one alternative in front of the base pattern: a run of letters, marks and joiners containing a
-target letter, with the optional leading space. A regex split takes matches left to right; where
+put one alternative in front of the base pattern: a target letter followed by letters, marks and
+joiners, with the optional leading space. A regex split takes matches left to right; where
 the new alternative cannot match - everywhere in text without a target letter - the base pattern
 matches exactly as before, so English pre-tokens, and hence ids, are unchanged, while a Persian word
 becomes one pre-token in which the SentencePiece merges can build pieces across the ZWNJ.
@@ -150,9 +150,12 @@ def _char_class(chars) -> str:
 
 
 def target_word_pattern(letters, joiners) -> str:
-    """A target-language word: optional space, then letters/marks/joiners holding a target letter."""
-    inner = r"\p{L}\p{M}" + _char_class(joiners)
-    return f" ?[{inner}]*[{_char_class(letters)}][{inner}]*"
+    """A target-language word: optional space, a target letter, then letters, marks and joiners.
+
+    Starting with a target letter makes the alternative fail at the first character of an English
+    word, so the base pattern's speed on English is nearly kept.
+    """
+    return f" ?[{_char_class(letters)}][\\p{{L}}\\p{{M}}{_char_class(joiners)}]*"
 
 
 # --------------------------------------------------------------------------- the base tokenizer
@@ -268,11 +271,14 @@ class MergedTokenizer:
         return self.first_new_id + len(self.new_tokens)
 
 
-def merge_pieces(tj: dict, pieces: list[SpPiece], *, base_rows: int | None = None) -> MergedTokenizer:
+def merge_pieces(tj: dict, pieces: list[SpPiece], *, base_rows: int | None = None,
+                 merges_first: bool = True, extend_pre_tokenizer: bool = True) -> MergedTokenizer:
     """Merge SentencePiece ``pieces`` into the base ``tokenizer.json`` dict ``tj`` (left unchanged).
 
     New tokens get the ids after both the base tokenizer's ids and the base model's ``base_rows``
     embedding rows; ids in between (a model with spare rows) are filled with reserved tokens.
+    ``merges_first=False`` (new merges appended after the base's) and ``extend_pre_tokenizer=False``
+    exist to measure what the design choices above are worth (bench/tokenizer_bench.py).
     """
     family = detect_family(tj)
     tj = copy.deepcopy(tj)
@@ -423,10 +429,15 @@ def merge_pieces(tj: dict, pieces: list[SpPiece], *, base_rows: int | None = Non
         vocab[s] = base_ids + i
     for i, s in enumerate(new_tokens):
         vocab[s] = first_new + i
-    moved = sum(1 for m in base_merges if m in front_set)
-    model["merges"] = [list(m) for m in front] + [list(m) for m in base_merges if m not in front_set]
+    if merges_first:
+        moved = sum(1 for m in base_merges if m in front_set)
+        model["merges"] = [list(m) for m in front] + [list(m) for m in base_merges if m not in front_set]
+    else:
+        have = set(base_merges)
+        moved = 0
+        model["merges"] = [list(m) for m in base_merges] + [list(m) for m in front if m not in have]
     pattern_changed = False
-    if family == BYTE_LEVEL:
+    if family == BYTE_LEVEL and extend_pre_tokenizer:
         tj["pre_tokenizer"], pattern_changed = rewrite_pre_tokenizer(
             tj.get("pre_tokenizer"), target_word_pattern(letters, joiners))
 

@@ -1,7 +1,7 @@
 """The `tokenizer` stage (paper 4.1): pieces from the cleaned corpus, merged into the base tokenizer,
 and the base model's embeddings grown to match.
 
-Reads ``<run>/clean/sentences/*.jsonl``; writes ``model/`` (a ``save_pretrained`` model with the merged
+Reads ``<run>/clean/sentences/*.jsonl`` (or ``*.parquet``); writes ``model/`` (a ``save_pretrained`` model with the merged
 tokenizer beside it), ``sp.model`` (the SentencePiece model) and ``report.json``.
 
 When the sample supports fewer pieces than ``tokenizer.new_pieces`` (a small corpus), SentencePiece
@@ -95,7 +95,7 @@ def run(ctx) -> dict:
     seed = cfg.seed if cfg.seed is not None else recipe.seed
     timings: dict[str, float] = {}
     sentences = ctx.stage_dir("clean") / "sentences"
-    files = sorted(sentences.glob("*.jsonl"))
+    files = sorted(sentences.glob("*.jsonl")) + sorted(sentences.glob("*.parquet"))
     if not files:
         raise LangadaptError(f"no cleaned sentences in {sentences}/; run the clean stage first (langadapt clean RECIPE)")
 

@@ -44,70 +44,93 @@ class Sample:
     characters: int
 
 
-def reservoir_sample(files: list[Path], k: int, out_path: Path, *, seed: int, progress=None) -> Sample:
-    """Write a uniform random sample of ``k`` sentences (all if fewer) from JSONL ``files`` to ``out_path``.
+def _positions(path: Path, progress):
+    """(position, ...) of every sentence of a file: byte offsets of non-blank JSONL lines, row numbers of Parquet."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
 
-    Each line of a file is a JSON object with a ``text`` field (the clean stage's output).
+        yield from range(pq.ParquetFile(path).metadata.num_rows)
+        if progress is not None:
+            progress(path.stat().st_size)
+        return
+    offset = pending = 0
+    with open(path, "rb") as f:
+        for line in f:
+            if line.strip():
+                yield offset
+            offset += len(line)
+            pending += len(line)
+            if progress is not None and pending >= 1 << 20:
+                progress(pending)
+                pending = 0
+    if progress is not None and pending:
+        progress(pending)
+
+
+def _read_at(path: Path, positions: list[int]):
+    """The texts at sorted ``positions`` of one file (see `_positions`)."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(path)
+        if "text" not in pf.schema_arrow.names:
+            raise DataError("Parquet file has no 'text' column", path=str(path))
+        start, wanted, i = 0, positions, 0
+        for g in range(pf.metadata.num_row_groups):
+            end = start + pf.metadata.row_group(g).num_rows
+            if i < len(wanted) and wanted[i] < end:
+                column = pf.read_row_group(g, columns=["text"]).column("text")
+                while i < len(wanted) and wanted[i] < end:
+                    yield column[wanted[i] - start].as_py()
+                    i += 1
+            start = end
+        return
+    with open(path, "rb") as f:
+        for off in positions:
+            f.seek(off)
+            try:
+                yield json.loads(f.readline())["text"]
+            except (ValueError, KeyError, TypeError):
+                raise DataError(f"not a JSON object with a 'text' field at byte {off}", path=str(path)) from None
+
+
+def reservoir_sample(files: list[Path], k: int, out_path: Path, *, seed: int, progress=None) -> Sample:
+    """Write a uniform random sample of ``k`` sentences (all if fewer) from ``files`` to ``out_path``.
+
+    The files are the clean stage's output: JSONL lines (or Parquet rows) with a ``text`` field.
+    ``progress(n)`` is called as ``n`` more bytes have been read.
     """
     import numpy as np
 
     rng = np.random.default_rng(seed)
     file_of = np.zeros(k, dtype=np.int32)
-    offset_of = np.zeros(k, dtype=np.int64)
-    seen = 0
-    batch = np.empty(0)
-    used = 0
-    pending = 0
+    position_of = np.zeros(k, dtype=np.int64)
+    seen = used = 0
+    draws = np.empty(0)
     for fi, path in enumerate(files):
-        offset = 0
-        with open(path, "rb") as f:
-            for line in f:
-                if line.strip():
-                    if seen < k:
-                        file_of[seen], offset_of[seen] = fi, offset
-                    else:
-                        if used == len(batch):
-                            batch, used = rng.random(65536), 0
-                        j = int(batch[used] * (seen + 1))  # Algorithm R: keep with probability k / (seen + 1)
-                        used += 1
-                        if j < k:
-                            file_of[j], offset_of[j] = fi, offset
-                    seen += 1
-                offset += len(line)
-                pending += len(line)
-                if progress is not None and pending >= 1 << 20:
-                    progress(pending)
-                    pending = 0
-    if progress is not None and pending:
-        progress(pending)
+        for position in _positions(Path(path), progress):
+            if seen < k:
+                file_of[seen], position_of[seen] = fi, position
+            else:
+                if used == len(draws):
+                    draws, used = rng.random(65536), 0
+                j = int(draws[used] * (seen + 1))  # Algorithm R: keep with probability k / (seen + 1)
+                used += 1
+                if j < k:
+                    file_of[j], position_of[j] = fi, position
+            seen += 1
     kept = min(seen, k)
     if kept == 0:
         raise DataError(f"no sentences in {', '.join(str(f) for f in files)}; did the clean stage keep anything?")
-    order = np.lexsort((offset_of[:kept], file_of[:kept]))
     boundary = _boundary_pattern()
     chars = 0
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with open(out_path, "w", encoding="utf-8") as out:
-        current, handle = -1, None
-        try:
-            for idx in order:
-                fi, off = int(file_of[idx]), int(offset_of[idx])
-                if fi != current:
-                    if handle is not None:
-                        handle.close()
-                    handle, current = open(files[fi], "rb"), fi
-                handle.seek(off)
-                raw = handle.readline()
-                try:
-                    text = json.loads(raw)["text"]
-                except (ValueError, KeyError, TypeError):
-                    raise DataError(f"not a JSON object with a 'text' field at byte {off}", path=str(files[fi])) from None
+        for fi in np.unique(file_of[:kept]):
+            for text in _read_at(Path(files[fi]), sorted(position_of[:kept][file_of[:kept] == fi].tolist())):
                 text = " ".join(str(text).split())  # one sentence per line for SentencePiece
                 chars += len(text)
                 out.write(boundary.sub(DELIMITER, text) + "\n")
-        finally:
-            if handle is not None:
-                handle.close()
     return Sample(out_path, seen, kept, chars)
 
 
