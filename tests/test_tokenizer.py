@@ -413,3 +413,23 @@ def test_every_word_splitting_step_of_a_byte_level_pre_tokenizer_is_extended():
     assert tok.encode("x1 آن\u200cگونه").tokens == ["x", "1", to_byte_level(" آن\u200cگونه")]
     for text in ENGLISH_PROBES:
         assert tok.encode(text).ids == base.backend_tokenizer.encode(text).ids
+
+
+def test_unigram_pieces_merge_too(tmp_path):
+    """model_type: unigram has no merge order; pieces are built from any split into known pieces."""
+    from tokenizers import Tokenizer
+
+    from langadapt.tokenizer.train import train_sentencepiece
+
+    (tmp_path / "fa.txt").write_text("\n".join(FA * 2), encoding="utf-8")
+    sp = train_sentencepiece(tmp_path / "fa.txt", tmp_path / "sp.model", vocab_size=200, model_type="unigram",
+                             character_coverage=1.0, seed=0)
+    base = byte_level_base("gpt2")
+    merged = merge_pieces(json.loads(base.backend_tokenizer.to_str()), read_sentencepiece(sp.model_path))
+    tok = Tokenizer.from_str(json.dumps(merged.tokenizer_json))
+    assert merged.stats["new_pieces"] > 50
+    for text in ENGLISH_PROBES:
+        assert tok.encode(text).ids == base.backend_tokenizer.encode(text).ids
+    for text in FA:
+        assert tok.decode(tok.encode(text).ids) == text
+    assert sum(len(tok.encode(t).ids) for t in FA) < sum(len(base.backend_tokenizer.encode(t).ids) for t in FA) / 2

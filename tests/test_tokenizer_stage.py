@@ -81,6 +81,11 @@ def test_tokenizer_stage_writes_a_loadable_model_with_merged_tokenizer(workspace
     (out / "COMPLETE.json").write_text("{}", encoding="utf-8")  # what `plan` reads once the stage is done
     assert vocab_plan(recipe, len(base_tok)).merged == rows
 
+    # Killed after SentencePiece: a resumed run reuses sp.model and gives the same result.
+    again = STAGES["tokenizer"].function()(StageContext(recipe=recipe, stage="tokenizer", out_dir=out, resume=True))
+    assert "reusing" in capsys.readouterr().out
+    assert again["merged_vocab_size"] == rows and again["new_pieces"] == report["new_pieces"]
+
 
 def test_tokenizer_stage_reports_missing_clean_output(workspace):
     tmp_path, base = workspace

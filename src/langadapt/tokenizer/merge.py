@@ -273,7 +273,8 @@ class MergedTokenizer:
 
 def merge_pieces(tj: dict, pieces: list[SpPiece], *, base_rows: int | None = None,
                  merges_first: bool = True, extend_pre_tokenizer: bool = True) -> MergedTokenizer:
-    """Merge SentencePiece ``pieces`` into the base ``tokenizer.json`` dict ``tj`` (left unchanged).
+    """Merge SentencePiece ``pieces`` (best first, as `read_sentencepiece` gives them) into the base
+    ``tokenizer.json`` dict ``tj``, which is left unchanged.
 
     New tokens get the ids after both the base tokenizer's ids and the base model's ``base_rows``
     embedding rows; ids in between (a model with spare rows) are filled with reserved tokens.
@@ -419,6 +420,7 @@ def merge_pieces(tj: dict, pieces: list[SpPiece], *, base_rows: int | None = Non
                 if left in late:
                     add_merge(late[left], built[right])
     new_pieces = sum(1 for p in candidates if p.text in built and enc(p.text) in new_set)
+    new_chars = sum(1 for ch, s in units.items() if s in new_set and len(ch) == 1)
 
     # 4. Ids after the base's ids and rows; merges in front; the pre-tokenizer that keeps target words whole.
     first_new = max(base_ids, base_rows or 0)
@@ -447,9 +449,9 @@ def merge_pieces(tj: dict, pieces: list[SpPiece], *, base_rows: int | None = Non
         "overlap": overlap,
         "overlap_share": round(overlap / len(pieces), 4) if pieces else 0.0,
         "new_pieces": new_pieces,
-        "new_characters": sum(1 for ch, s in units.items() if s in new_set and len(ch) == 1),
+        "new_characters": new_chars,
         "new_tokens": len(new_tokens),
-        "new_partial_tokens": len(new_tokens) - new_pieces - sum(1 for ch, s in units.items() if s in new_set and len(ch) == 1),
+        "new_partial_tokens": len(new_tokens) - new_pieces - new_chars,  # a piece's body plus part of a ZWNJ
         "skipped_no_target_letter": skipped_no_target,
         "skipped_unreachable": unreachable,
         "target_letters": len(letters),

@@ -144,13 +144,25 @@ def run(ctx) -> dict:
     tokens = merged.size + (pad_token is not None)
     rows = padded(tokens, cfg.pad_to_multiple_of)
 
-    # 3. The model folder: merged tokenizer, resized and initialised embeddings.
+    heldout = recipe.data.heldout
+    texts = {}
+    for which in ("target", "english"):
+        path = getattr(heldout, which)
+        texts[which] = read_lines(recipe.resolve(path), heldout.max_chars) if path else None
+    english = ENGLISH_CHECK + (texts["english"] or [])
+
+    # 3. The model folder: merged tokenizer (checked on English before anything else is written),
+    #    resized and initialised embeddings.
     t0 = time.perf_counter()
     with atomic_path(out / "model") as model_dir:
         model_dir.mkdir()
         tok = save_tokenizer(base_tok, merged.tokenizer_json, model_dir, pad_token=pad_token, pad_id=pad_id)
         if len(tok) != tokens:
             raise RuntimeError(f"the saved tokenizer has {len(tok)} tokens, expected {tokens}")
+        differing = _check_identical(base_tok, tok, english)
+        if differing:
+            raise RuntimeError(f"the merged tokenizer changed the ids of {differing} English lines; "
+                               "this is a bug in langadapt")
         spellings = {merged.first_new_id + i: s for i, s in enumerate(merged.spellings)}
         resized = resize_and_init(model, rows, spellings, init=cfg.init, seed=seed)
         model.config.langadapt_base_vocab_size = base_rows
@@ -162,16 +174,7 @@ def run(ctx) -> dict:
         model.save_pretrained(model_dir)
     timings["save"] = round(time.perf_counter() - t0, 2)
 
-    # 4. Guarantees on real text, and fertility.
-    heldout = recipe.data.heldout
-    texts = {}
-    for which in ("target", "english"):
-        path = getattr(heldout, which)
-        texts[which] = read_lines(recipe.resolve(path), heldout.max_chars) if path else None
-    english = ENGLISH_CHECK + (texts["english"] or [])
-    differing = _check_identical(base_tok, tok, english)
-    if differing:
-        raise RuntimeError(f"the merged tokenizer changed the ids of {differing} English lines; this is a bug in langadapt")
+    # 4. Round trips and fertility on the held-out text.
     target_lines = texts["target"] or []
     roundtrip = sum(tok.decode(tok(x, add_special_tokens=False)["input_ids"]) !=
                     base_tok.decode(base_tok(x, add_special_tokens=False)["input_ids"]) for x in target_lines)
