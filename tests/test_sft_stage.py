@@ -115,3 +115,35 @@ def test_sft_without_lora_trains_embeddings_and_head_only(workspace):
     tuned = load_model(str(out / "model"))
     changed = {n for n, p in tuned.state_dict().items() if n in before and not torch.equal(p, before[n])}
     assert changed == {"model.embed_tokens.weight"}
+
+
+def test_sft_from_a_pretrain_adapter_merges_it_and_trains_a_fresh_lora(workspace):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from langadapt.models import adapter_base, load_model
+    from langadapt.run import StageContext
+    from langadapt.stages.sft import run
+
+    # A stand-in for the pretrain stage's output: a LoRA adapter with non-zero B on the tiny base.
+    base = load_model(str(workspace / "base"))
+    pre = get_peft_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    for n, p in pre.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.5)
+    recipe = recipe_for(workspace, start_from="pretrain", translation_share=0.0, samples=1)
+    pre.save_pretrained(recipe.run_dir / "pretrain" / "adapter")
+    expected = pre.merge_and_unload().state_dict()
+
+    out = recipe.run_dir / "sft"
+    out.mkdir(parents=True)
+    summary = run(StageContext(recipe=recipe, stage="sft", out_dir=out))
+    assert summary["start_from"] == "pretrain" and summary["output"] == "adapter"
+    # The merged starting point is kept beside the adapter, which points at it by a relative path.
+    cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == "../base"
+    assert adapter_base(out / "adapter") == str((out / "base").resolve())
+    merged = load_model(str(out / "base")).state_dict()
+    assert all(torch.equal(merged[k], v) for k, v in expected.items())
+    tuned = load_model(str(out / "adapter"))
+    assert sum("lora_A" in n for n, _ in tuned.named_parameters()) == 2 * 7  # fresh LoRA on every linear layer
