@@ -124,7 +124,7 @@ class Seq2SeqTranslator(_LocalModel):
             kw["forced_bos_token_id"] = self.forced_bos
         with torch.inference_mode():
             out = self.model.generate(**enc, max_new_tokens=cap, pad_token_id=self.tokenizer.pad_token_id, **kw)
-        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        return [_tidy(t) for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
 
 def _language_token_id(tokenizer, code: str) -> int | None:
@@ -174,8 +174,14 @@ class CausalTranslator(_LocalModel):
         new = out[:, enc["input_ids"].shape[1]:]
         texts_out = self.tokenizer.batch_decode(new, skip_special_tokens=True)
         if not self.chat:
-            texts_out = [t.strip().split("\n", 1)[0] for t in texts_out]
-        return [t.strip() for t in texts_out]
+            # The completion prompt asks for one line; a text of several lines (unit: field) keeps them.
+            texts_out = [t.strip().split("\n", 1)[0] if "\n" not in src else t for t, src in zip(texts_out, texts)]
+        return [_tidy(t) for t in texts_out]
+
+
+def _tidy(text: str) -> str:
+    """Strip spaces, and the half character a token cap can leave at the end of byte-level output."""
+    return text.strip().rstrip("\ufffd").strip()
 
 
 class EndpointError(Exception):
