@@ -20,8 +20,9 @@ word (byte pairs in arbitrary places) and most of them would never fire.
 Putting merges in front cannot change English: every merge we put there produces a token holding a
 whole target-language character, so it fires only in text that has that character. Base merges keep
 their relative order; a base merge we need too (the one joining the two bytes of "ا", say) moves to
-the front, which again only matters where that character occurs. Pieces without a target character
-("▁(", "!»") are skipped, since they would change English.
+the front, which again only matters where that character occurs. Pieces without a target letter
+("▁(", "!»") are skipped, since they would change English; pieces mixing letters with punctuation
+or digits never form inside a byte-level pre-token, and `train` keeps SentencePiece from learning them.
 
 Target-language characters are the non-ASCII letters and marks among the SentencePiece model's
 characters, plus the zero-width non-joiner and joiner when it learned them (for Persian: the
@@ -43,10 +44,14 @@ so it cannot be built from its bytes ahead of the base merges. A piece holding i
 the ZWNJ's bytes one at a time onto the neighbouring part, which holds a letter ("ه" + E2, + 80,
 + 8C = "ه‌"), so every step yields a token with a whole Persian letter. Where the base spells the
 ZWNJ as two tokens (SmolLM2: ``âĢ`` + ``Į``) the merge completing it is added as well, for a ZWNJ
-that no piece absorbs; it fires once the base has joined the first two bytes.
-For other 3- and 4-byte scripts a character is built
-from its byte prefix in front only when every character sharing that prefix is a letter, mark or
-number (never for punctuation blocks).
+that no piece absorbs; it fires once the base has joined the first two bytes. For other 3- and
+4-byte scripts a character is built from its byte prefix in front only when every character sharing
+that prefix is a letter, mark or number (never for punctuation blocks).
+
+Measured (bench/tokenizer_bench.py, 20,000 pieces from Persian poems and the Quran into SmolLM2):
+1.44 tokens per word on ParsiNLU reviews at 69,289 tokens (base 4.76, SentencePiece alone 1.42),
+English identical. Appending the merges instead: 2.36. Keeping the GPT-2 pattern: the same on the
+reviews, which rarely write the ZWNJ, but 1.51 instead of 1.31 on verses that do.
 """
 
 from __future__ import annotations
