@@ -1,8 +1,8 @@
 """Train the target-language SentencePiece model on a random sample of the cleaned sentences.
 
-The sample is drawn by reservoir sampling over line offsets: one pass over the corpus keeps
-``k`` (file, byte offset) pairs in two numpy arrays (12 bytes a sentence), a second pass reads just
-those lines. Memory is O(k) whatever the corpus size; the paper's 4 GB sample is SentencePiece's
+The sample is drawn by reservoir sampling over sentence positions: one pass over the corpus keeps
+``k`` (file, byte offset or Parquet row) pairs in two numpy arrays (12 bytes a sentence), a second
+pass reads just those sentences. Memory is O(k) whatever the corpus size; the paper's 4 GB sample is SentencePiece's
 own memory, not ours.
 
 Pieces never cross a boundary between a letter and a non-letter (punctuation, digits, symbols):
