@@ -461,3 +461,15 @@ def test_naming_a_source_already_in_the_target_language_is_refused(tmp_path, end
     with pytest.raises(LangadaptError, match="'alpaca_en' is already in the target language 'fa'"):
         run_stage(load_recipe(recipe_path), "translate", resume=False)
     assert endpoint.attempts == []
+
+
+def test_a_translator_breaking_a_line_in_two_does_not_change_the_layout():
+    class Chatty:
+        def translate(self, texts):
+            return [f"{fake_persian(t)}\nخوب" for t in texts]
+
+    item = Item(key="1", kind="alpaca", fields={"instruction": "Name two rivers.", "input": "",
+                                                 "output": "- The Nile\n- The Amazon"})
+    (result,) = translate_items([item], Chatty(), unit="line", lang="fa")
+    assert result["fields"]["instruction"].count("\n") == 0
+    assert [line[:2] for line in result["fields"]["output"].split("\n")] == ["- ", "- "]

@@ -32,9 +32,12 @@ class Item:
     where: str = ""
 
     def prompt_text(self) -> str:
-        """What a user asks (instruction and input, or the user turns): where wording rules look."""
+        """The task as asked (the instruction, or the non-assistant turns): where wording rules look.
+
+        An Alpaca/Dolly input is material (an article, a passage) whose words say nothing about the task.
+        """
         if self.kind == "alpaca":
-            return "\n".join(self.fields[k] for k in ("instruction", "input") if self.fields.get(k))
+            return self.fields["instruction"]
         return "\n".join(self.fields[str(i)] for i, r in enumerate(self.roles) if r != "assistant")
 
     def to_record(self, translated: dict[str, str], *, source: str, source_language: str, language: str) -> dict:

@@ -4,8 +4,9 @@
 neither rhymes in Persian nor answers the translated question. Such records are dropped before
 translation (nothing is spent on them), each with the name of the rule that caught it.
 
-The rules are simple regular expressions over the prompt (instruction, input and user turns,
-never the answer), case-insensitive, on whole words:
+The rules are simple regular expressions over the task as asked (the instruction of an
+Alpaca/Dolly record, the system and user turns of a conversation; never the input passage or
+the answer), case-insensitive, on whole words:
 
 ==================  ==========================================================================
 rule                catches

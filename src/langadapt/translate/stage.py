@@ -179,6 +179,8 @@ def translate_items(items: list[Item], translator, *, unit: str, lang: str, digi
                 if result is None:
                     complete = False
                     break
+                if unit == "line":
+                    result = re.sub(r"\s*\n\s*", " ", result)  # one line in, one line out: the layout stays
                 lines.append(prefix + normalize(result, lang, digits) + suffix)
             if not complete:
                 break
