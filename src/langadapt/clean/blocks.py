@@ -137,7 +137,7 @@ class CorpusReader(PipelineStep):
                             if writer is not None:
                                 writer.write(Document(rec.text, rec.where, metadata=dict(md)), rank)
                         continue
-                    self.stat_update("documents")
+                    counts["documents"] += 1
                     yield Document(rec.text, rec.where, metadata=dict(md))
                     if self.progress_dir and time.monotonic() - last > 1.0:
                         self._progress(rank, done)

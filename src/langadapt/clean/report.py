@@ -4,6 +4,9 @@ Blocks count under ``"<source>|<metric>"`` labels (see :mod:`langadapt.clean.blo
 executors save every task's statistics as JSON; this module adds them up. Sentence drops add up:
 ``sentences_in - sum(drops except invalid_utf8) == sentences_out`` for every source, and the
 report refuses to be written otherwise (a count was lost, which would be a bug).
+
+Bytes are UTF-8 bytes of text: ``original_bytes`` counts the lines (or text fields) as read,
+line breaks and blank lines excluded; ``cleaned_bytes`` the sentences written.
 """
 
 from __future__ import annotations

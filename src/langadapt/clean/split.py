@@ -31,15 +31,19 @@ def _boundary(lang: str) -> re.Pattern:
     return re.compile(rf"[{re.escape(term)}]+[{re.escape(_CLOSERS)}]*(?=\s|$)")
 
 
-_WORD_BEFORE = re.compile(r"(\S+)$")
+_WINDOW = 48
 _LOWER_LATIN_AFTER = re.compile(r"\s+[\"'«“(\[]*[a-z]")
 
 
 def _period_is_not_an_end(line: str, start: int, end: int) -> bool:
     """Whether a lone '.' at ``start`` (run ending at ``end``) belongs to its word instead of ending the sentence."""
-    m = _WORD_BEFORE.search(line, 0, start)
-    word = m.group(1) if m else ""
-    word = word.lstrip("\"'«“([")
+    # the word the period ends, looked for in a short window so that a long line with many
+    # periods stays linear; a word longer than the window is no abbreviation anyway
+    window = line[max(0, start - _WINDOW):start]
+    parts = window.split()
+    if not parts or (len(parts) == 1 and start > _WINDOW and not window[0].isspace()):
+        return False
+    word = parts[-1].lstrip("\"'«“([")
     if not word:
         return False
     core = word.rstrip(".")
