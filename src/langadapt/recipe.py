@@ -9,10 +9,10 @@ from __future__ import annotations
 import glob
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from langadapt.errors import RecipeError
 
@@ -269,6 +269,14 @@ class EvalModel(Section):
         return self
 
 
+# A string or a mapping, told apart before validation so a mistake in a mapping is reported as itself
+# (not as "should be a valid string"); the bracketed tag keeps it out of the key shown to the user.
+_ModelEntry = Annotated[
+    Annotated[str, Tag("[name]")] | Annotated[EvalModel, Tag("[model]")],
+    Discriminator(lambda v: "[name]" if isinstance(v, str) else "[model]"),
+]
+
+
 class TranslationProtocol(Section):
     """Paper Table 7: target-language tasks again with the instruction (and the input) translated to English."""
 
@@ -302,7 +310,7 @@ class EvalConfig(Section):
     max_examples_per_task: dict[str, int] = Field({}, description="per-task caps by name or id, e.g. {summarization: 8}")
     stages: list[Literal["base", "tokenizer", "align", "pretrain", "sft"]] | None = Field(
         None, description="which models of the run to evaluate; None: base and every enabled align/pretrain/sft")
-    models: list[str | EvalModel] = Field([], description="extra models: a model id/folder, or {name, path} / {name, base_url, model, api_key_env}")
+    models: list[_ModelEntry] = Field([], description="extra models: a model id/folder, or {name, path} / {name, base_url, model, api_key_env}")
     few_shot: int | None = Field(None, ge=0, description="demonstrations per prompt; None: each task's own (0 in the built-ins)")
     max_new_tokens: int | None = Field(None, ge=1, description="cap on each task's generation length")
     repetition_penalty: float = Field(1.1, ge=1.0, le=3.0, description="generation: HF repetition penalty (1.0: none)")

@@ -310,7 +310,7 @@ def svg_line_chart(series: list[tuple[str, list[tuple[float, float]]]], *, title
     pts = [(x, y) for _, s in series for x, y in s if y is not None and math.isfinite(y)]
     if not pts:
         return ""
-    left, right, top, bottom = 60, 16, 34, 46
+    left, right, top, bottom = 60, 30, 34, 46
     xs, ys = [p[0] for p in pts], [p[1] for p in pts]
     xt = sorted(x_labels) if x_labels else _nice_ticks(min(xs), max(xs))
     yt = _nice_ticks(min(ys), max(ys))
@@ -328,7 +328,7 @@ def svg_line_chart(series: list[tuple[str, list[tuple[float, float]]]], *, title
         return height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom)
 
     e = html.escape
-    parts = [f'<svg class="chart" role="img" aria-label="{e(title)}" xmlns="http://www.w3.org/2000/svg" '
+    parts = [f'<svg class="chart" role="img" aria-label="{e(title)}"'
              f'width="{width}" height="{height}" viewBox="0 0 {width} {height}">',
              f'<text x="{width / 2}" y="18" text-anchor="middle" class="ct">{e(title)}</text>']
     for v in yt:
@@ -383,7 +383,7 @@ td.dash{color:var(--muted)}td.na{color:#9aa5b1}tr.avg td{background:#fafbfc;font
 .charts{display:flex;flex-wrap:wrap;gap:12px}svg.chart{border:1px solid var(--line);border-radius:4px;background:#fff}
 svg .grid{stroke:#eceff3}svg .axis{stroke:#8a94a3}svg .tick{font-size:11px;fill:#5f6b7a}svg .lab{font-size:12px;fill:#1d2330}
 svg .ct{font-size:13px;font-weight:600;fill:#1d2330}svg .leg{font-size:11.5px;fill:#1d2330}
-pre{background:var(--head);padding:8px;overflow:auto;font-size:12px}.status-complete{color:#1a7f37}.status-partial{color:#b35900}
+summary{cursor:pointer;margin:14px 0 4px;font-weight:600}pre{background:var(--head);padding:8px;overflow:auto;font-size:12px}.status-complete{color:#1a7f37}.status-partial{color:#b35900}
 .status-not{color:var(--muted)}
 """
 
@@ -523,12 +523,13 @@ def _section_details(results: dict) -> str:
         body.append(f'<tr><td class="name">{_e(model)}</td><td class="name">{_e(lang)}/{_e(task)}</td>'
                     f'<td class="name">{_e(proto)}</td><td class="name">{_e(mode)}</td><td>{_num(n)}</td>{"".join(tds)}</tr>')
     sigs = sorted({s for r in rows for k, s in (r.get("settings") or {}).items() if k.endswith("_signature")})
-    return ('<h3 id="details">All metrics</h3><table><tr><th class="name">model</th><th class="name">task</th>'
+    return ('<details id="details"><summary>All metrics (every model, task and protocol)</summary><table><tr>'
+            '<th class="name">model</th><th class="name">task</th>'
             f'<th class="name">protocol</th><th class="name">mode</th><th>n</th>{head}</tr>{"".join(body)}</table>'
             '<p class="note">BLEU, chrF and ROUGE-L on 0-100; ROUGE-L is the mean sentence-level LCS F1 over Unicode '
             'word tokens. accuracy_norm divides each option\'s log-likelihood by its length in characters. '
             f'non_following: answers that named no label, repeated the input or were in the wrong language. '
-            f'sacrebleu signatures: {_e(" | ".join(sigs)) or "none"}</p>')
+            f'sacrebleu signatures: {_e(" | ".join(sigs)) or "none"}</p></details>')
 
 
 def _section_categories(results: dict | None) -> str:

@@ -66,6 +66,14 @@ def _forward(model, **kw):
         return model(**kw)
 
 
+def _cache_kwarg(model) -> str:
+    """transformers renamed ``past_key_values`` to ``cache`` during 5.x; use whichever forward takes."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
 def _left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple:
     import torch
 
@@ -143,7 +151,7 @@ def _score_shared(model, batch: list[Encoded], out: list[list[float]], pad_id: i
             out[i][j] = float(last[i, o[0]])
     if not rows:
         return
-    cache = res.past_key_values
+    cache = getattr(res, "past_key_values", None) or getattr(res, "cache", None)
     sel = torch.tensor([i for i, _ in rows], device=device)
     cache.batch_select_indices(sel)
     conts = [batch[i].options[j][:-1] for i, j in rows]
@@ -156,7 +164,7 @@ def _score_shared(model, batch: list[Encoded], out: list[list[float]], pad_id: i
     ctx_len = mask.sum(-1)[sel]
     pos2 = ctx_len.unsqueeze(1) + torch.arange(width, device=device).unsqueeze(0)
     logits = _forward(model, input_ids=ids2, attention_mask=torch.cat([mask[sel], mask2], dim=1), position_ids=pos2,
-                      past_key_values=cache, use_cache=False).logits
+                      use_cache=False, **{_cache_kwarg(model): cache}).logits
     for r, (i, j) in enumerate(rows):
         tgt = torch.tensor(batch[i].options[j][1:], device=device)
         out[i][j] += float(_token_logprobs(logits[r, : len(tgt)], tgt).sum())
