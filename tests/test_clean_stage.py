@@ -203,6 +203,22 @@ def test_missing_input_is_one_line_error_before_any_work(tmp_path, capsys):
     assert not (rec.run_dir / "clean" / "work").exists()
 
 
+def test_a_bad_jsonl_line_found_by_a_worker_stops_the_run_naming_file_and_line(tmp_path):
+    from langadapt.errors import DataError
+    from langadapt.recipe import load_recipe
+    from langadapt.run import run_stage
+
+    j = tmp_path / "web.jsonl"
+    j.write_text("".join(json.dumps({"text": s}, ensure_ascii=False) + "\n" for s in S) + '{"text": oops\n',
+                 encoding="utf-8")
+    other = _write(tmp_path / "o.txt", S)
+    recipe = load_recipe(_recipe(tmp_path, [{"name": "web", "format": "jsonl", "path": str(j)}, {"name": "o", "path": other}],
+                                 workers=2))
+    with pytest.raises(DataError) as e:  # raised in a worker process, handed back to the stage
+        run_stage(recipe, "clean", resume=False)
+    assert len(str(e.value).splitlines()) == 1 and str(e.value).startswith(f"{j}: line 7: not valid JSON")
+
+
 def test_near_duplicates_removed_only_with_the_flag_and_parquet_output(tmp_path):
     import pyarrow.parquet as pq
 

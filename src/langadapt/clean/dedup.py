@@ -54,7 +54,9 @@ def exact_config() -> ExactDedupConfig:
 
 class SentenceSignature(ExactDedupSignature):
     """datatrove's exact-dedup signature pass, holding signatures in numpy chunks (14 bytes a
-    sentence) instead of a Python list of tuples (well over 100), so a task's memory stays small."""
+    sentence, about 40 while sorting) instead of a Python list of tuples (well over 100), so a
+    task's memory stays small; sorted with ``lexsort``, several times faster than sorting the
+    structured array by its fields."""
 
     name = "💥 exact dedup: signatures"
 

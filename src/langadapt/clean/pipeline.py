@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -33,19 +34,32 @@ from loguru import logger
 from langadapt.errors import LangadaptError
 
 
-class QuietLocalExecutor(LocalPipelineExecutor):
-    """datatrove's local executor, with task logs kept in files and only errors on the console.
+class _Discard:
+    def write(self, text: str) -> int:
+        return len(text)
 
-    The stage shows its own progress bar; datatrove's per-task INFO lines and statistics
-    dumps would bury it.
+    def flush(self) -> None:
+        pass
+
+
+class QuietLocalExecutor(LocalPipelineExecutor):
+    """datatrove's local executor, with task logs kept in files and none on the console.
+
+    The stage shows its own progress bar, which datatrove's per-task log lines would bury. A
+    task that fails still raises: the user gets the error (one line for their own mistakes, such
+    as a JSONL line that is not JSON), and the full log is in ``logs/<pass>/logs/``.
     """
 
     def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
+        from datatrove.utils.logging import setup_default_logger
+
         logger.enable("datatrove")
+        console, sys.stderr = sys.stderr, _Discard()  # datatrove's task logger writes to sys.stderr
         try:
-            # local_rank only picks the console log level: above 0 means errors only
-            return super()._run_for_rank(rank, local_rank + 1, node_rank)
+            return super()._run_for_rank(rank, local_rank, node_rank)
         finally:
+            sys.stderr = console
+            setup_default_logger()  # datatrove re-adds its console logger at the end of a task
             logger.disable("datatrove")
 
     def run(self):
@@ -312,14 +326,18 @@ def finish(job: Job) -> None:
     from langadapt.files import atomic_path
 
     for name in ("sentences", "rejects"):
-        src = job.work / name
+        src, dst = job.work / name, job.out_dir / name
         if name == "rejects" and not job.cfg.rejects:
             continue
-        src.mkdir(parents=True, exist_ok=True)
-        with atomic_path(job.out_dir / name) as tmp:
+        if not src.exists():
+            if dst.exists():  # moved by a run killed while finishing
+                continue
+            src.mkdir(parents=True)  # nothing survived (or nothing was rejected): an empty folder
+        with atomic_path(dst) as tmp:
             os.replace(src, tmp)
     logs = job.out_dir / "logs"
-    if logs.exists():
-        shutil.rmtree(logs)
-    os.replace(job.work / "logs", logs)
+    if (job.work / "logs").exists():
+        if logs.exists():
+            shutil.rmtree(logs)
+        os.replace(job.work / "logs", logs)
     shutil.rmtree(job.work, ignore_errors=True)

@@ -41,7 +41,8 @@ def run(ctx) -> dict:
     run_passes(job, build_passes(job, plan), total_bytes=total_bytes, console=ctx.console)
     seconds = time.time() - t0
 
-    report = build_report(job.sources, collect_counts(job.work / "logs"), near_dedup=cfg.near_dedup)
+    logs = job.work / "logs" if (job.work / "logs").exists() else ctx.out_dir / "logs"  # a resumed, finishing run
+    report = build_report(job.sources, collect_counts(logs), near_dedup=cfg.near_dedup)
     report["run"] = {
         "language": lang, "lang_threshold": cfg.lang_threshold, "min_words": cfg.min_words,
         "executor": cfg.executor, "tasks": job.tasks, "workers": job.workers, "seconds": round(seconds, 2),

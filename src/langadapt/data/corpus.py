@@ -312,7 +312,8 @@ def _read_jsonl(piece: Piece, source, max_bytes: int) -> Iterator[Record]:
         try:
             rec = orjson.loads(raw)
         except orjson.JSONDecodeError as e:
-            raise DataError(f"line {line_number(piece.path, offset)}: not valid JSON ({e})"[:300], path=piece.path) from None
+            raise DataError(f"line {line_number(piece.path, offset)}: not valid JSON ({e.msg} at column {e.colno})"[:300],
+                            path=piece.path) from None
         value = _field(rec, source, piece.path, offset)
         if value:
             yield from _cut(value, where, max_bytes)
