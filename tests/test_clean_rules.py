@@ -108,7 +108,7 @@ def test_code_rule_drops_code_and_markup_and_keeps_prose():
     dropped = ["if (x == 1) { return y; }", "<p>سلام دنیا به همه</p> و بیشتر", "const f = (a) => a * 2 + 1",
                "case $1 in start) run ;; esac", "def main(): return 0 now", "برای نصب `pip install x` را اجرا کنید"]
     kept = ["این جمله هیچ نشانه‌ای از کد ندارد.", "He defined the term (in 1990) carefully today.",
-            "The undefined result surprised everyone in the room."]
+            "The undefined result surprised everyone in the room.", "و او خواسته را پذیرفت (و گفت): یاری می‌کنم."]
     assert not any(_outcome(rule, dropped).values())
     assert all(_outcome(rule, kept).values())
     assert CodeFilter(markers=["%%"]).keep(_doc("a { b } c d e"))  # the list is configurable
@@ -124,7 +124,9 @@ def test_boilerplate_rule_drops_web_notices_in_both_languages():
                "برای دانلود کتاب اینجا کلیک کنید لطفا", "متن کامل را در https://example.org/a بخوانید",
                "نشانی ما www.example.ir است برای تماس", "با ما از طریق info@example.com در تماس باشید"]
     kept = ["امروز هوا آفتابی و بسیار دلپذیر بود.", "The catalog in the library is sorted by author.",
-            "ورود به جشنواره برای همه رایگان اعلام شده است.", "نامه‌ای به دوستم در شهر دیگری نوشتم."]
+            "ورود به جشنواره برای همه رایگان اعلام شده است.", "نامه‌ای به دوستم در شهر دیگری نوشتم.",
+            "از در خانه‌ها وارد شوید و تقوا پیشه کنید.", "کلیه حقوق معوقه‌ی کارگران پرداخت شد.",
+            "I baked a chocolate cookie for my sister today."]
     assert [line for line, keep in _outcome(rule, [normalize(x, "fa") for x in dropped]).items() if keep] == []
     assert all(_outcome(rule, kept).values())
     assert BoilerplateFilter("fa", keywords=["ممنوع"], urls=False).keep(_doc("آدرس www.example.ir را ببینید"))

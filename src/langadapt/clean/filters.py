@@ -35,27 +35,29 @@ REASONS = ("invalid_utf8", "too_short", "code", "boilerplate", "language", "dupl
 """Every drop reason, in the order the pipeline applies them (``invalid_utf8`` counts lines, the others sentences)."""
 
 DEFAULT_BOILERPLATE = (
-    # English: cookie banners, accounts, legal notices, calls to action
-    "cookie", "cookies", "privacy policy", "terms of use", "terms of service", "terms and conditions",
+    # English, after C4's list of policy-notice lines plus account and call-to-action phrases
+    "cookie policy", "uses cookies", "use cookies", "use of cookies", "accept cookies", "all cookies",
+    "cookie settings", "privacy policy", "terms of use", "terms of service", "terms and conditions",
     "all rights reserved", "copyright", "log in", "login", "sign in", "sign up", "forgot your password",
     "create an account", "subscribe", "newsletter", "click here", "read more", "enable javascript",
-    "javascript is disabled", "your browser", "lorem ipsum", "share on facebook", "follow us on",
-    "©",
-    # Persian
-    "کوکی", "سیاست حفظ حریم خصوصی", "سیاست حریم خصوصی", "قوانین و مقررات سایت", "شرایط استفاده از",
-    "حقوق مادی و معنوی", "کلیه حقوق", "کلیه‌ی حقوق", "کلیهٔ حقوق", "تمامی حقوق", "حقوق این سایت",
-    "حقوق محفوظ", "کپی‌رایت", "کپی رایت", "ورود به حساب", "ورود به سایت", "ورود به پنل", "وارد شوید",
-    "ثبت‌نام کنید", "عضو شوید", "رمز عبور خود را فراموش", "فراموشی رمز عبور", "خبرنامه", "کلیک کنید",
-    "ادامه مطلب", "بیشتر بخوانید", "اشتراک‌گذاری در", "مرورگر شما", "جاوااسکریپت", "ارسال نظر",
-    "نظرات کاربران", "برچسب‌ها:",
+    "javascript is disabled", "your browser", "lorem ipsum", "share on facebook", "follow us on", "©",
+    # Persian: cookie and privacy notices, copyright lines, accounts, newsletters, calls to action
+    "از کوکی", "کوکی‌ها", "پذیرش کوکی", "سیاست حفظ حریم خصوصی", "سیاست حریم خصوصی", "قوانین و مقررات سایت",
+    "شرایط استفاده از سایت", "حقوق مادی و معنوی", "حقوق این سایت", "حقوق محفوظ", "کپی‌رایت", "کپی رایت",
+    "ورود به حساب", "ورود به سایت", "ورود به پنل", "ثبت‌نام کنید", "رمز عبور خود را فراموش", "فراموشی رمز عبور",
+    "خبرنامه", "کلیک کنید", "ادامه مطلب", "بیشتر بخوانید", "اشتراک‌گذاری در", "مرورگر شما", "جاوااسکریپت",
+    "ارسال نظر", "نظرات کاربران", "برچسب‌ها:",
 )
-"""Phrases that mark web-page boilerplate (matched case-insensitively, as whole words, after normalization)."""
+"""Phrases that mark web-page boilerplate (matched case-insensitively, as whole words, after normalization;
+a ZWNJ and a space match each other). Kept specific: "وارد شوید" (enter!) or "کلیه حقوق" (all
+salaries, as well as all rights) are everyday Persian and would drop real sentences."""
 
 DEFAULT_CODE_MARKERS = (
-    "{", "}", "<", ">", "=>", "==", "!=", "&&", "||", ";;", ");", "):", "`", "</", "/>", "#include", "def ",
+    "{", "}", "<", ">", "=>", "==", "!=", "&&", "||", ";;", ");", "`", "</", "/>", "#include", "def ",
     "function(", "$(", "::",
 )
-"""Character sequences that mark code or markup (matched literally; a marker starting with a letter only at a word start)."""
+"""Character sequences that mark code or markup (matched literally; a marker starting with a letter only at
+a word start). Not "):", which Persian prose uses after a parenthesis: «(و گفت): ...»."""
 
 _URL = re.compile(r"(?i)\b(?:https?://|ftp://|www\.)\S")
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}")
