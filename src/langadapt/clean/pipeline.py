@@ -79,7 +79,6 @@ class Job:
     lang: str
     cfg: object  # CleanConfig
     out_dir: Path
-    resume: bool = False
 
     @property
     def work(self) -> Path:
@@ -204,7 +203,9 @@ def make_executors(job: Job, passes: list[Pass]) -> list:
         else:
             executors.append(QuietLocalExecutor(
                 p.pipeline, tasks=p.tasks, workers=p.workers, logging_dir=str(logs / p.name), skip_completed=True,
-                # fork: workers start in milliseconds; nothing thread-heavy is loaded before the stage
+                # fork: workers start in milliseconds instead of re-importing everything (forkserver);
+                # the children only run the pipeline and log to files, so the progress-bar threads
+                # of this process have nothing they could be holding for them
                 start_method="fork",
             ))
     return executors

@@ -26,8 +26,7 @@ def run(ctx) -> dict:
 
     lang = recipe.language.code
     check_language(lang)
-    job = Job(sources=recipe.data.corpus, resolve=recipe.resolve, lang=lang, cfg=cfg, out_dir=ctx.out_dir,
-              resume=ctx.resume)
+    job = Job(sources=recipe.data.corpus, resolve=recipe.resolve, lang=lang, cfg=cfg, out_dir=ctx.out_dir)
     # every input is found and opened (Parquet schemas, dataset columns) before any work starts
     plan = plan_pieces(job.sources, job.resolve, job.tasks)
     total_bytes = sum(p.size for task in plan for p in task)
@@ -41,8 +40,7 @@ def run(ctx) -> dict:
     run_passes(job, build_passes(job, plan), total_bytes=total_bytes, console=ctx.console)
     seconds = time.time() - t0
 
-    logs = job.work / "logs" if (job.work / "logs").exists() else ctx.out_dir / "logs"  # a resumed, finishing run
-    report = build_report(job.sources, collect_counts(logs), near_dedup=cfg.near_dedup)
+    report = build_report(job.sources, collect_counts(job.work / "logs"), near_dedup=cfg.near_dedup)
     report["run"] = {
         "language": lang, "lang_threshold": cfg.lang_threshold, "min_words": cfg.min_words,
         "executor": cfg.executor, "tasks": job.tasks, "workers": job.workers, "seconds": round(seconds, 2),
