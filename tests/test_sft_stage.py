@@ -110,7 +110,7 @@ def test_sft_without_lora_trains_embeddings_and_head_only(workspace):
     summary = run_stage(recipe, "sft", resume=False)
     out = workspace / "runs" / "t" / "sft"
     assert summary["output"] == "model" and not (out / "adapter").exists()
-    assert summary["by_language"] == {"en": 6}
+    assert summary["instructions_by_language"] == {"en": 6}
     before = original_state(workspace)
     tuned = load_model(str(out / "model"))
     changed = {n for n, p in tuned.state_dict().items() if n in before and not torch.equal(p, before[n])}

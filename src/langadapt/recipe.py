@@ -245,7 +245,7 @@ class SftConfig(TrainSettings):
     task_map: dict[str, str] = Field({}, description="extra task names -> labels for holdout_tasks, e.g. task1312_amazonreview_polarity_classification: sentiment")
     translation_prompts: str | None = Field(None, description="JSON file of translation phrasings for a target language without built-in ones")
     template: Literal["auto", "default"] = Field("auto", description="auto: the tokenizer's chat template if it has one; default: langadapt's")
-    pack: bool = Field(True, description="pack several conversations per sequence (attention stays within each)")
+    pack: bool = Field(False, description="false: one conversation per row, padded; true: packed into seq_len blocks (fewer steps, but a conversation crossing a block boundary has its tail trained without its prompt)")
     samples: int | list[str] = Field(3, description="after training, answer N demo instructions from the data (half in the target language), or these prompts")
     sample_max_new_tokens: int = Field(96, ge=1)
 

