@@ -163,11 +163,11 @@ class BoilerplateFilter(CleanFilter):
     def keep(self, doc: Document) -> bool:
         text = doc.text
         if self.urls:
-            if ("/" in text or "www" in text or "WWW" in text) and _URL.search(text):
+            if ("/" in text or "ww" in text or "WW" in text) and _URL.search(text):
                 return False
             if "@" in text and _EMAIL.search(text):
                 return False
-        if self._matches is None:  # built in the worker: closures do not travel to other processes
+        if self._matches is None:  # built on first use, in the process that runs the task
             self._matches = _literal_matcher(self.keywords, word_start=True, word_end=True)
         return not self._matches(_fold(text))
 
