@@ -116,10 +116,10 @@ class SlurmSettings(Section):
     partition: str = Field(description="Slurm partition the job arrays are submitted to")
     time: str = Field("24:00:00", pattern=r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$", description="time limit of each array task")
     tasks: int = Field(64, ge=1, le=100_000, description="array tasks of the reading/filtering and dedup passes")
-    cpus_per_task: int = Field(1, ge=1, le=512)
-    mem_per_cpu_gb: int = Field(2, ge=1, le=1024)
+    cpus_per_task: int = Field(1, ge=1, le=512, description="CPUs of each array task (one task is one process)")
+    mem_per_cpu_gb: int = Field(2, ge=1, le=1024, description="memory per CPU, GB")
     qos: str | None = Field(None, description="Slurm QOS; None: the cluster default")
-    job_name: str = Field("langadapt-clean", pattern=r"^[A-Za-z0-9_.-]+$")
+    job_name: str = Field("langadapt-clean", pattern=r"^[A-Za-z0-9_.-]+$", description="prefix of the job names, one per pass")
     venv_path: str | None = Field(None, description="activate script sourced in each job, e.g. /path/venv/bin/activate")
     env_command: str | None = Field(None, description="shell command run in each job before Python (instead of venv_path)")
     sbatch_args: dict[str, str | int] = Field({}, description="extra #SBATCH options, e.g. {account: myproj}")
@@ -142,10 +142,10 @@ class CleanConfig(Section):
     near_dedup: bool = Field(False, description="also drop near-duplicates (datatrove MinHash) after exact dedup")
     near_dedup_ngrams: int = Field(2, ge=1, le=20, description="word n-gram size of the MinHash shingles")
     rejects: bool = Field(False, description="write dropped sentences with their reason to rejects/")
-    output_format: Literal["jsonl", "parquet"] = "jsonl"
+    output_format: Literal["jsonl", "parquet"] = Field("jsonl", description="format of the sentences/ shards")
     workers: int | None = Field(None, ge=1, le=4096, description="local: worker processes (None: one per CPU core); "
                                 "slurm: array tasks running at once (None: no limit)")
-    executor: Literal["local", "slurm"] = "local"
+    executor: Literal["local", "slurm"] = Field("local", description="datatrove executor: local processes or Slurm job arrays")
     slurm: SlurmSettings | None = Field(None, description="settings for executor: slurm")
 
     @model_validator(mode="after")
