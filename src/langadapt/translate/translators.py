@@ -117,7 +117,7 @@ class Seq2SeqTranslator(_LocalModel):
     def _generate(self, texts: list[str]) -> list[str]:
         import torch
 
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True)
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True).to(self.model.device)
         cap = _output_cap(enc["attention_mask"].sum(dim=1).tolist(), self.max_new_tokens)
         kw = self._greedy()
         if self.forced_bos is not None:
@@ -165,7 +165,7 @@ class CausalTranslator(_LocalModel):
 
         prompts = [self.prompt(t) for t in texts]
         # The chat template already holds the special tokens it needs.
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=not self.chat)
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=not self.chat).to(self.model.device)
         lengths = [len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
         cap = _output_cap(lengths, self.max_new_tokens)
         with torch.inference_mode():
@@ -324,13 +324,16 @@ def build_translator(recipe, source_language: str, *, sleep: Callable[[float], N
                                   api_key_env=cfg.api_key_env, source_name=source_name, target_name=target_name,
                                   batch_size=cfg.batch_size, retries=cfg.retries, backoff=cfg.backoff,
                                   timeout=cfg.timeout, max_tokens=cfg.max_new_tokens, sleep=sleep)
+    import torch
+
     from langadapt import models
 
+    device = "cuda" if torch.cuda.is_available() else None  # translating is inference: use a GPU when there is one
     if cfg.translator == "stage":
         from langadapt.run import stage_model
 
         path = stage_model(recipe, cfg.stage)
-        model, tokenizer = models.load_model_and_tokenizer(path)
+        model, tokenizer = models.load_model_and_tokenizer(path, device=device)
         return CausalTranslator(model, tokenizer, source_name=source_name, target_name=target_name,
                                 label=f"stage {cfg.stage} ({path})", **common)
     path = cfg.model
@@ -340,6 +343,8 @@ def build_translator(recipe, source_language: str, *, sleep: Callable[[float], N
     config = models.load_config(path)
     if getattr(config, "is_encoder_decoder", False):
         model, tokenizer = _load_seq2seq(path)
+        if device:
+            model = model.to(device)
         # Without explicit codes, the recipe's ISO codes serve models that use them (M2M100: en, fa).
         source_code = cfg.source_code
         if source_code is None and _has_language_token(tokenizer, source_language):
@@ -349,7 +354,7 @@ def build_translator(recipe, source_language: str, *, sleep: Callable[[float], N
             target_code = recipe.language.code
         return Seq2SeqTranslator(model, tokenizer, source_code=source_code, target_code=target_code,
                                  label=path, **common)
-    model, tokenizer = models.load_model_and_tokenizer(path)
+    model, tokenizer = models.load_model_and_tokenizer(path, device=device)
     return CausalTranslator(model, tokenizer, source_name=source_name, target_name=target_name, label=path, **common)
 
 
