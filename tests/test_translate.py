@@ -473,3 +473,16 @@ def test_a_translator_breaking_a_line_in_two_does_not_change_the_layout():
     (result,) = translate_items([item], Chatty(), unit="line", lang="fa")
     assert result["fields"]["instruction"].count("\n") == 0
     assert [line[:2] for line in result["fields"]["output"].split("\n")] == ["- ", "- "]
+
+
+def test_a_translator_that_is_down_is_given_up_on_after_three_failed_batches(tmp_path, endpoint):
+    records = [{"instruction": f"Describe FAILME the {noun}.", "output": f"The {noun} is old."}
+               for noun in ("bridge", "tower", "market", "garden", "harbour", "castle", "forest", "island")]
+    write_alpaca(tmp_path / "alpaca.jsonl", records)
+    recipe = load_recipe(make_recipe(tmp_path, endpoint.url))  # 2 records a batch, 2 retries
+    with pytest.raises(LangadaptError, match="8 records could not be translated now"):
+        run_stage(recipe, "translate", resume=False)
+    # Three batches of 2 records, 1 failing text each, 3 tries per failing text; the 4th batch is not sent.
+    assert sum("FAILME" in t for t in endpoint.attempts) == 3 * 2 * 3
+    report = json.loads((recipe.run_dir / "translate" / "report.json").read_text(encoding="utf-8"))
+    assert report["sources"]["alpaca_en"]["pending"] == 8 and report["sources"]["alpaca_en"]["translated"] == 0

@@ -15,6 +15,8 @@ in the target language):
 
 Records an endpoint could not translate after its retries stay out of the log: the stage then
 writes its report, names them as pending and fails, and the next resume translates just those.
+After three batches in a row with nothing translated the endpoint is taken to be down and the
+remaining records are left pending at once, rather than each waiting out its retries.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from langadapt.translate.records import Item, output_format, read_items
 
 WORK = "work"
 INSTRUCTIONS = "instructions"
+GIVE_UP_AFTER = 3  # batches in a row with nothing translated: the translator is down, stop asking for now
 
 # Kept outside the translated text so list layout survives: indentation, bullets, "[[0]]." numbering.
 _AFFIXES = re.compile(r"^(\s*(?:(?:[-*+•>]+|#{1,6}|\[\[\d+\]\][.):])\s+)?)(.*?)(\s*)$", re.DOTALL)
@@ -226,8 +229,12 @@ def run(ctx) -> dict:
     translators: dict[str, object] = {}
     factory = ctx.extra.get("translator_factory")  # tests and benchmarks hand in their own translator
 
+    load_seconds = 0.0
+
     def translator_for(source_language: str):
+        nonlocal load_seconds
         if source_language not in translators:
+            start = time.time()
             if factory is not None:
                 translators[source_language] = factory(recipe, source_language)
             else:
@@ -235,6 +242,7 @@ def run(ctx) -> dict:
 
                 ctx.log(f"translate: loading the {cfg.translator} translator")
                 translators[source_language] = build_translator(recipe, source_language)
+            load_seconds += time.time() - start
         return translators[source_language]
 
     plans = []
@@ -256,16 +264,23 @@ def run(ctx) -> dict:
     t0 = time.time()
     done_now = 0
     pending: Counter = Counter()
+    failed_in_a_row = 0
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     try:
         with Progress(*columns, console=ctx.console, transient=False) as bar:
             for source, _, _, log, _, todo in plans:
                 if not todo:
                     continue
+                if failed_in_a_row >= GIVE_UP_AFTER:
+                    pending[source.name] += len(todo)
+                    continue
                 task = bar.add_task(f"translate {source.name}", total=len(todo))
                 translator = translator_for(source.language)
                 for start in range(0, len(todo), cfg.batch_size):
                     batch = todo[start:start + cfg.batch_size]
+                    if failed_in_a_row >= GIVE_UP_AFTER:
+                        pending[source.name] += len(todo) - start
+                        break
                     results = translate_items(batch, translator, unit=cfg.unit, lang=lang, digits=digits)
                     for item, result in zip(batch, results):
                         if result is None:
@@ -274,15 +289,16 @@ def run(ctx) -> dict:
                             log.add(item.key, result["fields"], result["error"])
                             done_now += 1
                     log.sync()
+                    failed_in_a_row = failed_in_a_row + 1 if all(r is None for r in results) else 0
                     bar.advance(task, len(batch))
     finally:
         for plan in plans:
             plan[3].close()
-    seconds = time.time() - t0
+    seconds = time.time() - t0 - load_seconds
 
     report = _finish(ctx, plans, rules, pending, write_outputs=not pending)
     report["translator"] = {**_describe(translators), "records_translated_now": done_now,
-                            "seconds": round(seconds, 1),
+                            "load_seconds": round(load_seconds, 1), "seconds": round(seconds, 1),
                             "records_per_s": round(done_now / seconds, 3) if seconds > 0 and done_now else None}
     write_json(ctx.out_dir / "report.json", report)
     _write_csv(ctx.out_dir / "report.csv", report)
