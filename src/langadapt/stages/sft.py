@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
+import shutil
 from pathlib import Path
 
 from langadapt.data.instructions import Conversation, read_instructions
 from langadapt.errors import LangadaptError
 from langadapt.files import atomic_path, write_json, write_jsonl
+from langadapt.stages import is_main_process, wait_for_everyone
 
 
 def run(ctx) -> dict:
@@ -33,7 +34,7 @@ def run(ctx) -> dict:
     from langadapt.sft.template import encode, encode_many, ensure_chat_template
     from langadapt.sft.translation import load_phrasings
     from langadapt.train.bpc import read_heldout
-    from langadapt.train.core import describe_bpc, load_dtype, save_model, train_model
+    from langadapt.train.core import describe_bpc, load_dtype, train_model
     from langadapt.train.freeze import apply_policy, stage_policy
 
     recipe = ctx.recipe
@@ -86,8 +87,9 @@ def run(ctx) -> dict:
     mix_report["sources"] = {name: r.to_json() for name, r in reports.items()}
     mix_report["answer_tokens"] = sum(enc_of(c).trained_tokens for c in mix)
     mix_report["tokens"] = sum(len(e["input_ids"]) for e in examples)
-    write_json(out / "mix.json", mix_report)
-    write_jsonl(out / "mix.jsonl", (c.to_json() for c in mix))
+    if is_main_process():
+        write_json(out / "mix.json", mix_report)
+        write_jsonl(out / "mix.jsonl", (c.to_json() for c in mix))
     tr = mix_report["translation"]
     ctx.log(f"sft: mix of {len(mix):,} conversations: {mix_report['instructions']:,} instructions "
             f"({_counts(mix_report['instructions_by_language'])}) + {tr['count']:,} translation "
@@ -124,28 +126,33 @@ def run(ctx) -> dict:
 
     if lora is not None:
         final = out / "adapter"
-        with atomic_path(final) as tmp:
-            save_model(model, tmp)
-            tokenizer.save_pretrained(str(tmp))
-            _point_adapter_at(tmp, final, base_path)
+        if is_main_process():
+            _save_adapter(model, tokenizer, final, base_path)
         model_kind = "adapter"
     else:
         final = out / "model"
-        plain = model.merge_and_unload() if isinstance(model, PeftModel) else model
-        with atomic_path(final) as tmp:
-            plain.save_pretrained(str(tmp))
-            tokenizer.save_pretrained(str(tmp))
-        model = plain
+        model = model.merge_and_unload() if isinstance(model, PeftModel) else model
+        if is_main_process():
+            with atomic_path(final) as tmp:
+                model.save_pretrained(str(tmp))
+                tokenizer.save_pretrained(str(tmp))
         model_kind = "model"
+    wait_for_everyone()
     ctx.log(f"sft: saved {final}")
 
     # ---- samples
-    prompts = sample_prompts(sft.samples, conversations, mix, target=target, seed=recipe.seed, holdout=sft)
-    samples = generate_samples(model, tokenizer, prompts, max_new_tokens=sft.sample_max_new_tokens)
-    write_json(out / "samples.json", samples)
-    for s in samples:
-        ctx.log(f"sft sample [{s['language']}] Q: {_one_line(s['prompt'])}\n"
-                f"    A [{s['answer_language'] or '?'}]: {_one_line(s['answer'])}")
+    samples = []
+    if is_main_process():
+        prompts = sample_prompts(sft.samples, conversations, mix, target=target, seed=recipe.seed, holdout=sft)
+        samples = generate_samples(model, tokenizer, prompts, max_new_tokens=sft.sample_max_new_tokens)
+        write_json(out / "samples.json", samples)
+        for s in samples:
+            ctx.log(f"sft sample [{s['language']}] Q: {_one_line(s['prompt'])}\n"
+                    f"    A [{s['answer_language'] or '?'}]: {_one_line(s['answer'])}")
+        # The adapter/model folder holds the result; the last checkpoint was only kept so that a run
+        # killed while saving or sampling resumes without training again.
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    wait_for_everyone()
 
     return {
         "start_from": sft.start_from,
@@ -215,20 +222,27 @@ def _merged_base(source, folder: Path, tokenizer, dtype, ctx):
         return load_model(str(folder), dtype=dtype)
     ctx.log(f"sft: merging the adapter {source.path} into its base ({folder})")
     merged = load_model(source, dtype=dtype).merge_and_unload()
-    with atomic_path(folder) as tmp:
-        merged.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
+    if is_main_process():
+        with atomic_path(folder) as tmp:
+            merged.save_pretrained(str(tmp))
+            tokenizer.save_pretrained(str(tmp))
+    wait_for_everyone()
     return merged
 
 
-def _point_adapter_at(tmp: Path, final: Path, base: str) -> None:
-    """Record the adapter's base as a path relative to the adapter folder when it is a local folder,
-    so a run folder can be moved; ids (hub, smollm2-135m-instruct) stay as they are."""
-    cfg_path = tmp / "adapter_config.json"
-    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    p = Path(base)
-    cfg["base_model_name_or_path"] = os.path.relpath(p.resolve(), final.resolve()) if p.exists() else base
-    cfg_path.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+def _save_adapter(model, tokenizer, final: Path, base: str) -> None:
+    """The PEFT adapter (+ trained embeddings/head, + tokenizer). Its base is recorded as an absolute
+    path when it is a local folder, as pretrain does, so PEFT alone can load it; ids (hub,
+    smollm2-135m-instruct) stay as they are."""
+    from langadapt.train.core import save_model
+
+    with atomic_path(final) as tmp:
+        save_model(model, tmp)
+        tokenizer.save_pretrained(str(tmp))
+        cfg_path = tmp / "adapter_config.json"
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        cfg["base_model_name_or_path"] = str(Path(base).resolve()) if Path(base).exists() else base
+        cfg_path.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
 
 
 # --------------------------------------------------------------------------- samples
