@@ -36,12 +36,12 @@ def one_task(tmp_path: Path, task: dict):
 def test_parsinlu_multiple_choice_keeps_candidates_answer_and_category(tmp_path):
     f = jsonl(tmp_path / "mc.jsonl", [
         {"answer": "2", "candidates": ["11", "19", "5", "3"], "category": "math_and_logic", "question": "۲+۲؟", "id": "a"},
-        {"answer": "1", "candidates": ["تهران", "شیراز"], "category": "common_knowledge", "question": "پایتخت؟", "id": "b"},
+        {"answer": "1", "candidates": ["تهران", "شیراز", ""], "category": "common_knowledge", "question": "پایتخت؟", "id": "b"},
     ])
     t, ex = one_task(tmp_path, {"name": "multiple_choice", "language": "fa", "data": {"format": "parsinlu_mc", "path": str(f)}})
     assert [e.label for e in ex] == ["2", "1"]
     assert ex[0].options == ["11", "19", "5", "3"] and ex[1].category == "common_knowledge"
-    assert [w for _, w in t.options(ex[1])] == ["1", "2"]
+    assert [w for _, w in t.options(ex[1])] == ["1", "2"]  # ParsiNLU's empty padding candidate is not an option
 
 
 def test_parsinlu_sentiment_is_binary_by_default_dropping_neutral_mixed_and_unmentioned(tmp_path):

@@ -70,7 +70,12 @@ def test_loglik_scoring_picks_the_label_the_tiny_model_was_trained_to_prefer(tra
 
 def test_batching_prefix_sharing_and_padding_change_no_score(trained):
     model, tok = trained
-    convs = [_prompt(t) for t in ["good film", "a rather long and awful review of bad food", "sad day"]]
+    instruction = "Say whether the review is positive or negative.\n\n"
+    convs = [[{"role": "user", "content": instruction + f"Review: {t}"}]
+             for t in ["good film", "a rather long and awful review of bad food", "sad day"]]
+    texts = [LocalBackend(model, tok, name="t", prompt_format="plain").render(c, "en") for c in convs]
+    encoded = scoring.encode_requests(tok, texts, [[" positive"]] * 3, add_special_tokens=True, max_length=512)
+    assert scoring._common_prefix(model, encoded, "cpu")[0] >= scoring.MIN_COMMON_PREFIX  # the cached-prefix path runs
     options = [["positive", "negative", "so so"]] * 3
     ref = LocalBackend(model, tok, name="t", prompt_format="plain", share_prefix=False).loglik(
         convs, options, lang="en", batch_size=1)

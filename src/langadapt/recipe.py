@@ -305,7 +305,7 @@ class EvalConfig(Section):
     tasks: list[str] = Field(["demo"], description="built-in task suite names (demo, parsinlu, paper) or task YAML files")
     select: list[str] | None = Field(None, description="keep only these tasks: names (sentiment) or ids (fa/sentiment)")
     mode: Literal["loglik", "generate"] = Field("loglik", description="classification by option log-likelihood or by generating and parsing")
-    batch_size: int = Field(8, ge=1, le=4096, description="prompts per model call (concurrent requests for API models)")
+    batch_size: int = Field(8, ge=1, le=4096, description="prompts per model call (API models send eval.models[].concurrency at once)")
     max_examples: int | None = Field(None, ge=1, description="cap on examples per task (a seeded sample)")
     max_examples_per_task: dict[str, int] = Field({}, description="per-task caps by name or id, e.g. {summarization: 8}")
     stages: list[Literal["base", "tokenizer", "align", "pretrain", "sft"]] | None = Field(

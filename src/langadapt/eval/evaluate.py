@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -203,8 +204,6 @@ def task_info(task: Task, settings: EvalSettings) -> dict:
 
 
 def _slug(s: str) -> str:
-    import re
-
     return re.sub(r"[^A-Za-z0-9_.+-]+", "-", s).strip("-")[:150]
 
 

@@ -286,8 +286,13 @@ def to_example(family: str, row: RawRow, fields: dict[str, str], label_map: dict
                 cands = json.loads(cands)
             except json.JSONDecodeError:
                 cands = None
-        if not isinstance(cands, list) or len(cands) < 2:
-            raise DataError("'candidates' must be a list of at least two options", path=where)
+        if not isinstance(cands, list):
+            raise DataError("'candidates' must be a list of options", path=where)
+        cands = list(cands)
+        while cands and (cands[-1] is None or not str(cands[-1]).strip()):
+            cands.pop()  # ParsiNLU pads 2- and 3-option questions with empty candidates
+        if len(cands) < 2:
+            raise DataError("'candidates' must hold at least two non-empty options", path=where)
         cands = [_text(c, "candidates", where) for c in cands]
         ans = _get(raw, fields, "answer", where)
         try:

@@ -109,10 +109,12 @@ def score_options(model, encoded: list[Encoded], *, batch_size: int, pad_id: int
     model.eval()
     with torch.inference_mode():
         if share_prefix:
+            prefix_len, prefix_cache = _common_prefix(model, encoded, device)
             order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].context))
             for b in range(0, len(order), batch_size):
                 idx = order[b: b + batch_size]
-                _score_shared(model, [encoded[i] for i in idx], [scores[i] for i in idx], pad_id, device)
+                _score_shared(model, [encoded[i] for i in idx], [scores[i] for i in idx], pad_id, device,
+                              prefix_len, prefix_cache)
                 if progress:
                     progress(len(idx))
         else:
@@ -138,12 +140,47 @@ def score_options(model, encoded: list[Encoded], *, batch_size: int, pad_id: int
     return scores
 
 
-def _score_shared(model, batch: list[Encoded], out: list[list[float]], pad_id: int, device) -> None:
+MIN_COMMON_PREFIX = 8  # tokens; below this a separate pass over the common prefix is not worth it
+
+
+def _common_prefix(model, encoded: list[Encoded], device) -> tuple[int, object]:
+    """Run the tokens every prompt starts with (chat preamble, instruction) once, and keep their cache.
+
+    Each prompt keeps at least one token of its own, whose logits score the first option token.
+    """
+    import os
+
     import torch
 
-    ids, mask, pos = _left_pad([e.context for e in batch], pad_id, device)
+    if len(encoded) < 2:
+        return 0, None
+    common = len(os.path.commonprefix([e.context for e in encoded]))
+    common = min(common, min(len(e.context) for e in encoded) - 1)
+    if common < MIN_COMMON_PREFIX:
+        return 0, None
+    ids = torch.tensor([encoded[0].context[:common]], dtype=torch.long, device=device)
+    res = _forward(model, input_ids=ids, use_cache=True, logits_to_keep=1)
+    return common, getattr(res, "cache", None) or getattr(res, "past_key_values", None)
+
+
+def _score_shared(model, batch: list[Encoded], out: list[list[float]], pad_id: int, device,
+                  prefix_len: int = 0, prefix_cache=None) -> None:
+    """Score one batch: [common prefix (cached)] [padding] [rest of each prompt], then the options."""
+    import copy
+
+    import torch
+
+    ids, mask, pos = _left_pad([e.context[prefix_len:] for e in batch], pad_id, device)
     rows = [(i, j) for i, e in enumerate(batch) for j, o in enumerate(e.options) if len(o) > 1]
-    res = _forward(model, input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=bool(rows), logits_to_keep=1)
+    kw = {}
+    if prefix_cache is not None:
+        cache = copy.deepcopy(prefix_cache)
+        cache.batch_repeat_interleave(len(batch))
+        kw[_cache_kwarg(model)] = cache
+        mask = torch.cat([torch.ones((len(batch), prefix_len), dtype=mask.dtype, device=device), mask], dim=1)
+        pos = pos + prefix_len
+    res = _forward(model, input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=bool(rows) or bool(kw),
+                   logits_to_keep=1, **kw)
     last = res.logits[:, -1].float()
     last = last - torch.logsumexp(last, dim=-1, keepdim=True)
     for i, e in enumerate(batch):
@@ -151,7 +188,7 @@ def _score_shared(model, batch: list[Encoded], out: list[list[float]], pad_id: i
             out[i][j] = float(last[i, o[0]])
     if not rows:
         return
-    cache = getattr(res, "past_key_values", None) or getattr(res, "cache", None)
+    cache = getattr(res, "cache", None) or getattr(res, "past_key_values", None)
     sel = torch.tensor([i for i, _ in rows], device=device)
     cache.batch_select_indices(sel)
     conts = [batch[i].options[j][:-1] for i, j in rows]

@@ -158,7 +158,10 @@ def run(ctx) -> dict:
         html_path, markdown = report.write_report(recipe.run_dir, ctx.out_dir / "report.html")
         with atomic_path(ctx.out_dir / "report.md") as tmp:
             tmp.write_text(markdown + "\n", encoding="utf-8")
-        ctx.log(markdown)
+        if ctx.console is not None:  # the table holds characters rich would read as markup
+            ctx.console.print(markdown, markup=False, highlight=False)
+        else:
+            print(markdown, flush=True)
         ctx.log(f"  report: {html_path}")
         summary["report"] = str(html_path)
     summary["table"] = report.summary_table(results)
