@@ -4,6 +4,7 @@ and two-process data parallel training with gloo."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -97,21 +98,25 @@ def test_padded_rows_are_truncated_and_masked():
 # --------------------------------------------------------------------------- bits per character
 
 
-def test_bits_per_char_scores_every_token_once():
+def test_bits_per_char_scores_every_token_of_every_line_once():
     from langadapt.train.bpc import bits_per_char
     from langadapt.train.examples import boundary_id
 
     tok = tiny_tokenizer()
     model = tiny_llama().eval()
-    text = "the cat sat on the mat and a dog ran in the park"
-    ids = tok(text, add_special_tokens=False)["input_ids"]
-    with torch.no_grad():
-        logits = model(input_ids=torch.tensor([[boundary_id(tok)] + ids])).logits[0, :-1]
-    nll = torch.nn.functional.cross_entropy(logits, torch.tensor(ids), reduction="sum").item()
-    expected = nll / torch.log(torch.tensor(2.0)).item() / len(text)
-    # one window holding everything, and many short windows, give the same kind of number
-    assert bits_per_char(model, tok, text, seq_len=64) == pytest.approx(expected, rel=1e-5)
-    short = bits_per_char(model, tok, text, seq_len=4, batch_size=3)
+    lines = ["the cat sat on the mat", "a dog ran in the park and the sun is warm today"]
+    bits = 0.0
+    for line in lines:
+        ids = tok(line, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([[boundary_id(tok)] + ids])).logits[0, :-1]
+        bits += torch.nn.functional.cross_entropy(logits, torch.tensor(ids), reduction="sum").item() / math.log(2)
+    expected = bits / sum(len(line) for line in lines)
+    text = "\n".join(lines) + "\n\n"
+    assert bits_per_char(model, tok, text) == pytest.approx(expected, rel=1e-5)
+    assert bits_per_char(model, tok, text, batch_size=1) == pytest.approx(expected, rel=1e-5)
+    # a line longer than the window is split, not dropped: same kind of number
+    short = bits_per_char(model, tok, text, seq_len=4)
     assert 0.5 * expected < short < 2 * expected
 
 

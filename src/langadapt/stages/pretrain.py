@@ -37,6 +37,20 @@ def save_adapter(model, tokenizer, final: Path, base: str) -> None:
         cfg_path.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
 
 
+def _start_bpc(ctx, start_from: str) -> dict[str, float] | None:
+    """The starting model's held-out bits per character, when align measured them at its end on the
+    same held-out text: a fresh LoRA (B = 0) leaves the model's outputs unchanged, so they are ours."""
+    from langadapt.files import read_json
+
+    f = ctx.stage_dir(start_from) / "bpc.json"
+    if start_from != "align" or not f.is_file():
+        return None
+    try:
+        return {k: float(v["end"]) for k, v in read_json(f).items() if isinstance(v, dict) and "end" in v}
+    except (ValueError, TypeError):
+        return None
+
+
 def run(ctx) -> dict:
     from langadapt.models import load_model_and_tokenizer
     from langadapt.stages.align import base_vocab_of
@@ -62,7 +76,8 @@ def run(ctx) -> dict:
             f"{counts.trainable:,} of {counts.total:,} ({counts.percent:.2f}%)")
 
     result = train_model(frozen, tokenizer, document_examples(tokenizer, sentences), cfg, out, resume=ctx.resume,
-                         heldout=read_heldout(recipe), log=ctx.log, name="pretrain", seed=recipe.seed)
+                         heldout=read_heldout(recipe), log=ctx.log, name="pretrain", seed=recipe.seed,
+                         bpc_start=_start_bpc(ctx, cfg.start_from))
     if is_main_process():
         save_adapter(result.model, tokenizer, out / "adapter", str(Path(start).resolve()))
         shutil.rmtree(out / "checkpoints", ignore_errors=True)  # adapter/ holds the result now
@@ -82,6 +97,7 @@ def run(ctx) -> dict:
         "tokens": result.tokens,
         "final_loss": result.final_loss,
         "tokens_per_s": round(result.tokens_per_s, 1),
+        "cpu_seconds": round(result.cpu_seconds, 1),
         "trainable": counts.trainable,
         "total": counts.total,
         "bpc": {k: {"start": v["start"], "end": v["end"]} for k, v in result.bpc.items()},

@@ -72,6 +72,7 @@ class TrainResult:
     tokens_per_s: float
     tokens: int = 0  # training tokens seen (all processes)
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # CPU time of the training steps, all threads of this process (contention-proof)
     bpc: dict = field(default_factory=dict)  # {"target": {"start", "end", "steps": [...]}, ...}
     trainable: int = 0
     total: int = 0
@@ -329,7 +330,7 @@ def train_model(
         return accelerator.unwrap_model(model)
 
     # ---- resume or start fresh
-    start_step, tokens_seen, seconds_before, train_seconds = 0, 0, 0.0, 0.0
+    start_step, tokens_seen, seconds_before, train_seconds, cpu_seconds = 0, 0, 0.0, 0.0, 0.0
     history: dict[str, list[dict]] = {k: [] for k in heldout}
     resumed_from = None
     root = checkpoint_root(out_dir, name)
@@ -348,6 +349,7 @@ def train_model(
         accelerator.load_state(str(ckpt / "state"))
         start_step, tokens_seen = state["step"], state["tokens"]
         seconds_before, train_seconds = state["seconds"], state["train_seconds"]
+        cpu_seconds = state.get("cpu_seconds", 0.0)
         history = {k: v for k, v in state["bpc_history"].items() if k in heldout}
         resumed_from = start_step
         say(f"{name}: resuming from {ckpt} (step {start_step:,} of {total_steps:,})")
@@ -379,7 +381,7 @@ def train_model(
                 if known and lang in known:
                     values[lang] = float(known[lang])
                 else:
-                    values[lang] = bits_per_char(eval_model, tokenizer, text, seq_len=settings.seq_len, batch_size=bs)
+                    values[lang] = bits_per_char(eval_model, tokenizer, text)
                 history[lang].append({"step": step, "bpc": values[lang]})
         if main and values:
             append_jsonl(metrics_path, {"name": name, "step": step, **{f"bpc_{k}": round(v, 5) for k, v in values.items()}})
@@ -403,7 +405,7 @@ def train_model(
             write_json(tmp / "trainer_state.json", {
                 "name": name, "step": step, "total_steps": total_steps, "rows": len(rows), "per_step": per_step,
                 "seed": seed, "tokens": tokens_seen, "seconds": seconds_before + (time.time() - t_start),
-                "train_seconds": train_seconds,
+                "train_seconds": train_seconds, "cpu_seconds": cpu_seconds,
                 "bpc_history": history, "final_loss": last_loss,
             })
             shutil.rmtree(final, ignore_errors=True)
@@ -429,7 +431,7 @@ def train_model(
     ckpt_path = ckpt
     rank = accelerator.process_index
     for step in range(start_step, total_steps):
-        t_step = time.time()
+        t_step, cpu_step = time.time(), time.process_time()
         # This process's micro-batches for the step, and its count of predicted tokens, so that
         # every predicted token weighs the same whatever micro-batch it falls in.
         batches = []
@@ -456,6 +458,7 @@ def train_model(
             window_tokens += int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
         done = step + 1
         window_seconds += time.time() - t_step
+        cpu_seconds += time.process_time() - cpu_step
         bar.update(1)
         if done % settings.log_every == 0 or done == total_steps:
             mean_loss = float(accelerator.reduce(step_loss, reduction="mean"))
@@ -513,6 +516,7 @@ def train_model(
         tokens_per_s=tokens_seen / train_seconds if train_seconds > 0 else 0.0,
         tokens=tokens_seen,
         seconds=seconds,
+        cpu_seconds=cpu_seconds,
         bpc=bpc,
         trainable=trainable,
         total=total,
