@@ -251,7 +251,7 @@ def test_rtl_mode_detection():
 
 def test_model_can_be_a_run_stage_written_three_ways(tmp_path, tiny_dir):
     from langadapt.errors import LangadaptError
-    from langadapt.serve.source import resolve_ref
+    from langadapt.serve.source import resolve_ref, run_stages
 
     run = tmp_path / "runs" / "demo"
     (run / "sft").mkdir(parents=True)
@@ -263,19 +263,26 @@ def test_model_can_be_a_run_stage_written_three_ways(tmp_path, tiny_dir):
         ref = resolve_ref(spec)
         assert ref.path == str(run / "sft" / "adapter") and ref.name == "demo/sft", spec
     assert resolve_ref(f"{recipe}:base").path == "smollm2-135m-instruct"
+    assert run_stages(run) == ["align", "sft"], "serve expands a run folder into its stages, in pipeline order"
+    assert run_stages(run / "sft") == [] and run_stages(tiny_dir) == []
     with pytest.raises(LangadaptError, match="stages with a model here: sft, align|no adapter/ or model/"):
         resolve_ref(f"{run}:pretrain")
 
 
-def test_chat_command_in_a_pipe_prints_a_readable_transcript(tiny_dir, monkeypatch, capsys):
+def test_chat_command_in_a_pipe_prints_a_readable_transcript(tiny_dir, monkeypatch, capsys, tmp_path):
+    import json
+
     from langadapt.cli import main
 
     monkeypatch.setenv("NO_COLOR", "1")
     monkeypatch.setattr(sys, "stdin", io.StringIO("سلام\n/settings\n/exit\n"))
-    assert main(["chat", str(tiny_dir), "--max-new-tokens", "6", "--temperature", "0"]) == 0
+    saved = tmp_path / "chat.jsonl"
+    assert main(["chat", str(tiny_dir), "--max-new-tokens", "6", "--temperature", "0", "--save", str(saved)]) == 0
     out = capsys.readouterr().out
     assert "you› سلام" in out, "piped input is echoed in logical order"
     assert "chat0›" in out and "temperature=0.0" in out
+    [row] = [json.loads(line) for line in saved.read_text(encoding="utf-8").splitlines()]
+    assert row["user"] == "سلام" and row["assistant"] in out and row["model"] == "chat0"
     assert main(["chat", str(tiny_dir.parent / "missing")]) == 2
     err = capsys.readouterr().err
     assert "not found" in err and "Traceback" not in err

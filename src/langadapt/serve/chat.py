@@ -116,8 +116,10 @@ class TerminalChat:
     """The chat loop, separated from the real terminal so tests can drive it."""
 
     def __init__(self, chat: ChatModel, sampling: Sampling | None = None, *, screen: Screen,
-                 system: str | None = None, user_label: str = "you", redraw_input: bool = False):
+                 system: str | None = None, user_label: str = "you", redraw_input: bool = False,
+                 save: str | None = None):
         self.chat = chat
+        self.save = save
         self.sampling = (sampling or Sampling()).check()
         self.screen = screen
         self.system = system
@@ -202,6 +204,12 @@ class TerminalChat:
                 self.screen.notice(f"answer cut at {gen.completion_tokens} tokens (max_new_tokens); "
                                    "/settings max_new_tokens=N for longer answers")
         self.history.append({"role": "assistant", "content": gen.text})
+        if self.save:
+            from langadapt.files import append_jsonl
+
+            append_jsonl(self.save, {"model": self.chat.name, "user": text, "assistant": gen.text,
+                                     "finish_reason": gen.finish_reason, "dropped_turns": prepared.dropped_turns,
+                                     "sampling": self.sampling.__dict__})
         return gen.text
 
     def run(self, read: Callable[[str], str] = input) -> None:
@@ -265,7 +273,7 @@ def run_chat(args) -> int:
             screen.write(prompt + line + "\n")
             return line
     try:
-        TerminalChat(chat, sampling, screen=screen, system=args.system,
+        TerminalChat(chat, sampling, screen=screen, system=args.system, save=args.save,
                      redraw_input=is_tty and sys.stdin.isatty()).run(read)
     finally:
         if bdsm:
@@ -289,6 +297,7 @@ def add_parser(sub) -> None:
     add_model_options(p)
     add_sampling_options(p)
     p.add_argument("--system", help="system prompt for the conversation")
+    p.add_argument("--save", metavar="FILE", help="append each exchange to FILE as a JSON line (text in logical order)")
     p.add_argument("--rtl", choices=("auto", "visual", "logical"), default="auto",
                    help="right-to-left layout: visual (reorder and shape for terminals without bidi), logical "
                    "(print as-is, for terminals that do bidi), auto (visual in a terminal unless it is Konsole or "

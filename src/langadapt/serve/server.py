@@ -157,7 +157,7 @@ def parse_request(server: ChatServer, body: Any) -> dict:
         "repetition_penalty": _number(body, "repetition_penalty", float, d.repetition_penalty),
         "no_repeat_ngram_size": _number(body, "no_repeat_ngram_size", int, d.no_repeat_ngram_size),
         "max_new_tokens": _number({"max_tokens": max_tokens}, "max_tokens", int, d.max_new_tokens),
-        "seed": _number(body, "seed", int, None),
+        "seed": _number(body, "seed", int, d.seed),
     }
     try:
         sampling = d.updated(**changes)
@@ -371,7 +371,7 @@ def run_serve(args) -> int:
     from rich.console import Console
 
     from langadapt.errors import LangadaptError
-    from langadapt.serve.source import resolve_ref
+    from langadapt.serve.source import resolve_ref, run_stages
 
     console = Console(stderr=True)
     sampling = Sampling(**{k: getattr(args, k) for k in ("temperature", "top_p", "repetition_penalty",
@@ -394,6 +394,8 @@ def run_serve(args) -> int:
         name, eq, spec = item.partition("=")
         if eq and name and "/" not in name and not name.startswith((".", "~")):
             specs.append((name, spec))
+        elif run_stages(item):  # a run folder: every stage that has a model, to compare them
+            specs += [(None, f"{item}:{st}") for st in run_stages(item)]
         else:
             specs.append((None, item))
     models: dict[str, ChatModel] = {}
@@ -431,9 +433,11 @@ def add_parser(sub) -> None:
         "OpenAI-compatible API at /v1 (chat/completions, streaming and not; models), so the openai client and "
         "other tools work with base_url=http://127.0.0.1:PORT/v1. One answer is generated at a time; up to "
         "--max-queue requests wait and further ones get HTTP 503. Each MODEL is a model folder, adapter folder, "
-        ".gguf, hub id, smollm2-135m-instruct, or a run's stage (runs/NAME/STAGE, runs/NAME:STAGE, "
-        "RECIPE.yaml:STAGE); write NAME=MODEL to choose the id clients use.",
-        epilog="Example: langadapt serve base=smollm2-135m-instruct sft=runs/demo/sft --port 8000")
+        ".gguf, hub id, smollm2-135m-instruct, a run's stage (runs/NAME/STAGE, runs/NAME:STAGE, "
+        "RECIPE.yaml:STAGE; RECIPE.yaml:base is the run's base model), or a run folder (runs/NAME: all its stages "
+        "that have a model); write NAME=MODEL to choose the id clients use.",
+        epilog="Examples: 'langadapt serve base=smollm2-135m-instruct sft=runs/demo/sft --port 8000'; "
+        "'langadapt serve configs/demo.yaml:base runs/demo' (the base model and every stage of the run).")
     p.add_argument("models", nargs="+", metavar="MODEL", help="models to serve; the first is the page's default")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")

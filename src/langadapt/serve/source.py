@@ -82,6 +82,17 @@ def resolve_ref(spec: str | os.PathLike, stage: str | None = None) -> ModelRef:
     return ModelRef(path=s, name=_short_name(s))
 
 
+def run_stages(path: str | os.PathLike) -> list[str]:
+    """Stages of a run folder that have a model, in pipeline order ([] if ``path`` is not a run folder)."""
+    from langadapt.recipe import STAGE_ORDER
+
+    p = Path(os.path.expanduser(str(path)))
+    if not p.is_dir() or (p / "config.json").exists() or (p / "adapter_config.json").exists() \
+            or _stage_artifact(p) is not None:
+        return []
+    return [st for st in STAGE_ORDER if _stage_artifact(p / st) is not None]
+
+
 def _short_name(spec: str) -> str:
     p = Path(spec)
     if p.exists():
