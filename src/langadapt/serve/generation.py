@@ -39,8 +39,8 @@ class PromptTooLong(LangadaptError):
     def __init__(self, prompt_tokens: int, context: int):
         self.prompt_tokens = prompt_tokens
         self.context = context
-        super().__init__(f"the prompt is {prompt_tokens:,} tokens but the model's context window is {context:,} tokens "
-                         "(including room for the answer); shorten the message")
+        super().__init__(f"the prompt is {prompt_tokens:,} tokens but the model's context window is {context:,} tokens, "
+                         "leaving no room for an answer; shorten the message")
 
 
 @dataclass
