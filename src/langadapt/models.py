@@ -156,10 +156,33 @@ def load_model(spec: str | os.PathLike | ModelSource, *, dtype=None, device: str
         if src.kind == "hub":
             raise _hub_error(src, e) from None
         raise ModelNotFoundError(f"cannot load the model {src}: {e}") from None
+    if src.kind == "gguf":
+        forget_gguf_quantizer(model)
     if model.config.pad_token_id is None and model.config.eos_token_id is not None:
         eos = model.config.eos_token_id
         model.config.pad_token_id = eos[0] if isinstance(eos, list) else eos
     return model.to(device) if device else model
+
+
+def forget_gguf_quantizer(model) -> None:
+    """Let a model loaded from GGUF be saved, trained and merged like any other.
+
+    transformers de-quantises GGUF weights to plain float tensors on load but keeps its GGUF
+    quantizer attached, and ``save_pretrained`` refuses such a model. A model whose layers are
+    still packed (really quantized) is refused with a clear error instead.
+    """
+    from langadapt.errors import LangadaptError
+
+    q = getattr(model, "hf_quantizer", None)
+    if q is None:
+        return
+    method = getattr(q.quantization_config.quant_method, "value", q.quantization_config.quant_method)
+    packed = any("gguf" in type(m).__module__.lower() for m in model.modules()) or any(
+        not p.is_floating_point() for p in model.parameters())
+    if method != "gguf" or packed:
+        raise LangadaptError(f"the model's weights are quantized ({method}); langadapt trains and saves "
+                             "full-precision weights only: load the base in full precision")
+    q.remove_quantization_config(model)
 
 
 def _adapter_vocab_rows(adapter_dir: str) -> int | None:

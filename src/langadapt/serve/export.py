@@ -48,24 +48,6 @@ def merge(model):
     return model
 
 
-def drop_gguf_marker(model) -> None:
-    """Forget that the weights came from a GGUF file, once transformers has de-quantised them.
-
-    A model loaded from GGUF (the bundled SmolLM2) keeps transformers' GGUF quantizer attached even
-    though its layers are ordinary float tensors, and ``save_pretrained`` refuses such a model.
-    """
-    q = getattr(model, "hf_quantizer", None)
-    if q is None:
-        return
-    method = getattr(q.quantization_config.quant_method, "value", q.quantization_config.quant_method)
-    packed = any("gguf" in type(m).__module__.lower() for m in model.modules()) or \
-        any(not p.is_floating_point() for p in model.parameters())
-    if method != "gguf" or packed:
-        raise LangadaptError(f"the model's weights are quantized ({method}) and cannot be exported as a plain "
-                             "model; load the base in full precision")
-    q.remove_quantization_config(model)
-
-
 def export_model(source: str, *, stage: str | None = None, out: str | os.PathLike | None = None,
                  dtype: str = "float32", card: bool = True, recipe: str | os.PathLike | None = None,
                  force: bool = False, log=print) -> Path:
@@ -91,7 +73,6 @@ def export_model(source: str, *, stage: str | None = None, out: str | os.PathLik
     tokenizer = load_tokenizer(src)
     was_adapter = hasattr(model, "merge_and_unload")
     model = merge(model)
-    drop_gguf_marker(model)
     rows = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > rows:
         raise LangadaptError(f"{ref.path}: the tokenizer has {len(tokenizer):,} tokens but the model only {rows:,} "

@@ -60,25 +60,6 @@ def save_tokenizer(base_tok, tokenizer_json: dict, out_dir: Path, *, pad_token: 
     return AutoTokenizer.from_pretrained(str(out_dir))
 
 
-def drop_gguf_quantizer(model) -> None:
-    """Let ``save_pretrained`` write a model loaded from GGUF whose weights were de-quantized on load.
-
-    transformers keeps the GGUF quantizer on such a model and refuses to save it, though every weight
-    is a plain float tensor. Models with packed (still quantized) weights keep it and save refuses.
-    """
-    import torch
-
-    quantizer = getattr(model, "hf_quantizer", None)
-    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
-    if quantizer is None or getattr(method, "value", method) != "gguf":
-        return
-    if all(p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in model.parameters()) and all(
-            type(m).__module__.startswith("torch.") or "Linear" not in type(m).__name__ for m in model.modules()):
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            delattr(model.config, "quantization_config")
-
-
 def _check_identical(base_tok, merged_tok, lines: list[str]) -> int:
     """How many of ``lines`` get different ids (with special tokens) from the merged tokenizer."""
     return sum(base_tok(x)["input_ids"] != merged_tok(x)["input_ids"] for x in lines)
@@ -170,7 +151,6 @@ def run(ctx) -> dict:
             model.config.pad_token_id = pad_id
             if getattr(model, "generation_config", None) is not None:
                 model.generation_config.pad_token_id = pad_id
-        drop_gguf_quantizer(model)
         model.save_pretrained(model_dir)
     timings["save"] = round(time.perf_counter() - t0, 2)
 
