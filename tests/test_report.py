@@ -112,8 +112,8 @@ def test_report_has_every_section_and_the_paper_table_layout(run_dir):
         assert row in page
     assert page.count("<svg") >= 4  # bpc per stage, bpc during training, two loss charts
     assert 'data-name="monolingual"' in page and 'data-name="bilingual"' in page
-    assert "61,234" in page and "4.80" in page and "1.46" in page  # vocab and fertility before/after
-    assert "poems" in page and "2.50" in page  # cleaning table: cleaned MB
+    assert "61,234" in page and "4.800" in page and "1.460" in page and "-69.6%" in page  # vocab, fertility before/after
+    assert "poems" in page and "2.50" in page and "too short" in page  # cleaning table: cleaned MB, drops
     assert "Translated instructions + inputs" in page and "literature" in page
     # self-contained: nothing fetched from anywhere
     for ref in ("<script src", "<link", "@import", "url(", "https://", "http://"):

@@ -287,13 +287,8 @@ def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     raw = (hi - lo) / n
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    start = math.floor(lo / step) * step
-    ticks = []
-    v = start
-    while v <= hi + step * 0.5:
-        ticks.append(round(v, 10))
-        v += step
-    return ticks
+    start, end = math.floor(lo / step) * step, math.ceil(hi / step) * step
+    return [round(start + i * step, 10) for i in range(int(round((end - start) / step)) + 1)]
 
 
 def _tick_label(v: float) -> str:
@@ -360,6 +355,17 @@ def svg_line_chart(series: list[tuple[str, list[tuple[float, float]]]], *, title
     return "".join(parts)
 
 
+def _in_sequence(phases: dict[str, list[tuple[float, float]]]) -> list[tuple[str, list[tuple[float, float]]]]:
+    """Sub-steps of a stage (align: monolingual, then bilingual) each count steps from the start; draw
+    them one after another on a shared axis."""
+    out, offset = [], 0.0
+    for name, pts in phases.items():
+        pts = sorted(pts)
+        out.append((name, [(x + offset, y) for x, y in pts]))
+        offset += max(x for x, _ in pts)
+    return out
+
+
 def _downsample(points: list[tuple[float, float]], limit: int = 400) -> list[tuple[float, float]]:
     if len(points) <= limit:
         return points
@@ -374,7 +380,7 @@ CSS = """
 *{box-sizing:border-box}body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"Noto Sans","Vazirmatn",Tahoma,sans-serif;
 color:var(--fg);background:var(--bg);margin:0 auto;max-width:1180px;padding:24px}
 h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:32px 0 8px;border-bottom:1px solid var(--line);padding-bottom:4px}
-h3{font-size:15px;margin:18px 0 6px}p.meta{color:var(--muted);margin:0}nav a{margin-right:12px;color:var(--best)}
+h3{font-size:15px;margin:18px 0 6px}section{overflow-x:auto}p.meta{color:var(--muted);margin:0}nav a{margin-right:12px;color:var(--best)}
 table{border-collapse:collapse;margin:8px 0 4px;font-variant-numeric:tabular-nums}
 th,td{border:1px solid var(--line);padding:4px 8px;text-align:right;vertical-align:top}
 th{background:var(--head);font-weight:600}td.name,th.name{text-align:left}td.best{font-weight:700;color:var(--best)}
@@ -384,7 +390,7 @@ td.dash{color:var(--muted)}td.na{color:#9aa5b1}tr.avg td{background:#fafbfc;font
 svg .grid{stroke:#eceff3}svg .axis{stroke:#8a94a3}svg .tick{font-size:11px;fill:#5f6b7a}svg .lab{font-size:12px;fill:#1d2330}
 svg .ct{font-size:13px;font-weight:600;fill:#1d2330}svg .leg{font-size:11.5px;fill:#1d2330}
 summary{cursor:pointer;margin:14px 0 4px;font-weight:600}pre{background:var(--head);padding:8px;overflow:auto;font-size:12px}.status-complete{color:#1a7f37}.status-partial{color:#b35900}
-.status-not{color:var(--muted)}
+.status-not{color:var(--muted)}td.nowrap{white-space:nowrap}
 """
 
 
@@ -440,7 +446,7 @@ def _section_stages(data: dict) -> str:
         brief = "; ".join(f"{k}: {v}" for k, v in summary.items() if not isinstance(v, (dict, list)))[:300]
         cls = {"complete": "status-complete", "partial": "status-partial"}.get(info["status"], "status-not")
         rows.append(f'<tr><td class="name">{s}</td><td class="name {cls}">{info["status"]}</td>'
-                    f'<td>{_e(m.get("finished_at", ""))}</td><td>{_num(m.get("seconds"), 1)}</td>'
+                    f'<td class="nowrap">{_e(str(m.get("finished_at", "")).replace("T", " ")[:16])}</td><td>{_num(m.get("seconds"), 1)}</td>'
                     f'<td class="name" dir="auto">{_e(brief)}</td></tr>')
     return ('<section id="stages"><h2>Pipeline</h2><table><tr><th class="name">stage</th><th class="name">status</th>'
             '<th>finished</th><th>seconds</th><th class="name">summary</th></tr>' + "".join(rows) + "</table></section>")
@@ -609,16 +615,18 @@ def _section_bpc(data: dict, language: str) -> str:
             v = d.get(lang) if isinstance(d.get(lang), dict) else {}
             cells += [f"<td>{_num(v.get('start'), 3)}</td>", f"<td>{_num(v.get('end'), 3)}</td>"]
         rows.append(f'<tr><td class="name">{stage}</td>{"".join(cells)}</tr>')
-    step_series = []
+    phases: dict[str, list] = {}
     for stage in TRAIN_STAGES:
         d = bpc.get(stage)
         if isinstance(d, dict) and isinstance((d.get("target") or {}).get("steps"), list):
-            pts = [(float(s["step"]), float(s["bpc"])) for s in d["target"]["steps"]
-                   if isinstance(s, dict) and isinstance(s.get("step"), (int, float)) and isinstance(s.get("bpc"), (int, float))]
-            if len(pts) > 2:
-                step_series.append((stage, pts))
+            for s in d["target"]["steps"]:
+                if isinstance(s, dict) and isinstance(s.get("step"), (int, float)) and isinstance(s.get("bpc"), (int, float)):
+                    name = f"{stage} · {s['name']}" if s.get("name") and s.get("name") != stage else stage
+                    phases.setdefault(name, []).append((float(s["step"]), float(s["bpc"])))
+    step_series = [(k, v) for k, v in _in_sequence(phases) if len(v) > 1]
     steps_chart = svg_line_chart(step_series, title=f"{_lang_name(language)} bits per character during training",
-                                 xlabel="optimizer step", ylabel="bits per character") if step_series else ""
+                                 xlabel="optimizer step (stages and their parts in order)",
+                                 ylabel="bits per character") if step_series else ""
     return ('<section id="bpc"><h2>Held-out bits per character</h2><div class="charts">' + chart + steps_chart + "</div>"
             f'<table><tr><th class="name">stage</th><th>{_e(names["target"])} start</th><th>end</th><th>English start</th>'
             f'<th>end</th></tr>{"".join(rows)}</table><p class="note">Bits per UTF-8 character on held-out text: '
@@ -635,9 +643,10 @@ def _section_loss(data: dict) -> str:
             step = r.get("step")
             if isinstance(loss, (int, float)) and isinstance(step, (int, float)) and math.isfinite(loss):
                 by.setdefault(str(r.get("name") or stage), []).append((float(step), float(loss)))
-        series = [(k, _downsample(sorted(v))) for k, v in by.items() if v]
+        series = [(k, _downsample(v)) for k, v in _in_sequence({k: v for k, v in by.items() if v})]
         if series:
-            charts.append(svg_line_chart(series, title=f"{stage}: training loss", xlabel="optimizer step", ylabel="loss"))
+            xlabel = "optimizer step" + (" (parts in order)" if len(series) > 1 else "")
+            charts.append(svg_line_chart(series, title=f"{stage}: training loss", xlabel=xlabel, ylabel="loss"))
     if not charts:
         return '<section id="loss"><h2>Training loss</h2>' + _not_run("Training stages (align, pretrain, sft)") + "</section>"
     return '<section id="loss"><h2>Training loss</h2><div class="charts">' + "".join(charts) + "</div></section>"
@@ -652,14 +661,18 @@ def _section_clean(rep) -> str:
     if isinstance(sources, list) and sources and all(isinstance(s, dict) for s in sources):
         rows = sources + ([rep["totals"]] if isinstance(rep.get("totals"), dict) else [])
         reasons = list(dict.fromkeys(k for r in rows for k in (r.get("drops") or {})))
-        head = ('<tr><th class="name">source</th><th class="name">type</th><th>original MB</th><th>cleaned MB</th>'
-                '<th>kept %</th><th>sentences in</th><th>sentences out</th>' +
-                "".join(f"<th>drop: {_e(x)}</th>" for x in reasons) + "</tr>")
+        biggest = max((r.get("original_bytes") or 0 for r in rows if isinstance(r.get("original_bytes"), (int, float))), default=0)
+        unit, scale = ("MB", 1e6) if biggest >= 1e6 else ("kB", 1e3)
+        head = (f'<tr><th class="name" rowspan="2">source</th><th class="name" rowspan="2">type</th>'
+                f'<th rowspan="2">original {unit}</th><th rowspan="2">cleaned {unit}</th><th rowspan="2">kept %</th>'
+                '<th rowspan="2">sentences in</th><th rowspan="2">sentences out</th>'
+                f'<th colspan="{len(reasons)}">sentences dropped, by reason</th></tr><tr>' +
+                "".join(f"<th>{_e(x.replace('_', ' '))}</th>" for x in reasons) + "</tr>")
         body = []
         for r in rows:
             ob, cb = r.get("original_bytes"), r.get("cleaned_bytes")
             pct = 100.0 * cb / ob if isinstance(ob, (int, float)) and ob and isinstance(cb, (int, float)) else None
-            mb = (lambda v: f"{v / 1e6:,.2f}" if isinstance(v, (int, float)) else "")
+            mb = (lambda v: f"{v / scale:,.2f}" if isinstance(v, (int, float)) else "")
             cls = ' class="avg"' if r.get("source") == "total" else ""
             body.append(f'<tr{cls}><td class="name">{_e(r.get("source", ""))}</td><td class="name">{_e(r.get("type", ""))}</td>'
                         f"<td>{mb(ob)}</td><td>{mb(cb)}</td><td>{_num(pct, 1) if pct is not None else ''}</td>"
@@ -671,6 +684,10 @@ def _section_clean(rep) -> str:
     return f'<section id="clean"><h2>Cleaning (Table 1)</h2>{table}</section>'
 
 
+TOKENIZER_FACTS = ("base_model", "family", "base_vocab_size", "merged_vocab_size", "new_pieces", "new_tokens", "overlap",
+                   "overlap_share", "init", "tied_embeddings", "english_identical")
+
+
 def _section_tokenizer(rep) -> str:
     if rep is None:
         return '<section id="tokenizer"><h2>Tokenizer</h2>' + _not_run("The tokenizer stage") + "</section>"
@@ -678,27 +695,26 @@ def _section_tokenizer(rep) -> str:
         return f'<section id="tokenizer"><h2>Tokenizer</h2><p class="not-run">{_e(rep["_error"])}</p></section>'
     fert = rep.get("fertility") if isinstance(rep.get("fertility"), dict) else {}
     parts = ['<section id="tokenizer"><h2>Tokenizer</h2>']
-    if fert:
-        cols = []
-        for text, d in fert.items():
-            for which in ("base", "merged"):
-                if isinstance(d, dict) and isinstance(d.get(which), dict):
-                    cols += [k for k in d[which] if k not in cols]
-        head = "".join(f"<th>{_e(c)} base</th><th>{_e(c)} merged</th>" for c in cols)
-        body = []
-        for text, d in fert.items():
-            if not isinstance(d, dict):
-                continue
-            tds = "".join(f"<td>{_num((d.get('base') or {}).get(c), 3)}</td><td>{_num((d.get('merged') or {}).get(c), 3)}</td>"
-                          for c in cols)
-            body.append(f'<tr><td class="name">{_e(text)}</td>{tds}</tr>')
-        parts.append(f'<h3>Fertility before and after the merge</h3><table><tr><th class="name">held-out text</th>{head}</tr>'
-                     f'{"".join(body)}</table>')
-    facts = {k: v for k, v in rep.items() if k != "fertility" and not isinstance(v, (dict, list))}
-    nested = {k: v for k, v in rep.items() if k != "fertility" and isinstance(v, (dict, list))}
-    parts.append("<h3>Vocabulary</h3>" + _generic(facts))
-    if nested:
-        parts.append("<h3>More</h3>" + _generic(nested))
+    body = []
+    for text, d in fert.items():
+        if not isinstance(d, dict) or not isinstance(d.get("base"), dict):
+            continue
+        base, merged = d["base"], d.get("merged") or {}
+        measures = [k for k in base if "per_" in k] or [k for k in base if isinstance(base[k], (int, float))]
+        for k in measures:
+            b, m = base.get(k), merged.get(k)
+            change = f"{100 * (m - b) / b:+.1f}%" if isinstance(b, (int, float)) and isinstance(m, (int, float)) and b else ""
+            body.append(f'<tr><td class="name">{_e(text)}</td><td class="name">{_e(k.replace("_", " "))}</td>'
+                        f"<td>{_num(b, 3)}</td><td>{_num(m, 3)}</td><td>{change}</td></tr>")
+    if body:
+        parts.append('<h3>Fertility before and after the merge</h3><table><tr><th class="name">held-out text</th>'
+                     '<th class="name">measure</th><th>base</th><th>merged</th><th>change</th></tr>' + "".join(body) + "</table>")
+    facts = {k: rep[k] for k in TOKENIZER_FACTS if k in rep}
+    rest = {k: v for k, v in rep.items() if k not in facts and k != "fertility"}
+    if facts:
+        parts.append("<h3>Vocabulary</h3>" + _generic(facts))
+    if rest:
+        parts.append(f"<details><summary>All fields of tokenizer/report.json</summary>{_generic(rest)}</details>")
     return "".join(parts) + "</section>"
 
 
