@@ -99,7 +99,8 @@ def test_eval_stage_writes_results_csv_json_and_report_then_resumes(tmp_path, ti
     assert ("base", "fa", "translation", "bleu", "translated-instruction") not in got  # translation is not re-run
     assert ("base", "en", "sentiment", "accuracy", "translated-instruction") not in got
     assert (out / "report.html").is_file() and "| *Sentiment |" in (out / "report.md").read_text(encoding="utf-8")
-    assert (out / "predictions" / "base__fa_sentiment.jsonl").is_file()
+    first = json.loads((out / "predictions" / "base__fa_sentiment.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    assert first["prompt"].startswith("احساس این نظر مثبت یا منفی است؟") and set(first["scores"]) == {"positive", "negative"}
     marker = json.loads((out / "COMPLETE.json").read_text(encoding="utf-8"))
     assert set(marker["summary"]["table"]) == {"english", "target"}
 

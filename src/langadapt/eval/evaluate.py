@@ -102,6 +102,7 @@ def evaluate_task(backend, task: Task, examples, settings: EvalSettings, *, mode
     preds: list[dict] = []
     out: dict[str, tuple[float, int]] = {}
 
+    convs_by_id = {ex.id: conv for ex, conv in zip(examples, convs)}
     with progress_bar(console, n, desc) as advance:
         if use_loglik:
             opts = [task.options(ex, lang) for ex in examples]
@@ -114,7 +115,8 @@ def evaluate_task(backend, task: Task, examples, settings: EvalSettings, *, mode
                 correct += o[best][0] == ex.label
                 correct_norm += o[best_norm][0] == ex.label
                 preds.append({"id": ex.id, "gold": ex.label, "prediction": o[best][0],
-                              "scores": {lab: round(v, 4) for (lab, _), v in zip(o, s)}, "category": ex.category})
+                              "scores": {lab: round(v, 4) for (lab, _), v in zip(o, s)}, "category": ex.category,
+                              "prompt": _shown(convs_by_id[ex.id])})
             out["accuracy"] = (correct / n, n)
             out["accuracy_norm"] = (correct_norm / n, n)
         else:
@@ -129,19 +131,19 @@ def evaluate_task(backend, task: Task, examples, settings: EvalSettings, *, mode
                     correct += label == ex.label
                     not_following += reason is not None
                     preds.append({"id": ex.id, "gold": ex.label, "output": text, "prediction": label,
-                                  "not_following": reason, "category": ex.category})
+                                  "not_following": reason, "category": ex.category, "prompt": _shown(conv)})
                 out["accuracy"] = (correct / n, n)
                 out["non_following"] = (not_following, n)
             else:
                 hyps = [scoring.first_line(t) if task.first_line else t.strip() for t in outputs]
                 refs = [ex.reference or "" for ex in examples]
                 not_following = 0
-                for ex, text, hyp in zip(examples, outputs, hyps):
+                for ex, text, hyp, conv in zip(examples, outputs, hyps, convs):
                     src = ex.fields.get("source") or ex.fields.get("article") or ex.fields.get("input", "")
                     reason = scoring.check_generation(hyp, source=src, output_lang=task.output_lang)
                     not_following += reason is not None
                     preds.append({"id": ex.id, "reference": ex.reference, "output": text, "hypothesis": hyp,
-                                  "not_following": reason})
+                                  "not_following": reason, "prompt": _shown(conv)})
                 for m in task.metrics:
                     if m == "bleu":
                         value, sig = metrics.bleu(hyps, refs)
@@ -171,6 +173,12 @@ def evaluate_task(backend, task: Task, examples, settings: EvalSettings, *, mode
 
     return [make_row(model, stage, task, metric, value, count, protocol, run_settings)
             for metric, (value, count) in out.items()]
+
+
+def _shown(conv: list[dict], limit: int = 2000) -> str:
+    """The query as the model saw it (last user message), for the predictions file."""
+    text = conv[-1]["content"]
+    return text if len(text) <= limit else text[:limit] + " …"
 
 
 def _accepted_words(task: Task, ex) -> list[tuple[str, list[str]]]:

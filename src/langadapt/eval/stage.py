@@ -123,12 +123,16 @@ def run(ctx) -> dict:
         if cfg.protocol.enabled and (cfg.protocol.models is None or entry["name"] in cfg.protocol.models):
             p_tasks = [t for t in tasks if protocols.applies_to(t)]
             for variant in cfg.protocol.variants:
-                def parts_for(task, examples, variant=variant):
-                    return protocols.make_parts(variant, task, examples, translator=cfg.protocol.translator,
-                                                backend=backend, file_map=file_map, few_shot=settings.shots(task),
-                                                seed=settings.seed, batch_size=settings.batch_size,
-                                                max_new_tokens=cfg.protocol.max_new_tokens,
-                                                repetition_penalty=settings.repetition_penalty, console=ctx.console)
+                def parts_for(task, examples, variant=variant, model=entry["name"]):
+                    parts = protocols.make_parts(variant, task, examples, translator=cfg.protocol.translator,
+                                                 backend=backend, file_map=file_map, few_shot=settings.shots(task),
+                                                 seed=settings.seed, batch_size=settings.batch_size,
+                                                 max_new_tokens=cfg.protocol.max_new_tokens,
+                                                 repetition_penalty=settings.repetition_penalty, console=ctx.console)
+                    if parts.translations:  # what the model was given, for anyone checking the translations
+                        name = f"{model}__{task.language}_{task.name}__{protocols.VARIANTS[variant]}.translations.json"
+                        write_json(preds / name, parts.translations)
+                    return parts
                 m_rows += evaluate_model(backend, p_tasks, settings, model=entry["name"], stage=entry["stage"],
                                          protocol=protocols.VARIANTS[variant], parts_for=parts_for,
                                          predictions_dir=preds, console=ctx.console)
