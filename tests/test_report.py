@@ -4,6 +4,7 @@ out; missing parts shown as "not run"; the page checked in a real headless Chrom
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -152,7 +153,7 @@ def test_report_command_prints_the_table_and_names_a_missing_folder(run_dir, cap
     assert "run folder not found" in capsys.readouterr().err
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM = os.environ.get("LANGADAPT_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install -y chromium)")
