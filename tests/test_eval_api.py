@@ -113,7 +113,7 @@ def test_mostly_non_following_answers_show_as_a_dash_counted_as_zero(server, sen
 def test_api_retries_busy_server_and_needs_its_key(server, monkeypatch):
     monkeypatch.setenv("TEST_API_KEY", "k")
     FakeOpenAI.fail_next = 2
-    backend = ApiBackend(name="h", base_url=server, model="m", api_key_env="TEST_API_KEY", retries=3)
+    backend = ApiBackend(name="h", base_url=server, model="m", api_key_env="TEST_API_KEY", retries=3, backoff=0.01)
     assert backend.generate([[{"role": "user", "content": "good food"}]], lang="en", batch_size=1, max_new_tokens=4,
                             repetition_penalty=1.0) == ["Positive."]
     assert len(FakeOpenAI.requests) == 3
@@ -122,5 +122,5 @@ def test_api_retries_busy_server_and_needs_its_key(server, monkeypatch):
         ApiBackend(name="h", base_url=server, model="m", api_key_env="TEST_API_KEY")
     FakeOpenAI.fail_next = 10
     with pytest.raises(LangadaptError, match="HTTP 503"):
-        ApiBackend(name="h", base_url=server, model="m", api_key_env=None, retries=1).generate(
+        ApiBackend(name="h", base_url=server, model="m", api_key_env=None, retries=1, backoff=0.01).generate(
             [[{"role": "user", "content": "x"}]], lang="en", batch_size=1, max_new_tokens=4, repetition_penalty=1.0)

@@ -88,7 +88,7 @@ class ApiBackend:
     supports_loglik = False
 
     def __init__(self, *, name: str, base_url: str, model: str, api_key_env: str | None = "OPENAI_API_KEY",
-                 concurrency: int = 4, timeout: float = 120.0, retries: int = 3):
+                 concurrency: int = 4, timeout: float = 120.0, retries: int = 3, backoff: float = 0.5):
         self.name, self.model = name, model
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.api_key_env = api_key_env
@@ -96,7 +96,7 @@ class ApiBackend:
         if api_key_env and not key:
             raise LangadaptError(f"model '{name}': environment variable {api_key_env} (the API key) is not set")
         self.key = key
-        self.concurrency, self.timeout, self.retries = concurrency, timeout, retries
+        self.concurrency, self.timeout, self.retries, self.backoff = concurrency, timeout, retries, backoff
 
     def settings(self) -> dict:
         return {"backend": "api", "base_url": self.url.rsplit("/chat/completions", 1)[0], "model": self.model,
@@ -123,7 +123,8 @@ class ApiBackend:
             except (KeyError, IndexError, ValueError) as e:
                 last = f"unexpected response ({type(e).__name__})"
                 break
-            time.sleep(min(8.0, 0.5 * 2 ** attempt))
+            if attempt < self.retries:
+                time.sleep(min(8.0, self.backoff * 2 ** attempt))
         raise LangadaptError(f"model '{self.name}': request to {self.url} failed: {last}")
 
     def generate(self, conversations: list[list[dict]], *, lang: str, batch_size: int, max_new_tokens: int,
