@@ -102,21 +102,20 @@ def evaluate_task(backend, task: Task, examples, settings: EvalSettings, *, mode
     preds: list[dict] = []
     out: dict[str, tuple[float, int]] = {}
 
-    convs_by_id = {ex.id: conv for ex, conv in zip(examples, convs)}
     with progress_bar(console, n, desc) as advance:
         if use_loglik:
             opts = [task.options(ex, lang) for ex in examples]
             scores = backend.loglik(convs, [[w for _, w in o] for o in opts], lang=lang,
                                     batch_size=settings.batch_size, progress=advance)
             correct = correct_norm = 0
-            for ex, o, s in zip(examples, opts, scores):
+            for ex, o, s, conv in zip(examples, opts, scores, convs):
                 best = max(range(len(s)), key=lambda j: s[j])
                 best_norm = max(range(len(s)), key=lambda j: s[j] / max(1, len(o[j][1])))
                 correct += o[best][0] == ex.label
                 correct_norm += o[best_norm][0] == ex.label
                 preds.append({"id": ex.id, "gold": ex.label, "prediction": o[best][0],
                               "scores": {lab: round(v, 4) for (lab, _), v in zip(o, s)}, "category": ex.category,
-                              "prompt": _shown(convs_by_id[ex.id])})
+                              "prompt": _shown(conv)})
             out["accuracy"] = (correct / n, n)
             out["accuracy_norm"] = (correct_norm / n, n)
         else:
