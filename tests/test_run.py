@@ -100,3 +100,18 @@ def test_stage_alone_refuses_when_its_input_stage_is_missing(recipe_file):
 
     with pytest.raises(LangadaptError, match="needs stage 'clean'"):
         runmod.run_stage(load_recipe(recipe_file), "tokenizer", resume=False)
+
+
+def extra_files(recipe):
+    return [recipe.resolve("extra.txt")]
+
+
+def test_stage_reruns_when_a_file_named_by_its_files_hook_changes(recipe_file, tmp_path, monkeypatch):
+    (tmp_path / "extra.txt").write_text("one")
+    spec = runmod.STAGES["tokenizer"]
+    monkeypatch.setitem(runmod.STAGES, "tokenizer", runmod.StageSpec(spec.name, spec.entry, "", data=spec.data,
+                                                                    files=f"{__name__}:extra_files"))
+    runmod.run_recipe(load_recipe(recipe_file))
+    assert runmod.run_recipe(load_recipe(recipe_file))[1] == ("tokenizer", "skipped")
+    (tmp_path / "extra.txt").write_text("two, longer")
+    assert runmod.run_recipe(load_recipe(recipe_file)) == [("clean", "skipped"), ("tokenizer", "ran")]

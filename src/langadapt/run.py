@@ -30,10 +30,15 @@ class StageSpec:
     entry: str  # "module:function", imported only when the stage runs (keeps the CLI fast)
     summary: str
     data: tuple[str, ...] = ()  # which parts of recipe.data this stage reads
+    files: str | None = None  # "module:function(recipe) -> paths": other input files its output depends on
 
     def function(self) -> Callable[[StageContext], dict | None]:
-        module, func = self.entry.split(":")
-        return getattr(importlib.import_module(module), func)
+        return _import(self.entry)
+
+
+def _import(entry: str) -> Callable:
+    module, func = entry.split(":")
+    return getattr(importlib.import_module(module), func)
 
 
 STAGES: dict[str, StageSpec] = {}
@@ -50,7 +55,7 @@ register(StageSpec("align", "langadapt.stages.align:run", "embeddings and head o
 register(StageSpec("pretrain", "langadapt.stages.pretrain:run", "LoRA on every linear layer plus embeddings/head, target-language next-token prediction", data=("heldout",)))
 register(StageSpec("translate", "langadapt.translate.stage:run", "machine-translate instruction data into the target language, then clean it", data=("instructions",)))
 register(StageSpec("sft", "langadapt.stages.sft:run", "bilingual instruction tuning, loss on responses only", data=("instructions", "parallel", "heldout")))
-register(StageSpec("eval", "langadapt.eval.stage:run", "the five tasks in English and the target language for every stage's model, results and report", data=()))
+register(StageSpec("eval", "langadapt.eval.stage:run", "the five tasks in English and the target language for every stage's model, results and report", data=(), files="langadapt.eval.stage:input_files"))
 
 
 @dataclass
@@ -140,6 +145,8 @@ def stage_hash(recipe: Recipe, stage: str) -> str:
                 if v is not None and recipe.resolve(v).exists():
                     files.append(fingerprint_path(recipe.resolve(v)))
         parts["data"][kind] = {"settings": dumped, "files": files}
+    if spec is not None and spec.files:
+        parts["files"] = sorted(fingerprint_path(p) for p in _import(spec.files)(recipe))
     for up in stage_inputs(recipe, stage):
         marker = read_marker(recipe.run_dir / up)
         parts["upstream"][up] = marker["hash"] if marker else None

@@ -82,6 +82,18 @@ def bpc_rows(recipe) -> list[dict]:
     return rows
 
 
+def input_files(recipe) -> list[Path]:
+    """The task files and data files the recipe's evaluation reads (for the stage's settings hash)."""
+    cfg = recipe.eval
+    recipe_dir = recipe.source_path.parent if recipe.source_path else None
+    tasks = load_tasks(cfg.tasks, recipe_dir=recipe_dir, paths=cfg.paths, target_language=recipe.language.code,
+                       select=cfg.select)
+    files = [p for t in tasks for p in t.paths] + [t.reference_path for t in tasks if t.reference_path]
+    if cfg.protocol.enabled and cfg.protocol.translator == "file" and cfg.protocol.file:
+        files.append(recipe.resolve(cfg.protocol.file))
+    return [Path(p) for p in files]
+
+
 def run(ctx) -> dict:
     """Evaluate every model column on every task; write results and the report."""
     from langadapt.eval import report
