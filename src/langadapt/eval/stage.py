@@ -63,6 +63,23 @@ def eval_settings(recipe) -> EvalSettings:
                         max_new_tokens=cfg.max_new_tokens, repetition_penalty=cfg.repetition_penalty, seed=recipe.seed)
 
 
+TRAINED_STAGES = ("align", "pretrain", "sft")
+"""Stages that measure held-out bits per character themselves (their bpc.json)."""
+
+
+def heldout_bpc_rows(recipe, lm, tokenizer, *, model: str, stage: str) -> list[dict]:
+    """Held-out bits per character of a model no training stage measured (the base, extra models)."""
+    from langadapt.train.bpc import bits_per_char, read_heldout
+
+    rows = []
+    for key, text in read_heldout(recipe).items():
+        lang = recipe.language.code if key == "target" else "en"
+        rows.append({"model": model, "stage": stage, "task": "heldout", "language": lang, "metric": "bpc",
+                     "value": round(bits_per_char(lm, tokenizer, text), 6), "n": None, "protocol": "original",
+                     "settings": {"source": "measured by eval"}})
+    return rows
+
+
 def bpc_rows(recipe) -> list[dict]:
     """Held-out bits per character each training stage measured at its end, as result rows."""
     rows = []
@@ -148,6 +165,8 @@ def run(ctx) -> dict:
                 m_rows += evaluate_model(backend, p_tasks, settings, model=entry["name"], stage=entry["stage"],
                                          protocol=protocols.VARIANTS[variant], parts_for=parts_for,
                                          predictions_dir=preds, console=ctx.console)
+        if entry["stage"] not in TRAINED_STAGES and getattr(backend, "tokenizer", None) is not None:
+            m_rows += heldout_bpc_rows(recipe, backend.model, backend.tokenizer, model=entry["name"], stage=entry["stage"])
         info = {"name": entry["name"], "stage": entry["stage"], **backend.settings()}
         backend.close()
         write_json(cached, {"model": info, "rows": m_rows})
