@@ -146,6 +146,7 @@ def test_training_lowers_loss_and_writes_metrics_checkpoint_and_bpc(tmp_path):
     result = train_model(model, tok, documents(tok), settings(max_steps=12, save_every=5, eval_every=6), tmp_path,
                          heldout=heldout, name="mono", log=lambda m: None)
     assert result.steps == 12 and result.trainable == counts.trainable
+    assert result.tokens == 12 * 2 * 16 and result.tokens_per_s > 0 and result.cpu_seconds > 0
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if "loss" in r]
     assert len(losses) == 12 and losses[-1] < losses[0]

@@ -387,6 +387,15 @@ def train_model(
             append_jsonl(metrics_path, {"name": name, "step": step, **{f"bpc_{k}": round(v, 5) for k, v in values.items()}})
         return values
 
+    def flush_window() -> int:
+        """Add the tokens and seconds since the last flush (all processes) to the totals; return the tokens."""
+        nonlocal tokens_seen, train_seconds, window_tokens, window_seconds
+        toks = int(accelerator.reduce(torch.tensor(window_tokens, device=accelerator.device), reduction="sum"))
+        tokens_seen += toks
+        train_seconds += window_seconds
+        window_tokens, window_seconds = 0, 0.0
+        return toks
+
     def save_checkpoint(step: int) -> Path:
         final = root / f"step-{step}"
         tmp = root / f".tmp-step-{step}"
@@ -395,6 +404,7 @@ def train_model(
             tmp.mkdir(parents=True)
         accelerator.wait_for_everyone()
         state_dict = accelerator.get_state_dict(model) if sharded else None
+        flush_window()
         if main:
             with _quiet_transformers():
                 save_model(unwrapped(), tmp / "model", state_dict=state_dict)
@@ -421,13 +431,13 @@ def train_model(
         f"{precision}, trainable {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
     t_start = time.time()
     last_loss: float | None = None
+    window_tokens, window_seconds = 0, 0.0
     if start_step == 0 and heldout:
         start_values = evaluate(0, bpc_start)
         say(f"{name}: held-out bits per character at start: " + ", ".join(f"{k} {v:.4f}" for k, v in start_values.items()))
 
     model.train()
     bar = tqdm(total=total_steps, initial=start_step, desc=name, disable=not main, dynamic_ncols=True, unit="step")
-    window_tokens, window_seconds = 0, 0.0
     ckpt_path = ckpt
     rank = accelerator.process_index
     for step in range(start_step, total_steps):
@@ -462,17 +472,15 @@ def train_model(
         bar.update(1)
         if done % settings.log_every == 0 or done == total_steps:
             mean_loss = float(accelerator.reduce(step_loss, reduction="mean"))
-            toks = int(accelerator.reduce(torch.tensor(window_tokens, device=accelerator.device), reduction="sum"))
-            tokens_seen += toks
-            train_seconds += window_seconds
+            window = window_seconds
+            toks = flush_window()
             last_loss = mean_loss
             metrics = {
                 "name": name, "step": done, "loss": round(mean_loss, 5), "lr": scheduler.get_last_lr()[0],
                 "grad_norm": round(float(grad_norm), 5) if grad_norm is not None else None,
-                "tokens_per_s": round(toks / window_seconds, 1) if window_seconds > 0 else None, "tokens": tokens_seen,
+                "tokens_per_s": round(toks / window, 1) if window > 0 else None, "tokens": tokens_seen,
                 "memory_mb": round(_memory_mb(), 1), "elapsed_s": round(seconds_before + time.time() - t_start, 2),
             }
-            window_tokens, window_seconds = 0, 0.0
             if main:
                 append_jsonl(metrics_path, metrics)
                 if writer is not None:
