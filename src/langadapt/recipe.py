@@ -202,6 +202,17 @@ class TrainSettings(Section):
     eval_every: int = Field(0, ge=0, description="held-out bits per character every N steps (0: start and end only)")
     log_every: int = Field(1, ge=1)
     max_examples: int | None = Field(None, ge=1, description="cap on training examples (sentences/pairs/instructions)")
+    # Fast paths (train/core.py): none changes what is computed beyond floating-point rounding.
+    fused_loss: bool = Field(True, description="output head + cross-entropy a chunk of tokens at a time, never the "
+                             "full logits (less memory; plain loss for models it does not know, and under FSDP/ZeRO-3)")
+    loss_chunk: int = Field(1024, ge=16, description="tokens per chunk of the fused loss")
+    gradient_checkpointing: bool = Field(False, description="recompute each block's activations in backward: "
+                                         "much less memory, about a third more compute")
+    attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto", description="attention kernels; auto: the model's default (PyTorch SDPA for most); "
+        "flash_attention_2 needs the flash-attn package and a GPU")
+    fused_optimizer: bool = Field(True, description="fused AdamW kernel on a GPU (ignored on the CPU)")
+    compile: bool = Field(False, description="torch.compile each transformer block (compiles for a minute first)")
 
 
 class BilingualSettings(TrainSettings):
@@ -245,7 +256,7 @@ class SftConfig(TrainSettings):
     task_map: dict[str, str] = Field({}, description="extra task names -> labels for holdout_tasks, e.g. task1312_amazonreview_polarity_classification: sentiment")
     translation_prompts: str | None = Field(None, description="JSON file of translation phrasings for a target language without built-in ones")
     template: Literal["auto", "default"] = Field("auto", description="auto: the tokenizer's chat template if it has one; default: langadapt's")
-    pack: bool = Field(False, description="false: one conversation per row, padded; true: packed into seq_len blocks (fewer steps, but a conversation crossing a block boundary has its tail trained without its prompt)")
+    pack: bool = Field(True, description="true: whole conversations packed into seq_len blocks (none split across blocks, none attends to another; fewer, fuller rows); false: one conversation per row, padded")
     samples: int | list[str] = Field(3, description="after training, answer N demo instructions from the data (half in the target language), or these prompts")
     sample_max_new_tokens: int = Field(96, ge=1)
 

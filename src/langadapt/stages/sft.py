@@ -115,8 +115,10 @@ def run(ctx) -> dict:
     ctx.log(f"sft: trainable {counts.trainable:,} of {counts.total:,} parameters ({counts.percent:.2f}%): "
             + ("LoRA r=%d + " % lora.r if lora else "no LoRA, ") + f"embeddings/head rows: {rows}")
 
-    result = train_model(model, tokenizer, examples, sft, out, resume=ctx.resume, pack=sft.pack,
-                         heldout=read_heldout(recipe), log=ctx.log, name="sft", seed=recipe.seed)
+    # pack: whole conversations per block, never one split across two (its tail would lose its prompt)
+    result = train_model(model, tokenizer, examples, sft, out, resume=ctx.resume,
+                         pack="whole" if sft.pack else False, heldout=read_heldout(recipe), log=ctx.log, name="sft",
+                         seed=recipe.seed)
     if result.bpc:
         ctx.log("sft: held-out bits per character\n" + describe_bpc(result.bpc))
     model = result.model

@@ -16,13 +16,15 @@ Public entry point (stable; later additions are keyword arguments only)::
   restart per document so attention does not cross documents on models built on
   transformers' masking utilities, and the first token of each document is never a target).
   ``pack=False`` gives one row per example, truncated to ``seq_len`` and right-padded
-  (each micro-batch trimmed to its longest row).
+  (each micro-batch trimmed to its longest row). ``pack="whole"`` packs without splitting an
+  example across blocks (``packing.pack_whole``; instruction tuning).
 - ``settings``: a recipe ``TrainSettings`` (or a subclass): ``max_steps`` (else ``epochs``
   passes over the rows), ``batch_size`` (rows per micro-batch per process), ``grad_accum``,
   ``seq_len``, ``lr``, ``schedule`` (cosine/linear/constant, all with linear warm-up over
   ``warmup_ratio`` of the steps), ``weight_decay`` (matrices only), ``max_grad_norm``,
   ``precision`` (auto: fp32 on CPU, bf16 on a GPU that supports it, else fp16),
-  ``save_every``, ``eval_every``, ``log_every``, ``max_examples`` (first N examples).
+  ``save_every``, ``eval_every``, ``log_every``, ``max_examples`` (first N examples), and the fast
+  paths below.
 - ``out_dir``: receives ``checkpoints/<name>/step-N/`` (``model/`` = ``save_pretrained``
   folder of the model or PEFT adapter, plus tokenizer; ``state/`` = optimizer, scheduler and
   per-process RNG via ``Accelerator.save_state``; ``trainer_state.json`` = data position and
@@ -44,6 +46,15 @@ Public entry point (stable; later additions are keyword arguments only)::
 
 Works unchanged under ``accelerate launch`` (DDP, FSDP, DeepSpeed): every process builds the
 same rows and takes its own slice of each global batch.
+
+Fast paths (``settings``; none changes the computation beyond floating-point rounding):
+``fused_loss`` (on: the head and cross-entropy run ``loss_chunk`` tokens at a time and only on tokens
+with a target, see ``loss.py``; models it does not know, FSDP and ZeRO-3 keep the plain loss),
+``attention`` (kernel choice), ``gradient_checkpointing``, ``fused_optimizer`` (fused AdamW on a GPU),
+``compile`` (``torch.compile`` per transformer block). The loop itself never waits for the device:
+token counts come from the host copy of each batch, and logged losses and gradient norms are copied
+back asynchronously and written one logged step later on a GPU (``callback`` then sees the step's
+metrics without ``loss`` until they arrive; on the CPU they are immediate).
 """
 
 from __future__ import annotations
@@ -199,7 +210,8 @@ def _make_accelerator(precision: str, grad_accum: int):
     return Accelerator(mixed_precision=mp, gradient_accumulation_steps=grad_accum, cpu=not torch.cuda.is_available())
 
 
-def _optimizer(model, settings):
+def _optimizer(model, settings, device):
+    """AdamW over the trainable tensors only (frozen rows behind PEFT trainable tokens have no state)."""
     import torch
 
     decay, no_decay = [], []
@@ -209,7 +221,50 @@ def _optimizer(model, settings):
     groups = [{"params": decay, "weight_decay": settings.weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
+    if device.type == "cuda" and getattr(settings, "fused_optimizer", False):
+        return torch.optim.AdamW(groups, lr=settings.lr, fused=True)
     return torch.optim.AdamW(groups, lr=settings.lr, foreach=False)
+
+
+def _fast_paths(model, settings, accelerator, say, name: str) -> tuple[list[Callable[[], None]], bool]:
+    """Switch on the recipe's fast paths; returns (functions that undo them, whether the fused loss is on)."""
+    from accelerate.utils import DistributedType
+
+    from langadapt.train import loss as fused
+
+    lm = fused.causal_lm_of(model)
+    undo: list[Callable[[], None]] = []
+    attention = getattr(settings, "attention", "auto")
+    if attention != "auto" and hasattr(lm, "set_attn_implementation"):
+        try:
+            lm.set_attn_implementation(attention)
+        except (ImportError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise LangadaptError(f"attention: {attention} is not available here ({first}); use auto or sdpa") from None
+    if getattr(settings, "gradient_checkpointing", False):
+        if not getattr(lm, "supports_gradient_checkpointing", False):
+            raise LangadaptError(f"gradient_checkpointing: {type(lm).__name__} does not support it; set it to false")
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        undo.append(lm.gradient_checkpointing_disable)
+    if getattr(settings, "compile", False):
+        blocks = [m for m in lm.modules() if type(m).__name__.endswith("DecoderLayer")]
+        for block in blocks:
+            block.compile()
+        undo.append(lambda: [setattr(b, "_compiled_call_impl", None) for b in blocks])
+    use_fused = False
+    if getattr(settings, "fused_loss", False):
+        reason = fused.why_not(model)
+        kind = accelerator.distributed_type
+        if kind == DistributedType.FSDP:
+            reason = "FSDP shards the head's weight"
+        elif kind == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3:
+            reason = "ZeRO-3 shards the head's weight"
+        if reason is None:
+            undo.append(fused.install(model, settings.loss_chunk))
+            use_fused = True
+        else:
+            say(f"{name}: plain loss over the full logits: {reason}")
+    return undo, use_fused
 
 
 def _scheduler(optimizer, settings, total_steps: int):
@@ -265,7 +320,7 @@ def train_model(
     out_dir: str | os.PathLike,
     *,
     resume: bool = False,
-    pack: bool = True,
+    pack: bool | str = True,
     heldout: dict[str, str] | None = None,
     log: Callable[[str], None] | None = None,
     name: str = "train",
@@ -278,6 +333,7 @@ def train_model(
     from accelerate.utils import DistributedType, set_seed
     from tqdm.auto import tqdm
 
+    from langadapt.train import loss as fused_loss
     from langadapt.train import packing
     from langadapt.train.bpc import bits_per_char
     from langadapt.train.freeze import count_parameters
@@ -294,12 +350,14 @@ def train_model(
         examples = examples[: settings.max_examples]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     truncated = 0
-    if pack:
+    if pack == "whole":
+        rows, truncated = packing.pack_whole(examples, settings.seq_len, pad_id)
+    elif pack:
         rows = packing.pack(examples, settings.seq_len, pad_id)
     else:
         rows, truncated = packing.pad(examples, settings.seq_len, pad_id)
-        if truncated:
-            say(f"{name}: {truncated:,} of {len(rows):,} examples longer than seq_len {settings.seq_len} were truncated")
+    if truncated:
+        say(f"{name}: {truncated:,} of {len(examples):,} examples longer than seq_len {settings.seq_len} were truncated")
     world = accelerator.num_processes
     bs, accum = settings.batch_size, settings.grad_accum
     per_step = bs * accum * world
@@ -314,7 +372,7 @@ def train_model(
     total, trainable = count_parameters(model)
     if trainable == 0:
         raise ValueError("the model has no trainable parameters; freeze it with langadapt.train.freeze.apply_policy")
-    optimizer = _optimizer(model, settings)
+    optimizer = _optimizer(model, settings, accelerator.device)
     scheduler = _scheduler(optimizer, settings, total_steps)
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = bs
@@ -390,7 +448,7 @@ def train_model(
     def flush_window() -> int:
         """Add the tokens and seconds since the last flush (all processes) to the totals; return the tokens."""
         nonlocal tokens_seen, train_seconds, window_tokens, window_seconds
-        toks = int(accelerator.reduce(torch.tensor(window_tokens, device=accelerator.device), reduction="sum"))
+        toks = window_tokens  # counted on the host for every process's slice: no collective, no device wait
         tokens_seen += toks
         train_seconds += window_seconds
         window_tokens, window_seconds = 0, 0.0
@@ -405,6 +463,7 @@ def train_model(
         accelerator.wait_for_everyone()
         state_dict = accelerator.get_state_dict(model) if sharded else None
         flush_window()
+        resolve(everything=True)  # final_loss below
         if main:
             with _quiet_transformers():
                 save_model(unwrapped(), tmp / "model", state_dict=state_dict)
@@ -426,7 +485,8 @@ def train_model(
         accelerator.wait_for_everyone()
         return final
 
-    say(f"{name}: {len(rows):,} {'packed blocks' if pack else 'rows'} of <= {settings.seq_len} tokens, "
+    layout = {"whole": "blocks of whole examples", True: "packed blocks", False: "rows"}[pack]
+    say(f"{name}: {len(rows):,} {layout} of <= {settings.seq_len} tokens, "
         f"{total_steps:,} steps x {per_step} rows ({bs} x {accum} accumulation x {world} processes), "
         f"{precision}, trainable {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
     t_start = time.time()
@@ -436,70 +496,118 @@ def train_model(
         start_values = evaluate(0, bpc_start)
         say(f"{name}: held-out bits per character at start: " + ", ".join(f"{k} {v:.4f}" for k, v in start_values.items()))
 
+    def record(metrics: dict, values) -> None:
+        """Fill in a logged step's loss and gradient norm and write its row."""
+        nonlocal last_loss
+        loss_v, norm_v = values
+        metrics["loss"] = round(loss_v, 5)
+        metrics["grad_norm"] = None if math.isnan(norm_v) else round(norm_v, 5)
+        last_loss = loss_v
+        if main:
+            append_jsonl(metrics_path, metrics)
+            if writer is not None:
+                for k in ("loss", "lr", "grad_norm", "tokens_per_s"):
+                    if metrics[k] is not None:
+                        writer.add_scalar(f"{name}/{k}", metrics[k], metrics["step"])
+            bar.set_postfix(loss=f"{loss_v:.4f}", lr=f"{metrics['lr']:.2e}", tok_s=f"{metrics['tokens_per_s'] or 0:.0f}")
+
+    # Logged values still on their way from the device: (metrics row, pinned host copy, CUDA event).
+    pending: list[tuple[dict, Any, Any]] = []
+
+    def resolve(everything: bool = False) -> None:
+        """Write the rows whose values have reached the host; all of them (waiting) if ``everything``."""
+        while pending and (everything or len(pending) > 1):
+            metrics, host, event = pending.pop(0)
+            event.synchronize()  # recorded a logged step ago: the device is already past it
+            record(metrics, host.tolist())
+
+    undo_fast, use_fused = _fast_paths(model, settings, accelerator, say, name)
+    cuda = accelerator.device.type == "cuda"
+    # Tokens a row feeds the model: padding excluded, except the tail of the last packed block.
+    row_tokens = torch.full_like(rows.tokens, settings.seq_len) if pack is True else rows.tokens
     model.train()
     bar = tqdm(total=total_steps, initial=start_step, desc=name, disable=not main, dynamic_ncols=True, unit="step")
     ckpt_path = ckpt
     rank = accelerator.process_index
-    for step in range(start_step, total_steps):
-        t_step, cpu_step = time.time(), time.process_time()
-        # This process's micro-batches for the step, and its count of predicted tokens, so that
-        # every predicted token weighs the same whatever micro-batch it falls in.
-        batches = []
-        for a in range(accum):
-            start = ((step * accum + a) * world + rank) * bs
-            batches.append(rows.batch(order.rows(start, bs)))
-        n_pred = [int((b["labels"][:, 1:] != packing.IGNORE).sum()) for b in batches]
-        n_total = max(1, sum(n_pred))
-        step_loss = torch.zeros((), device=accelerator.device)
-        for b, n in zip(batches, n_pred):
-            b = {k: v.to(accelerator.device) for k, v in b.items()}
-            with accelerator.accumulate(model), accelerator.autocast():
-                out = model(**b, use_cache=False)  # a cache would turn off packed-sequence masking
-                loss = out.loss * (n / n_total) if n else out.logits.sum() * 0.0
-                accelerator.backward(loss * accum)  # backward divides by accum again
-                step_loss += loss.detach().float()
-                grad_norm = None
-                if accelerator.sync_gradients and settings.max_grad_norm:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
-                optimizer.step()
-                if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
-                    scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            window_tokens += int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
-        done = step + 1
-        window_seconds += time.time() - t_step
-        cpu_seconds += time.process_time() - cpu_step
-        bar.update(1)
-        if done % settings.log_every == 0 or done == total_steps:
-            mean_loss = float(accelerator.reduce(step_loss, reduction="mean"))
-            window = window_seconds
-            toks = flush_window()
-            last_loss = mean_loss
-            metrics = {
-                "name": name, "step": done, "loss": round(mean_loss, 5), "lr": scheduler.get_last_lr()[0],
-                "grad_norm": round(float(grad_norm), 5) if grad_norm is not None else None,
-                "tokens_per_s": round(toks / window, 1) if window > 0 else None, "tokens": tokens_seen,
-                "memory_mb": round(_memory_mb(), 1), "elapsed_s": round(seconds_before + time.time() - t_start, 2),
-            }
-            if main:
-                append_jsonl(metrics_path, metrics)
-                if writer is not None:
-                    for k in ("loss", "lr", "grad_norm", "tokens_per_s"):
-                        if metrics[k] is not None:
-                            writer.add_scalar(f"{name}/{k}", metrics[k], done)
-                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{metrics['lr']:.2e}", tok_s=f"{metrics['tokens_per_s'] or 0:.0f}")
-        else:
+    try:
+        for step in range(start_step, total_steps):
+            t_step, cpu_step = time.time(), time.process_time()
+            # This process's micro-batches for the step, and its count of predicted tokens, so that
+            # every predicted token weighs the same whatever micro-batch it falls in. Everything is
+            # counted on the host copy of the rows, so the loop never waits for the device.
+            batches, n_pred = [], []
+            for a in range(accum):
+                first = (step * accum + a) * world * bs
+                window_tokens += int(row_tokens[order.rows(first, bs * world)].sum())  # all processes
+                b = rows.batch(order.rows(first + rank * bs, bs))
+                n_pred.append(int((b["labels"][:, 1:] != packing.IGNORE).sum()))
+                if use_fused:
+                    b["target_index"] = fused_loss.target_index(b["labels"])
+                batches.append(b)
+            n_total = max(1, sum(n_pred))
+            step_loss = torch.zeros((), device=accelerator.device)
+            for b, n in zip(batches, n_pred):
+                if cuda:
+                    b = {k: v.pin_memory().to(accelerator.device, non_blocking=True) for k, v in b.items()}
+                else:
+                    b = {k: v.to(accelerator.device) for k, v in b.items()}
+                with accelerator.accumulate(model), accelerator.autocast():
+                    out = model(**b, use_cache=False)  # a cache would turn off packed-sequence masking
+                    if n:
+                        loss = out.loss * (n / n_total)
+                    else:  # nothing to predict: a zero that still reaches every trainable tensor
+                        loss = out.loss * 0.0 if out.logits is None else out.logits.sum() * 0.0
+                    accelerator.backward(loss * accum)  # backward divides by accum again
+                    step_loss += loss.detach().float()
+                    grad_norm = None
+                    if accelerator.sync_gradients and settings.max_grad_norm:
+                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+                    optimizer.step()
+                    if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
+                        scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+            done = step + 1
+            window_seconds += time.time() - t_step
+            cpu_seconds += time.process_time() - cpu_step
+            bar.update(1)
             metrics = {"name": name, "step": done}
-        if heldout and settings.eval_every and done % settings.eval_every == 0 and done != total_steps:
-            values = evaluate(done)
-            say(f"{name}: step {done:,}: bits per character " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
-        if done == total_steps and heldout:
-            values = evaluate(done)
-            say(f"{name}: held-out bits per character at end: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
-        if done == total_steps or (settings.save_every and done % settings.save_every == 0):
-            ckpt_path = save_checkpoint(done)
-        if callback is not None:
-            callback(done, metrics)
+            if done % settings.log_every == 0 or done == total_steps:
+                mean_loss = accelerator.reduce(step_loss, reduction="mean")
+                norm = torch.as_tensor(float("nan") if grad_norm is None else grad_norm, device=accelerator.device)
+                values = torch.stack([mean_loss.float().reshape(()), norm.float().reshape(())])
+                window = window_seconds
+                toks = flush_window()
+                metrics = {
+                    "name": name, "step": done, "loss": None, "lr": scheduler.get_last_lr()[0], "grad_norm": None,
+                    "tokens_per_s": round(toks / window, 1) if window > 0 else None, "tokens": tokens_seen,
+                    "memory_mb": round(_memory_mb(), 1), "elapsed_s": round(seconds_before + time.time() - t_start, 2),
+                }
+                if cuda:
+                    host = torch.empty(2, dtype=torch.float32, pin_memory=True)
+                    host.copy_(values, non_blocking=True)
+                    event = torch.cuda.Event()
+                    event.record()
+                    pending.append((metrics, host, event))
+                    resolve()
+                else:
+                    record(metrics, values.tolist())
+            if heldout and settings.eval_every and done % settings.eval_every == 0 and done != total_steps:
+                resolve(everything=True)
+                values = evaluate(done)
+                say(f"{name}: step {done:,}: bits per character " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+            if done == total_steps:
+                resolve(everything=True)
+                if heldout:
+                    values = evaluate(done)
+                    say(f"{name}: held-out bits per character at end: "
+                        + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+            if done == total_steps or (settings.save_every and done % settings.save_every == 0):
+                ckpt_path = save_checkpoint(done)
+            if callback is not None:
+                callback(done, metrics)
+    finally:
+        for undo in reversed(undo_fast):
+            undo()
     bar.close()
     if writer is not None:
         writer.close()

@@ -11,10 +11,15 @@ inside a block; their loss is still never computed across a boundary because the
 each document's first token is masked.
 
 A document longer than ``seq_len`` continues in the next block (positions restart there).
+
+``pack_whole`` packs without splitting: every example lies inside one block (instruction tuning,
+where a conversation cut in two would train its tail without its prompt). Blocks are filled best
+fit, longest examples first, and padded at the end; padding carries no loss.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -97,6 +102,55 @@ def pack(examples: Sequence[dict], seq_len: int, pad_id: int) -> Rows:
         attention_mask=None,
         tokens=tokens,
     )
+
+
+def pack_whole(examples: Sequence[dict], seq_len: int, pad_id: int) -> tuple[Rows, int]:
+    """Pack whole examples into ``seq_len`` blocks, none split across blocks; returns (rows, truncated count).
+
+    An example longer than ``seq_len`` is truncated to it and fills a block alone. Positions restart
+    and the first label is masked per example, as in ``pack``; each block is padded at its end.
+    """
+    items: list[tuple[list[int], list[int]]] = []
+    truncated = 0
+    for i, ex in enumerate(examples):
+        ids, labels = _check(ex, i)
+        if not ids:
+            continue
+        if len(ids) > seq_len:
+            truncated += 1
+            ids, labels = ids[:seq_len], labels[:seq_len]
+        items.append((ids, [IGNORE] + labels[1:]))
+    if not items:
+        raise ValueError("no tokens to train on (every example is empty)")
+    # Best fit decreasing: each example goes to the open block with the least room that still fits it.
+    blocks: list[list[int]] = []
+    rooms: list[tuple[int, int]] = []  # (room left, block), sorted
+    for k in sorted(range(len(items)), key=lambda k: -len(items[k][0])):
+        n = len(items[k][0])
+        j = bisect_left(rooms, (n, -1))
+        if j == len(rooms):
+            block, room = len(blocks), seq_len
+            blocks.append([])
+        else:
+            room, block = rooms.pop(j)
+        blocks[block].append(k)
+        if room - n > 0:
+            insort(rooms, (room - n, block))
+    input_ids = torch.full((len(blocks), seq_len), pad_id, dtype=torch.int32)
+    labels_t = torch.full((len(blocks), seq_len), IGNORE, dtype=torch.int32)
+    positions = torch.zeros((len(blocks), seq_len), dtype=torch.int32)
+    tokens = torch.zeros(len(blocks), dtype=torch.int64)
+    for row, members in enumerate(blocks):
+        at = 0
+        for k in sorted(members):  # input order inside a block
+            ids, labels = items[k]
+            input_ids[row, at : at + len(ids)] = torch.tensor(ids, dtype=torch.int32)
+            labels_t[row, at : at + len(ids)] = torch.tensor(labels, dtype=torch.int32)
+            positions[row, at : at + len(ids)] = torch.arange(len(ids), dtype=torch.int32)
+            at += len(ids)
+        positions[row, at:] = torch.arange(seq_len - at, dtype=torch.int32)
+        tokens[row] = at
+    return Rows(input_ids, labels_t, positions, None, tokens), truncated
 
 
 def pad(examples: Sequence[dict], seq_len: int, pad_id: int) -> tuple[Rows, int]:
