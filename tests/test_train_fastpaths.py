@@ -219,7 +219,7 @@ def test_gradient_checkpointing_trains_the_same_and_keeps_fewer_activations(tmp_
         r = train_model(model, tok, documents(tok), settings(max_steps=3, gradient_checkpointing=ckpt),
                         tmp_path / str(ckpt), log=lambda m: None)
         weights.append(r.model.get_input_embeddings().weight.detach().clone())
-        assert not r.model.is_gradient_checkpointing  # switched off again for whoever uses the model next
+        assert not r.model.is_activation_checkpointing  # switched off again for whoever uses the model next
     torch.testing.assert_close(weights[1], weights[0], rtol=1e-5, atol=1e-6)
 
     saved = {}
@@ -301,3 +301,65 @@ def test_metrics_rows_are_complete_with_the_fast_paths_on(tmp_path):
     assert [r["step"] for r in rows] == [2, 4, 5]
     assert all(r["loss"] > 0 and r["grad_norm"] is not None for r in rows)
     assert [s for s, loss in seen if loss is not None] == [2, 4, 5]  # on the CPU, values are immediate
+
+
+# --------------------------------------------------------------------------- data parallel
+
+DDP_CHILD = """
+import json, os, sys
+sys.path.insert(0, {tests!r})
+import torch
+from accelerate import PartialState
+from conftest import tiny_llama
+from test_train_fastpaths import fixed_rows
+from test_train_core import settings, tiny_tokenizer
+from langadapt.train.core import train_model
+from langadapt.train.freeze import apply_policy
+
+out = sys.argv[1]
+lines = []
+model, _ = apply_policy(tiny_llama(), embeddings="all")
+r = train_model(model, tiny_tokenizer(), fixed_rows(), settings(max_steps=3, batch_size=2, grad_accum=2), out,
+                seed=5, name="ddp", log=lines.append)
+state = PartialState()
+if state.is_main_process:
+    torch.save(r.model.get_input_embeddings().weight.detach(), os.path.join(out, "emb.pt"))
+    json.dump(lines, open(os.path.join(out, "log.json"), "w"))
+"""
+
+
+def fixed_rows(n: int = 32, length: int = 16) -> list[dict]:
+    """Documents of exactly one block each, so every process predicts the same number of tokens."""
+    g = torch.Generator().manual_seed(3)
+    return [{"input_ids": torch.randint(3, 40, (length,), generator=g).tolist()} for _ in range(n)]
+
+
+def test_fused_loss_under_two_process_data_parallel_matches_one_process(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from langadapt.train.core import train_model
+    from langadapt.train.freeze import apply_policy
+
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_CHILD.format(tests=str(REPO / "tests")), encoding="utf-8")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+         str(REPO / "configs" / "accelerate" / "cpu-gloo-2proc.yaml"), "--main_process_port", str(port), str(script),
+         str(tmp_path / "ddp")], capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = json.loads((tmp_path / "ddp" / "log.json").read_text())
+    assert not any("plain loss" in line for line in lines)  # the chunked loss ran under DDP
+    # one process, the same 8 rows per step (2 x 4 accumulation instead of 2 x 2 x 2 processes)
+    model, _ = apply_policy(tiny_llama(), embeddings="all")
+    r = train_model(model, tiny_tokenizer(), fixed_rows(), settings(max_steps=3, batch_size=2, grad_accum=4),
+                    tmp_path / "one", seed=5, name="one", log=lambda m: None)
+    torch.testing.assert_close(torch.load(tmp_path / "ddp" / "emb.pt"), r.model.get_input_embeddings().weight.detach(),
+                               rtol=1e-4, atol=1e-5)

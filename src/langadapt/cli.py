@@ -60,7 +60,9 @@ def cmd_plan(args) -> int:
     recipe = _load(args)
     config = load_config(recipe.base_model, recipe.resolve(recipe.base_config) if recipe.base_config else None)
     vocab, plans = make_plan(recipe, config)
-    print_plan(recipe, config, vocab, plans, console=_console())
+    if args.gpus is not None and args.gpus < 1:
+        raise LangadaptError(f"--gpus must be at least 1, not {args.gpus}")
+    print_plan(recipe, config, vocab, plans, console=_console(), gpus=args.gpus, gpu_memory=args.gpu_memory)
     return 0
 
 
@@ -113,8 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "parameter counts, the trainable percentage and an estimate of training memory (weights, "
                        "gradients, AdamW states), computed on the meta device: no weights are loaded and no network "
                        "is used when the recipe names a base_config or a local model. The recipe's data files need "
-                       "not exist yet.")
+                       "not exist yet. With --gpus N, also the memory per GPU (weights, gradients, optimizer, "
+                       "buffers, activations of one micro-batch) under each shipped accelerate configuration: "
+                       "DDP, DeepSpeed ZeRO-2, FSDP.")
     recipe_arg(p)
+    p.add_argument("--gpus", type=int, default=None, metavar="N",
+                   help="also print the memory per GPU with N GPUs under DDP, ZeRO-2 and FSDP")
+    p.add_argument("--gpu-memory", type=float, default=None, metavar="GIB",
+                   help="with --gpus: mark which configurations fit a GPU of this many GiB (e.g. 80)")
     p.set_defaults(func=cmd_plan, no_check_files=True)
 
     p = sub.add_parser("run", help="run every enabled stage in order, skipping finished ones",

@@ -24,6 +24,8 @@ class StagePlan:
     precision: str
     memory: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    settings: object = None  # the stage's TrainSettings (micro-batch, sequence length, fast paths)
+    block_params: int = 0  # parameters of one transformer block (what FSDP gathers at a time)
 
     @property
     def memory_total(self) -> int:
@@ -117,15 +119,94 @@ def make_plan(recipe: Recipe, config) -> tuple[VocabPlan, list[StagePlan]]:
         model = build_meta_model(config, rows)
         _, counts = apply_policy(model, embeddings=embeddings, lora=lora, base_vocab=vocab.base)
         precision = _precision(settings.precision)
-        plans.append(StagePlan(label, rows, counts, precision, memory_estimate(counts.total, counts.trainable, precision)))
+        plans.append(StagePlan(label, rows, counts, precision, memory_estimate(counts.total, counts.trainable, precision),
+                               settings=settings, block_params=_block_params(model)))
     return vocab, plans
+
+
+def _block_params(model) -> int:
+    """Parameters of the first transformer block (a module list's first item) of a meta model."""
+    for name, module in model.named_modules():
+        if name.split(".")[-1] == "0" and any(p.ndim >= 2 for p in module.parameters()):
+            return sum(p.numel() for p in module.parameters())
+    return 0
+
+
+# --------------------------------------------------------------------------- memory per GPU
+
+STRATEGIES = {
+    "ddp": "DDP (multi-gpu-ddp.yaml)",
+    "zero2": "ZeRO-2 (deepspeed-zero2-*.yaml)",
+    "fsdp": "FSDP full shard (fsdp.yaml)",
+}
+
+
+def activation_estimate(config, settings, *, lora: bool, precision: str) -> dict[str, int]:
+    """Bytes of activations kept for backward for one micro-batch (``batch_size x seq_len`` tokens).
+
+    Per token and transformer block, under bf16/fp16 autocast with fp32 trainable embeddings (so an
+    fp32 residual stream) and SDPA/flash attention: frozen blocks 12h + 6i + 4kv bytes, blocks with
+    LoRA on every linear layer 24h + 8i + 4kv (h hidden size, i MLP width, kv key/value width). These
+    were fitted to the tensors PyTorch saves (counted with saved-tensor hooks on six Llama shapes; within
+    1% of the count for SmolLM2-135M's and Llama-2-7B's blocks; bench/README.md). With gradient
+    checkpointing a block keeps only its fp32 input (4h) and one block is recomputed at a time. Outside
+    the blocks: about 9h per token, and the loss: the fused loss holds one ``loss_chunk`` of logits
+    (about 12 bytes per entry while its gradient is made), the plain loss the whole micro-batch's.
+    fp32 training (no autocast) is counted at twice these sizes.
+    """
+    h = config.hidden_size
+    i = getattr(config, "intermediate_size", 4 * h)
+    heads = getattr(config, "num_attention_heads", 1) or 1
+    kv = (getattr(config, "num_key_value_heads", None) or heads) * (getattr(config, "head_dim", None) or h // heads)
+    layers = config.num_hidden_layers
+    tokens = settings.batch_size * settings.seq_len
+    scale = 2 if precision == "fp32" else 1
+    per_block = (24 * h + 8 * i + 4 * kv) if lora else (12 * h + 6 * i + 4 * kv)
+    if getattr(settings, "gradient_checkpointing", False):
+        blocks = layers * 4 * h * tokens + per_block * tokens * scale
+    else:
+        blocks = layers * per_block * tokens * scale
+    logits_rows = min(tokens, settings.loss_chunk) if getattr(settings, "fused_loss", True) else tokens
+    return {"blocks": blocks, "other": 9 * h * tokens * scale, "loss": 12 * logits_rows * config.vocab_size}
+
+
+def per_gpu_memory(plan: StagePlan, config, gpus: int) -> dict[str, dict[str, int]]:
+    """Bytes per GPU for each shipped multi-GPU configuration, with ``gpus`` GPUs.
+
+    - DDP: every GPU holds what one process holds (``memory_estimate``), plus DDP's gradient buckets
+      (a second copy of the trainable gradients).
+    - ZeRO-2 (DeepSpeed): DeepSpeed casts the whole model to the half dtype (2 bytes per weight), keeps
+      half-precision gradients and the fp32 master weights and AdamW moments (4 + 8 bytes per trainable
+      parameter) partitioned over the GPUs.
+    - FSDP full shard: weights, gradients and optimizer states of ``memory_estimate`` divided over the
+      GPUs, plus two gathered blocks in the compute dtype (the one running and the one prefetched).
+    Activations (``activation_estimate``) come on top of each, per GPU, for one micro-batch.
+    """
+    total, trainable = plan.counts.total, plan.counts.trainable
+    half = 4 if plan.precision == "fp32" else BYTES[plan.precision]
+    m = plan.memory
+    act = sum(activation_estimate(config, plan.settings, lora=_has_lora(plan), precision=plan.precision).values())
+    out = {
+        "ddp": {"weights": m["weights"], "gradients": m["gradients"], "optimizer": m["optimizer"],
+                "buffers": m["gradients"], "activations": act},
+        "zero2": {"weights": half * total, "gradients": half * trainable // gpus, "optimizer": 12 * trainable // gpus,
+                  "buffers": 0, "activations": act},
+        "fsdp": {"weights": m["weights"] // gpus, "gradients": m["gradients"] // gpus,
+                 "optimizer": m["optimizer"] // gpus, "buffers": 2 * half * plan.block_params, "activations": act},
+    }
+    return out
+
+
+def _has_lora(plan: StagePlan) -> bool:
+    return any(what.startswith("LoRA") for what, _, _ in plan.counts.lines)
 
 
 def _gib(n: int) -> str:
     return f"{n / 2**30:,.2f} GiB"
 
 
-def print_plan(recipe: Recipe, config, vocab: VocabPlan, plans: list[StagePlan], console=None) -> None:
+def print_plan(recipe: Recipe, config, vocab: VocabPlan, plans: list[StagePlan], console=None, *,
+               gpus: int | None = None, gpu_memory: float | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -167,3 +248,36 @@ def print_plan(recipe: Recipe, config, vocab: VocabPlan, plans: list[StagePlan],
     console.print("memory: weights + gradients + AdamW states; activations "
                   "(which grow with batch size x sequence length) are not included. ZeRO-2 divides gradients and "
                   "optimizer states by the number of GPUs; ZeRO-3/FSDP also divides the weights.")
+    if gpus:
+        print_per_gpu(config, plans, gpus, gpu_memory, console)
+
+
+def print_per_gpu(config, plans: list[StagePlan], gpus: int, gpu_memory: float | None, console) -> None:
+    """The per-GPU table: each stage under each shipped multi-GPU configuration."""
+    from rich.table import Table
+
+    table = Table(title=f"memory per GPU with {gpus} GPU{'s' if gpus > 1 else ''} (estimate, one micro-batch)")
+    cols = ["stage", "configuration", "weights", "gradients", "optimizer", "buffers", "activations", "total"]
+    if gpu_memory:
+        cols.append(f"fits {gpu_memory:g} GiB")
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("stage", "configuration") else "right")
+    for p in plans:
+        for key, parts in per_gpu_memory(p, config, gpus).items():
+            total = sum(parts.values())
+            row = [p.stage, STRATEGIES[key]] + [_gib(parts[k]) for k in cols[2:7]] + [_gib(total)]
+            if gpu_memory:
+                row.append("yes" if total <= gpu_memory * 2**30 else "no")
+            table.add_row(*row)
+    console.print(table)
+    for p in plans:
+        s = p.settings
+        fast = ", ".join(x for x, on in (("fused loss", s.fused_loss), ("gradient checkpointing", s.gradient_checkpointing))
+                         if on) or "no fast paths"
+        console.print(f"[bold]{p.stage}[/bold]: micro-batch {s.batch_size} x {s.seq_len} tokens per GPU, {p.precision}, "
+                      f"{fast}; global batch {s.batch_size} x {s.grad_accum} accumulation x {gpus} GPUs")
+    console.print("per GPU: DDP holds everything on every GPU (+ its gradient buckets); ZeRO-2 (DeepSpeed) keeps the "
+                  "model in the half dtype and divides gradients, fp32 master weights and AdamW moments over the GPUs; "
+                  "FSDP divides weights, gradients and AdamW moments and gathers two blocks at a time. Activations: "
+                  "fitted to what PyTorch saves for Llama-style blocks under autocast with SDPA (see "
+                  "plan.activation_estimate); CUDA context, allocator slack and fragmentation (often 1-3 GiB) come on top.")

@@ -521,7 +521,7 @@ def train_model(
             event.synchronize()  # recorded a logged step ago: the device is already past it
             record(metrics, host.tolist())
 
-    undo_fast, use_fused = _fast_paths(model, settings, accelerator, say, name)
+    undo_fast, use_fused = _fast_paths(unwrapped(), settings, accelerator, say, name)
     cuda = accelerator.device.type == "cuda"
     # Tokens a row feeds the model: padding excluded, except the tail of the last packed block.
     row_tokens = torch.full_like(rows.tokens, settings.seq_len) if pack is True else rows.tokens

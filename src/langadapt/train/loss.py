@@ -187,6 +187,8 @@ def install(model: nn.Module, chunk: int) -> Callable[[], None]:
 
     lm = causal_lm_of(model)
     original = lm.forward
+    # accelerate's mixed precision may already have put a wrapper on this instance: put it back after
+    previous = lm.__dict__.get("forward")
 
     def forward(input_ids=None, attention_mask=None, position_ids=None, labels=None, use_cache=None,
                 target_index=None, **kwargs):
@@ -206,7 +208,10 @@ def install(model: nn.Module, chunk: int) -> Callable[[], None]:
 
     def undo() -> None:
         if lm.__dict__.get("forward") is forward:
-            del lm.forward
+            if previous is None:
+                del lm.forward
+            else:
+                lm.forward = previous
 
     return undo
 
