@@ -115,3 +115,42 @@ def test_stage_reruns_when_a_file_named_by_its_files_hook_changes(recipe_file, t
     assert runmod.run_recipe(load_recipe(recipe_file))[1] == ("tokenizer", "skipped")
     (tmp_path / "extra.txt").write_text("two, longer")
     assert runmod.run_recipe(load_recipe(recipe_file)) == [("clean", "skipped"), ("tokenizer", "ran")]
+
+
+MULTI = '''
+import os, sys
+from langadapt import run as runmod
+from langadapt.recipe import load_recipe
+
+def fake(ctx):
+    with open(ctx.run_dir.parent / "calls.txt", "a") as f:
+        f.write(f"{ctx.stage} {os.environ['RANK']} {ctx.resume}\\n")
+    return {}
+
+runmod.STAGES = {"clean": runmod.StageSpec("clean", "__main__:fake", ""),
+                 "tokenizer": runmod.StageSpec("tokenizer", "__main__:fake", "", distributed=True)}
+runmod.preflight = lambda recipe: None
+runmod._wait_for_marker.__defaults__ = (0.2,)
+runmod.run_recipe(load_recipe(sys.argv[1]))
+'''
+
+
+def test_under_two_processes_single_process_stages_run_once_and_training_stages_on_every_rank(recipe_file, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    script = tmp_path / "multi.py"
+    script.write_text(MULTI)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", str(port), str(script), str(recipe_file)],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    calls = sorted((tmp_path / "runs" / "calls.txt").read_text().splitlines())
+    assert calls == ["clean 0 False", "tokenizer 0 False", "tokenizer 1 False"]
+    assert (tmp_path / "runs" / "t" / "tokenizer" / "COMPLETE.json").is_file()

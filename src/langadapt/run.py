@@ -31,6 +31,7 @@ class StageSpec:
     summary: str
     data: tuple[str, ...] = ()  # which parts of recipe.data this stage reads
     files: str | None = None  # "module:function(recipe) -> paths": other input files its output depends on
+    distributed: bool = False  # runs on every process of `accelerate launch`; otherwise on the main one only
 
     def function(self) -> Callable[[StageContext], dict | None]:
         return _import(self.entry)
@@ -51,10 +52,10 @@ def register(spec: StageSpec) -> None:
 # Stages register here as they land (one line each).
 register(StageSpec("clean", "langadapt.clean.stage:run", "documents to clean, unique target-language sentences (datatrove; local or Slurm)", data=("corpus",)))
 register(StageSpec("tokenizer", "langadapt.tokenizer.stage:run", "train target-language pieces, merge them into the base tokenizer, resize and initialise embeddings", data=("heldout",)))
-register(StageSpec("align", "langadapt.stages.align:run", "embeddings and head only: monolingual, then bilingual next-token prediction", data=("parallel", "heldout")))
-register(StageSpec("pretrain", "langadapt.stages.pretrain:run", "LoRA on every linear layer plus embeddings/head, target-language next-token prediction", data=("heldout",)))
+register(StageSpec("align", "langadapt.stages.align:run", "embeddings and head only: monolingual, then bilingual next-token prediction", data=("parallel", "heldout"), distributed=True))
+register(StageSpec("pretrain", "langadapt.stages.pretrain:run", "LoRA on every linear layer plus embeddings/head, target-language next-token prediction", data=("heldout",), distributed=True))
 register(StageSpec("translate", "langadapt.translate.stage:run", "machine-translate instruction data into the target language, then clean it", data=("instructions",)))
-register(StageSpec("sft", "langadapt.stages.sft:run", "bilingual instruction tuning, loss on responses only", data=("instructions", "parallel", "heldout")))
+register(StageSpec("sft", "langadapt.stages.sft:run", "bilingual instruction tuning, loss on responses only", data=("instructions", "parallel", "heldout"), distributed=True))
 register(StageSpec("eval", "langadapt.eval.stage:run", "the five tasks in English and the target language for every stage's model, results and report", data=(), files="langadapt.eval.stage:input_files"))
 
 
@@ -163,7 +164,11 @@ def stage_status(recipe: Recipe, stage: str) -> str:
 
 
 def _prepare(recipe: Recipe, stage: str, h: str, *, resume: bool) -> bool:
-    """Make the stage folder ready; return whether the stage should resume from its checkpoints."""
+    """Make the stage folder ready; return whether the stage should resume from its checkpoints.
+
+    The decision is written into STARTED.json, so the other processes of a multi-process run
+    read it instead of racing the main process over the folder.
+    """
     out = recipe.run_dir / stage
     (out / COMPLETE).unlink(missing_ok=True)
     started = out / STARTED
@@ -173,12 +178,23 @@ def _prepare(recipe: Recipe, stage: str, h: str, *, resume: bool) -> bool:
             can_resume = read_json(started).get("hash") == h
         except ValueError:
             can_resume = False
-    if out.exists() and not (resume and can_resume):
+    resuming = resume and can_resume
+    if out.exists() and not resuming:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    if not (resume and can_resume):
-        write_json(started, {"stage": stage, "hash": h, "started_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    return resume and can_resume
+    write_json(started, {"stage": stage, "hash": h, "resume": resuming,
+                         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return resuming
+
+
+def _wait_for_marker(out: Path, h: str, poll: float = 5.0) -> dict:
+    """Other processes wait for the main one to finish a single-process stage (no collective
+    timeout, however long cleaning a corpus takes)."""
+    while True:
+        marker = read_marker(out)
+        if marker is not None and marker.get("hash") == h:
+            return marker
+        time.sleep(poll)
 
 
 def run_stage(recipe: Recipe, stage: str, *, resume: bool, console=None, extra: dict | None = None) -> dict:
@@ -189,19 +205,33 @@ def run_stage(recipe: Recipe, stage: str, *, resume: bool, console=None, extra: 
         if stage_status(recipe, up) != "done":
             raise LangadaptError(f"stage '{stage}' needs stage '{up}' to be finished with the current recipe; "
                                  f"run `langadapt {up} RECIPE` or `langadapt run RECIPE` first")
+    from langadapt.stages import is_main_process, wait_for_everyone
+
     h = stage_hash(recipe, stage)
-    resuming = _prepare(recipe, stage, h, resume=resume)
     out = recipe.run_dir / stage
+    spec = STAGES[stage]
+    main = is_main_process()
+    if not main and not spec.distributed:
+        return _wait_for_marker(out, h).get("summary", {})
+    if main:
+        resuming = _prepare(recipe, stage, h, resume=resume)
+    if spec.distributed:
+        wait_for_everyone()
+        if not main:
+            resuming = bool(read_json(out / STARTED).get("resume"))
     ctx = StageContext(recipe=recipe, stage=stage, out_dir=out, resume=resuming, console=console, extra=extra or {})
     t0 = time.time()
-    summary = STAGES[stage].function()(ctx) or {}
-    write_json(out / COMPLETE, {
-        "stage": stage,
-        "hash": h,
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "seconds": round(time.time() - t0, 1),
-        "summary": summary,
-    })
+    summary = spec.function()(ctx) or {}
+    if main:
+        write_json(out / COMPLETE, {
+            "stage": stage,
+            "hash": h,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "seconds": round(time.time() - t0, 1),
+            "summary": summary,
+        })
+    if spec.distributed:
+        wait_for_everyone()
     return summary
 
 
@@ -228,5 +258,7 @@ def _say(console, msg: str) -> None:
     if console is not None:
         console.print(msg)
     else:
-        print(msg, flush=True)
+        from rich.text import Text
+
+        print(Text.from_markup(msg).plain, flush=True)
 

@@ -12,6 +12,8 @@ def is_main_process() -> bool:
 def wait_for_everyone() -> None:
     """Barrier between the processes of an ``accelerate launch`` run (no-op with one process)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch
         from accelerate import PartialState
 
-        PartialState().wait_for_everyone()
+        # The same choice as the training core: gloo on a machine without a GPU.
+        PartialState(cpu=not torch.cuda.is_available()).wait_for_everyone()
