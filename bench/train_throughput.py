@@ -56,6 +56,8 @@ import traceback
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+if str(HERE.parent / "src") not in sys.path:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(HERE.parent / "src"))
 MODELS_FILE = HERE / "train_throughput_models.json"
 VARIANTS = {
     "a1": "Trainer + PEFT, padded",
@@ -97,6 +99,11 @@ def write_model_configs() -> dict:
 
     cfg = load_config("smollm2-135m-instruct").to_diff_dict()
     keep = {k: v for k, v in cfg.items() if not k.startswith("_") and k not in ("transformers_version", "dtype")}
+    rope = keep.pop("rope_parameters", None) or {}
+    if rope.get("rope_type", "default") == "default" and "rope_theta" in rope:
+        keep["rope_theta"] = rope["rope_theta"]  # the spelling transformers 4.x and 5.x both read
+    elif rope:
+        keep["rope_parameters"] = rope
     configs = {"smollm2-135m": keep, "llama-1.1b": LLAMA_1B}
     MODELS_FILE.write_text(json.dumps(configs, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     return configs
@@ -126,7 +133,10 @@ def build_model(config, stage: str, device, frozen_dtype, seed: int):
 
     torch.manual_seed(seed)
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=frozen_dtype)
+        try:
+            model = AutoModelForCausalLM.from_config(config, dtype=frozen_dtype)
+        except TypeError:  # transformers before 4.56 spells it torch_dtype
+            model = AutoModelForCausalLM.from_config(config, torch_dtype=frozen_dtype)
     lora = None if stage == "align" else LoraSettings(r=8, alpha=32, dropout=0.0, targets="all-linear")
     model, counts = apply_policy(model, embeddings="all", lora=lora)
     for p in model.parameters():
@@ -525,13 +535,29 @@ def parse(argv=None):
     return args
 
 
+def preflight() -> str:
+    """The versions this run uses; exits with the missing packages' names if any is absent."""
+    import importlib
+
+    missing, versions = [], []
+    for name in ("torch", "transformers", "peft", "accelerate", "pydantic", "numpy", "yaml", "tqdm"):
+        try:
+            module = importlib.import_module(name)
+            versions.append(f"{name} {getattr(module, '__version__', '?')}")
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise SystemExit(f"missing Python packages: {', '.join(missing)} (pip install -e . installs them)")
+    return ", ".join(versions)
+
+
 def main(argv=None) -> list[dict]:
+    versions = preflight()
     import torch
 
     args = parse(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("TQDM_DISABLE", "1")  # the Trainer runs without its bar too (disable_tqdm)
     if args.write_configs:
         configs = write_model_configs()
         print(f"wrote {MODELS_FILE} ({', '.join(configs)})")
@@ -581,13 +607,13 @@ def main(argv=None) -> list[dict]:
               flush=True)
     compare(results, fp32=not cuda)
     chip = next((r["device"] for r in results if "device" in r), args.device)
-    print(f"\n{chip}; torch {torch.__version__}; {time.strftime('%Y-%m-%d')}; steps {args.steps} "
+    print(f"\n{chip}; {versions}; {time.strftime('%Y-%m-%d')}; steps {args.steps} "
           f"(timed: the last {args.steps - args.warmup}), seq_len {args.seq_len}, lr {args.lr}\n")
     print(table(results))
     for line in goals(results):
         print("goal:", line)
     if args.out:
-        Path(args.out).write_text(json.dumps({"device": chip, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+        Path(args.out).write_text(json.dumps({"device": chip, "versions": versions, "date": time.strftime("%Y-%m-%d"),
                                               "args": {k: v for k, v in vars(args).items()}, "results": results},
                                              indent=1) + "\n", encoding="utf-8")
     bad = [r for r in results if r.get("loss_agrees") is False or "error" in r]
@@ -598,4 +624,7 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
+    # no progress bar inside langadapt's loop either (the Trainer runs with disable_tqdm); tqdm reads
+    # this when it is imported, so it is set before anything imports it
+    os.environ.setdefault("TQDM_DISABLE", "1")
     main()

@@ -188,7 +188,7 @@ def per_gpu_memory(plan: StagePlan, config, gpus: int) -> dict[str, dict[str, in
     act = sum(activation_estimate(config, plan.settings, lora=_has_lora(plan), precision=plan.precision).values())
     out = {
         "ddp": {"weights": m["weights"], "gradients": m["gradients"], "optimizer": m["optimizer"],
-                "buffers": m["gradients"], "activations": act},
+                "buffers": m["gradients"] if gpus > 1 else 0, "activations": act},
         "zero2": {"weights": half * total, "gradients": half * trainable // gpus, "optimizer": 12 * trainable // gpus,
                   "buffers": 0, "activations": act},
         "fsdp": {"weights": m["weights"] // gpus, "gradients": m["gradients"] // gpus,
@@ -275,7 +275,8 @@ def print_per_gpu(config, plans: list[StagePlan], gpus: int, gpu_memory: float |
         fast = ", ".join(x for x, on in (("fused loss", s.fused_loss), ("gradient checkpointing", s.gradient_checkpointing))
                          if on) or "no fast paths"
         console.print(f"[bold]{p.stage}[/bold]: micro-batch {s.batch_size} x {s.seq_len} tokens per GPU, {p.precision}, "
-                      f"{fast}; global batch {s.batch_size} x {s.grad_accum} accumulation x {gpus} GPUs")
+                      f"{fast}; global batch {s.batch_size} x {s.grad_accum} accumulation x {gpus} GPU{'s' if gpus > 1 else ''} = "
+                      f"{s.batch_size * s.grad_accum * gpus} sequences")
     console.print("per GPU: DDP holds everything on every GPU (+ its gradient buckets); ZeRO-2 (DeepSpeed) keeps the "
                   "model in the half dtype and divides gradients, fp32 master weights and AdamW moments over the GPUs; "
                   "FSDP divides weights, gradients and AdamW moments and gathers two blocks at a time. Activations: "

@@ -132,12 +132,15 @@ def target_index(labels: torch.Tensor) -> torch.Tensor:
 def head_weight(head: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     """(weight, bias) the output head multiplies by, inside the autograd graph; None if the head is a
     module this file does not know (the caller then keeps the plain loss)."""
-    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
-    from peft.utils.other import TrainableTokensWrapper
+    try:
+        from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+        from peft.utils.other import TrainableTokensWrapper
+    except ImportError:  # a PEFT without trainable tokens (before 0.15): no such wrappers to meet
+        TrainableTokensLayer = TrainableTokensWrapper = ()
 
-    if isinstance(head, TrainableTokensWrapper):
+    if TrainableTokensWrapper and isinstance(head, TrainableTokensWrapper):
         head = head.token_adapter
-    if isinstance(head, TrainableTokensLayer):
+    if TrainableTokensLayer and isinstance(head, TrainableTokensLayer):
         base = head.get_base_layer()
         if type(base) is not nn.Linear:
             return None
