@@ -118,14 +118,4 @@ def run(ctx) -> dict:
 
 
 def _step_summary(result, examples: int, trainable: int) -> dict:
-    return {
-        "examples": examples,
-        "rows": result.rows,
-        "steps": result.steps,
-        "tokens": result.tokens,
-        "final_loss": result.final_loss,
-        "tokens_per_s": round(result.tokens_per_s, 1),
-        "cpu_seconds": round(result.cpu_seconds, 1),
-        "trainable": trainable,
-        "bpc": {k: {"start": v["start"], "end": v["end"]} for k, v in result.bpc.items()},
-    }
+    return {"examples": examples, **result.summary(), "trainable": trainable}

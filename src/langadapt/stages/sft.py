@@ -166,10 +166,7 @@ def run(ctx) -> dict:
         "held_out": mix_report["held_out"],
         "skipped": {n: sum(r.skipped.values()) for n, r in reports.items()},
         "trainable": counts.trainable,
-        "steps": result.steps,
-        "final_loss": result.final_loss,
-        "tokens_per_s": round(result.tokens_per_s, 1),
-        "bpc": {k: {"start": v["start"], "end": v["end"]} for k, v in result.bpc.items()},
+        **result.summary(),
         "samples": [{"language": s["language"], "answer_language": s["answer_language"]} for s in samples],
     }
 

@@ -92,6 +92,18 @@ class TrainResult:
     resumed_from: int | None = None
     checkpoint: Path | None = None
 
+    def summary(self) -> dict:
+        """The JSON-friendly figures a stage records in its summary (no model, no paths)."""
+        return {
+            "rows": self.rows,
+            "steps": self.steps,
+            "tokens": self.tokens,
+            "final_loss": self.final_loss,
+            "tokens_per_s": round(self.tokens_per_s, 1),
+            "cpu_seconds": round(self.cpu_seconds, 1),
+            "bpc": {k: {"start": v["start"], "end": v["end"]} for k, v in self.bpc.items()},
+        }
+
 
 def resolve_precision(precision: str) -> str:
     """The precision a run uses: 'auto' is fp32 on CPU and bf16 (else fp16) on a GPU."""
