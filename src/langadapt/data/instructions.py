@@ -256,22 +256,23 @@ def _pair(prompt: str, response: str) -> list[dict[str, str]]:
 # --------------------------------------------------------------------------- formats, one record each
 
 
-def parse_alpaca(rec: Any) -> tuple[list[dict], str | None]:
-    rec = _obj(rec)
-    instruction = _text(rec, "instruction", empty="empty instruction")
-    extra = _text(rec, "input", required=False)
-    output = _text(rec, "output", empty="empty response")
-    prompt = f"{instruction}\n\n{extra}" if extra else instruction
-    return _pair(prompt, output), _category(rec)
+def _single_turn(extra_field: str, answer_field: str):
+    """A parser for one instruction record: instruction, optional extra text (appended after a
+    blank line), and the answer; Alpaca and Dolly differ only in the field names."""
+
+    def parse(rec: Any) -> tuple[list[dict], str | None]:
+        rec = _obj(rec)
+        instruction = _text(rec, "instruction", empty="empty instruction")
+        extra = _text(rec, extra_field, required=False)
+        answer = _text(rec, answer_field, empty="empty response")
+        prompt = f"{instruction}\n\n{extra}" if extra else instruction
+        return _pair(prompt, answer), _category(rec)
+
+    return parse
 
 
-def parse_dolly(rec: Any) -> tuple[list[dict], str | None]:
-    rec = _obj(rec)
-    instruction = _text(rec, "instruction", empty="empty instruction")
-    context = _text(rec, "context", required=False)
-    response = _text(rec, "response", empty="empty response")
-    prompt = f"{instruction}\n\n{context}" if context else instruction
-    return _pair(prompt, response), _category(rec)
+parse_alpaca = _single_turn("input", "output")
+parse_dolly = _single_turn("context", "response")
 
 
 def parse_messages(rec: Any) -> tuple[list[dict], str | None]:
