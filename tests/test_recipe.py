@@ -106,3 +106,10 @@ def test_shipped_recipes_parse():
     repo = Path(__file__).resolve().parents[1]
     for recipe in sorted((repo / "configs").glob("*.yaml")):
         load_recipe(recipe, check_files=recipe.name != "paper-llama2-7b-fa.yaml")
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "paper-llama2-7b-fa.yaml"])
+def test_shipped_recipes_are_valid(name):
+    root = Path(__file__).resolve().parents[1]
+    recipe = load_recipe(root / "configs" / name, check_files=name == "demo.yaml")  # the paper's corpora are not shipped
+    assert {"clean", "tokenizer", "align", "pretrain", "sft", "eval"} <= set(recipe.enabled_stages())

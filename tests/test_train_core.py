@@ -298,3 +298,29 @@ def test_two_process_gloo_run_ends_with_identical_weights_on_both_ranks(tmp_path
     emb = "model.embed_tokens.weight"
     assert not torch.equal(r0["weights"][emb], untrained[emb])
     assert (tmp_path / "out" / "checkpoints" / "ddp" / "step-3" / "state" / "random_states_1.pkl").is_file()
+
+
+def test_lora_initialisation_follows_the_seed_not_the_global_rng():
+    """The stages seed the LoRA matrices, so a rerun of a stage in a fresh process trains the same model."""
+    import torch
+
+    from langadapt.recipe import LoraSettings
+    from langadapt.train.freeze import apply_policy
+
+    lora = LoraSettings(r=4, alpha=8, dropout=0.0, targets="all-linear")
+
+    def lora_weights(seed, noise):
+        model = tiny_llama()
+        torch.manual_seed(noise)  # whatever the process did before
+        wrapped, _ = apply_policy(model, embeddings="all", lora=lora, seed=seed)
+        return {n: p.detach().clone() for n, p in wrapped.named_parameters() if "lora_A" in n}
+
+    a, b, c = lora_weights(0, noise=1), lora_weights(0, noise=2), lora_weights(1, noise=1)
+    assert a and all(torch.equal(a[n], b[n]) for n in a)
+    assert not all(torch.equal(a[n], c[n]) for n in a)
+    model = tiny_llama()
+    torch.manual_seed(3)
+    expected = torch.rand(3)
+    torch.manual_seed(3)
+    apply_policy(model, embeddings="all", lora=lora, seed=5)
+    assert torch.equal(torch.rand(3), expected)  # the caller's random stream is left alone

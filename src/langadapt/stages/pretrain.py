@@ -69,7 +69,8 @@ def run(ctx) -> dict:
     model, tokenizer = load_model_and_tokenizer(start, dtype=load_dtype(cfg.precision))
     rows, lora = stage_policy(recipe, "pretrain")
     targets = lora_targets(model) if lora.targets == "all-linear" else list(lora.targets)
-    frozen, counts = apply_policy(model, embeddings=rows, lora=lora, base_vocab=base_vocab_of(model, rows, start))
+    frozen, counts = apply_policy(model, embeddings=rows, lora=lora, base_vocab=base_vocab_of(model, rows, start),
+                                   seed=recipe.seed)
     sentences = read_sentences(ctx.stage_dir("clean"), limit=cfg.max_examples)
     ctx.log(f"pretrain: from {cfg.start_from} ({start}); {len(sentences):,} sentences; LoRA r={lora.r} "
             f"alpha={lora.alpha:g} on {', '.join(targets)}; embeddings/head rows: {rows}; trainable "

@@ -109,7 +109,7 @@ def run(ctx) -> dict:
     rows, lora = stage_policy(recipe, "sft")
     base_vocab = getattr(model.config, "langadapt_base_vocab_size", None)
     try:
-        model, counts = apply_policy(model, embeddings=rows, lora=lora, base_vocab=base_vocab)
+        model, counts = apply_policy(model, embeddings=rows, lora=lora, base_vocab=base_vocab, seed=recipe.seed)
     except ValueError as e:
         raise LangadaptError(f"sft: cannot apply the freezing policy (train_rows: {rows}): {e}") from None
     ctx.log(f"sft: trainable {counts.trainable:,} of {counts.total:,} parameters ({counts.percent:.2f}%): "

@@ -99,12 +99,14 @@ def apply_policy(
     embeddings: EmbeddingRows,
     lora=None,
     base_vocab: int | None = None,
+    seed: int | None = None,
 ) -> tuple[nn.Module, ParamCounts]:
     """Freeze ``model`` for a stage and return the (possibly PEFT-wrapped) model and its counts.
 
     ``lora`` is a recipe ``LoraSettings`` or None. ``base_vocab`` is the number of rows the base
     model had before the merge (rows from it onward are new); needed for ``embeddings='new'``.
-    Works on the meta device, so `plan` can call it without weights.
+    ``seed`` makes the random initialisation of new LoRA matrices reproducible (the global RNG
+    is left as it was). Works on the meta device, so `plan` can call it without weights.
     """
     emb, head, tied, emb_name, head_name = _embedding_modules(model)
     hidden = emb.weight.shape[1]
@@ -144,7 +146,10 @@ def apply_policy(
             trainable_token_indices=token_indices or None,
             bias="none",
         )
-        model = get_peft_model(model, config)
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            model = get_peft_model(model, config)
         for t, shp in shapes.items():
             n = sum(lora.r * (i + o) for i, o in shp)
             if shp:
