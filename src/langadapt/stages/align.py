@@ -45,7 +45,8 @@ def run(ctx) -> dict:
     from langadapt.models import load_model_and_tokenizer
     from langadapt.train.bpc import read_heldout
     from langadapt.train.core import describe_bpc, load_dtype, train_model
-    from langadapt.train.examples import bilingual_examples, document_examples, read_sentences
+    from langadapt.train.examples import bilingual_examples
+    from langadapt.train.store import corpus_store
     from langadapt.train.freeze import apply_policy, stage_policy
 
     recipe = ctx.recipe
@@ -58,15 +59,16 @@ def run(ctx) -> dict:
 
     # ---- step 1: monolingual
     mono = cfg.monolingual
-    sentences = read_sentences(ctx.stage_dir("clean"), limit=mono.max_examples)
+    corpus = corpus_store(ctx.stage_dir("clean"), tokenizer, out / "tokens", limit=mono.max_examples)
     rows, _ = stage_policy(recipe, "align", "monolingual")
     frozen, counts = apply_policy(model, embeddings=rows, base_vocab=base_vocab_of(model, rows, start))
-    ctx.log(f"align (monolingual): {len(sentences):,} sentences; trainable {counts.trainable:,} of "
-            f"{counts.total:,} parameters ({counts.percent:.2f}%, embeddings/head rows: {rows})")
-    r1 = train_model(frozen, tokenizer, document_examples(tokenizer, sentences), mono, out, resume=ctx.resume,
+    ctx.log(f"align (monolingual): {corpus.documents:,} sentences ({corpus.total:,} tokens); trainable "
+            f"{counts.trainable:,} of {counts.total:,} parameters ({counts.percent:.2f}%, embeddings/head rows: {rows})")
+    r1 = train_model(frozen, tokenizer, corpus, mono, out, resume=ctx.resume,
                      heldout=heldout, log=ctx.log, name="monolingual", seed=recipe.seed)
+    corpus.remove()
     model = unpeft(r1.model)
-    summary["monolingual"] = _step_summary(r1, len(sentences), counts.trainable)
+    summary["monolingual"] = _step_summary(r1, corpus.documents, counts.trainable)
     end_bpc = {k: v["end"] for k, v in r1.bpc.items()}
 
     # ---- step 2: bilingual

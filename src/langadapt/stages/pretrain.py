@@ -56,7 +56,7 @@ def run(ctx) -> dict:
     from langadapt.stages.align import base_vocab_of
     from langadapt.train.bpc import read_heldout
     from langadapt.train.core import describe_bpc, load_dtype, train_model
-    from langadapt.train.examples import document_examples, read_sentences
+    from langadapt.train.store import corpus_store
     from langadapt.train.freeze import apply_policy, lora_targets, stage_policy
 
     recipe = ctx.recipe
@@ -71,14 +71,16 @@ def run(ctx) -> dict:
     targets = lora_targets(model) if lora.targets == "all-linear" else list(lora.targets)
     frozen, counts = apply_policy(model, embeddings=rows, lora=lora, base_vocab=base_vocab_of(model, rows, start),
                                    seed=recipe.seed)
-    sentences = read_sentences(ctx.stage_dir("clean"), limit=cfg.max_examples)
-    ctx.log(f"pretrain: from {cfg.start_from} ({start}); {len(sentences):,} sentences; LoRA r={lora.r} "
+    corpus = corpus_store(ctx.stage_dir("clean"), tokenizer, out / "tokens", limit=cfg.max_examples)
+    ctx.log(f"pretrain: from {cfg.start_from} ({start}); {corpus.documents:,} sentences ({corpus.total:,} tokens); "
+            f"LoRA r={lora.r} "
             f"alpha={lora.alpha:g} on {', '.join(targets)}; embeddings/head rows: {rows}; trainable "
             f"{counts.trainable:,} of {counts.total:,} ({counts.percent:.2f}%)")
 
-    result = train_model(frozen, tokenizer, document_examples(tokenizer, sentences), cfg, out, resume=ctx.resume,
+    result = train_model(frozen, tokenizer, corpus, cfg, out, resume=ctx.resume,
                          heldout=read_heldout(recipe), log=ctx.log, name="pretrain", seed=recipe.seed,
                          bpc_start=_start_bpc(ctx, cfg.start_from))
+    corpus.remove()
     if is_main_process():
         save_adapter(result.model, tokenizer, out / "adapter", str(Path(start).resolve()))
         shutil.rmtree(out / "checkpoints", ignore_errors=True)  # adapter/ holds the result now
@@ -92,7 +94,7 @@ def run(ctx) -> dict:
         "start_from": cfg.start_from,
         "lora_targets": targets,
         "train_rows": rows,
-        "sentences": len(sentences),
+        "sentences": corpus.documents,
         **result.summary(),
         "trainable": counts.trainable,
         "total": counts.total,

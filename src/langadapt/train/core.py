@@ -9,7 +9,8 @@ Public entry point (stable; later additions are keyword arguments only)::
 - ``model``: already frozen by ``langadapt.train.freeze.apply_policy`` (a plain transformers
   model or a ``PeftModel``). Trainable tensors are moved to fp32 (mixed precision keeps fp32
   master weights); frozen ones keep the dtype they were loaded in.
-- ``examples``: a sequence of ``{"input_ids": [...], "labels": [...]}`` dicts, one per
+- ``examples``: a ``langadapt.train.store.TokenStore`` (documents tokenized to disk: corpora of
+  any size), or a sequence of ``{"input_ids": [...], "labels": [...]}`` dicts, one per
   document or example (``labels`` -100 = no loss; absent = same as ``input_ids``). Special
   tokens (BOS/EOS) are the caller's choice; the core adds none.
   ``pack=True`` packs them into ``settings.seq_len`` blocks (see ``packing.py``: positions
@@ -358,11 +359,17 @@ def train_model(
     heldout = {k: v for k, v in (heldout or {}).items() if v}
 
     # ---- rows
-    if settings.max_examples is not None:
-        examples = examples[: settings.max_examples]
+    from langadapt.train.store import TokenStore
+
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     truncated = 0
-    if pack == "whole":
+    if not isinstance(examples, TokenStore) and settings.max_examples is not None:
+        examples = examples[: settings.max_examples]  # a TokenStore was built with the limit applied
+    if isinstance(examples, TokenStore):
+        if pack is not True:
+            raise ValueError("a TokenStore serves packed rows only (pack=True)")
+        rows = examples.rows(settings.seq_len, pad_id)
+    elif pack == "whole":
         rows, truncated = packing.pack_whole(examples, settings.seq_len, pad_id)
     elif pack:
         rows = packing.pack(examples, settings.seq_len, pad_id)

@@ -9,9 +9,10 @@ masks the boundary's own label, so the text's first token is predicted from the 
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from langadapt.errors import DataError, LangadaptError
@@ -73,29 +74,36 @@ def bilingual_examples(tokenizer, pairs, settings, seed: int = 0) -> list[dict]:
     return document_examples(tokenizer, texts)
 
 
-def read_sentences(clean_dir: str | Path, limit: int | None = None) -> list[str]:
-    """The clean stage's sentences (``sentences/*.jsonl`` or ``*.parquet``, files in name order)."""
+def sentence_files(clean_dir: str | Path) -> list[Path]:
+    """The clean stage's sentence shards (``sentences/*.jsonl`` or ``*.parquet``), in name order."""
     folder = Path(clean_dir) / "sentences"
     files = sorted(folder.glob("*.jsonl")) + sorted(folder.glob("*.parquet"))
     if not files:
         raise LangadaptError(f"no sentences in {folder}; run the clean stage first")
-    texts: list[str] = []
-    for f in files:
+    return files
+
+
+def iter_sentences(clean_dir: str | Path) -> Iterator[str]:
+    """The clean stage's sentences one at a time, shard by shard (memory stays flat)."""
+    for f in sentence_files(clean_dir):
         if f.suffix == ".parquet":
             import pyarrow.parquet as pq
 
-            texts.extend(str(t) for t in pq.read_table(f, columns=["text"]).column("text").to_pylist() if t)
-        else:
-            with open(f, encoding="utf-8") as fh:
-                for n, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        text = json.loads(line)["text"]
-                    except (ValueError, KeyError, TypeError):
-                        raise DataError("not a clean-stage record ({\"text\": ...})", path=str(f), line=n) from None
-                    if text:
-                        texts.append(text)
-        if limit is not None and len(texts) >= limit:
-            return texts[:limit]
-    return texts
+            for batch in pq.ParquetFile(f).iter_batches(columns=["text"]):
+                yield from (str(t) for t in batch.column(0).to_pylist() if t)
+            continue
+        with open(f, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    text = json.loads(line)["text"]
+                except (ValueError, KeyError, TypeError):
+                    raise DataError("not a clean-stage record ({\"text\": ...})", path=str(f), line=n) from None
+                if text:
+                    yield text
+
+
+def read_sentences(clean_dir: str | Path, limit: int | None = None) -> list[str]:
+    """The clean stage's sentences as a list (at most ``limit``)."""
+    return list(itertools.islice(iter_sentences(clean_dir), limit))

@@ -1,0 +1,209 @@
+"""Packed training rows on disk, for corpora that do not fit in memory as Python lists.
+
+``build`` streams texts through the tokenizer once and appends each document, encoded as
+everywhere else (``[boundary] + tokens + [EOS]``, see ``examples``), to a flat file of token ids,
+with a second file of where each document starts. ``TokenStore`` maps both files (``numpy.memmap``)
+and serves the same rows ``packing.pack`` would build from the same documents: ``seq_len`` blocks
+cut from the concatenation, positions restarting at every document start and every block start,
+the label of each document's first token masked, the last block padded. Memory stays flat
+whatever the corpus size (the operating system pages the files in), and a finished store is
+reused when the stage resumes.
+
+Files, in the store's folder: ``tokens.bin`` (uint32), ``starts.bin`` (int64 document starts),
+``meta.json`` (counts, the key the store was built for). The folder is written under a temporary
+name and renamed when complete, so a killed build never leaves a store that looks finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from langadapt.train.examples import boundary_id
+from langadapt.train.packing import IGNORE
+
+BATCH_TEXTS = 2048  # texts per tokenizer call
+
+
+def build(
+    texts: Iterable[str],
+    tokenizer,
+    folder: str | os.PathLike,
+    *,
+    key: str = "",
+    limit: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> TokenStore:
+    """Tokenize ``texts`` (at most ``limit``) into a store at ``folder``, or open the one already
+    there if it was built for the same ``key`` (a hash of the inputs and the tokenizer)."""
+    folder = Path(folder)
+    meta_path = folder / "meta.json"
+    if meta_path.is_file():
+        try:
+            if json.loads(meta_path.read_text(encoding="utf-8")).get("key") == key:
+                return TokenStore(folder)
+        except ValueError:
+            pass
+    tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    start = boundary_id(tokenizer)
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else start
+    if len(tokenizer) >= 2**32:
+        raise ValueError("vocabulary too large for 32-bit token ids")
+    docs = tokens = 0
+    with open(tmp / "tokens.bin", "wb") as ft, open(tmp / "starts.bin", "wb") as fs:
+
+        def flush(batch: list[str]) -> None:
+            nonlocal docs, tokens
+            encoded = tokenizer(batch, add_special_tokens=False)["input_ids"]
+            lengths = np.fromiter((len(ids) + 2 for ids in encoded), dtype=np.int64, count=len(encoded))
+            starts = tokens + np.concatenate(([0], np.cumsum(lengths)[:-1]))
+            flat = np.empty(int(lengths.sum()), dtype=np.uint32)
+            at = 0
+            for ids in encoded:
+                flat[at] = start
+                flat[at + 1 : at + 1 + len(ids)] = ids
+                flat[at + 1 + len(ids)] = eos
+                at += len(ids) + 2
+            flat.tofile(ft)
+            starts.tofile(fs)
+            docs += len(batch)
+            tokens += len(flat)
+            if progress:
+                progress(docs, tokens)
+
+        batch: list[str] = []
+        for text in texts:
+            if limit is not None and docs + len(batch) >= limit:
+                break
+            if text:
+                batch.append(text)
+            if len(batch) == BATCH_TEXTS:
+                flush(batch)
+                batch = []
+        if batch:
+            flush(batch)
+    if tokens == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ValueError("no tokens to train on (every text is empty)")
+    (tmp / "meta.json").write_text(json.dumps({"key": key, "documents": docs, "tokens": tokens}), encoding="utf-8")
+    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # another process finished the same store a moment earlier: keep its copy
+        shutil.rmtree(tmp, ignore_errors=True)
+        if json.loads(meta_path.read_text(encoding="utf-8")).get("key") != key:
+            raise
+    return TokenStore(folder)
+
+
+class TokenStore:
+    """Packed ``seq_len`` rows read from a store folder; the interface of ``packing.Rows`` that
+    the training loop uses (``len``, ``tokens``, ``batch``), after ``rows(seq_len, pad_id)``."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        meta = json.loads((self.folder / "meta.json").read_text(encoding="utf-8"))
+        self.documents, self.total = int(meta["documents"]), int(meta["tokens"])
+        self.ids = np.memmap(self.folder / "tokens.bin", dtype=np.uint32, mode="r", shape=(self.total,))
+        self.starts = np.memmap(self.folder / "starts.bin", dtype=np.int64, mode="r", shape=(self.documents,))
+        self.seq_len = self.pad_id = None
+
+    def rows(self, seq_len: int, pad_id: int) -> TokenStore:
+        """Serve ``seq_len`` blocks, the last one padded with ``pad_id``."""
+        self.seq_len, self.pad_id = seq_len, pad_id
+        n = -(-self.total // seq_len)
+        self.tokens = torch.full((n,), seq_len, dtype=torch.int64)
+        self.tokens[-1] = self.total - (n - 1) * seq_len
+        return self
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+    def remove(self) -> None:
+        """Delete the store's files (a stage calls this once its training is over)."""
+        del self.ids, self.starts
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def batch(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Model inputs for rows ``index``: ``input_ids``, ``labels``, ``position_ids``."""
+        L = self.seq_len
+        rows = np.asarray(index, dtype=np.int64).reshape(-1)
+        pos = rows[:, None] * L + np.arange(L)[None, :]  # global token positions
+        real = pos < self.total
+        ids = np.full(pos.shape, self.pad_id, dtype=np.int64)
+        ids[real] = self.ids[pos[real]]
+        # Each token's document start; positions count from it or from the block start, whichever is later.
+        doc_start = self.starts[np.searchsorted(self.starts, np.minimum(pos, self.total - 1), side="right") - 1]
+        first = np.maximum(doc_start, rows[:, None] * L)
+        positions = pos - first
+        labels = ids.copy()
+        labels[pos == doc_start] = IGNORE  # a document's first token is never predicted from the one before
+        labels[~real] = IGNORE
+        # Padding after the last token: its own positions from 0, as packing.pack writes them.
+        tail = ~real
+        if tail.any():
+            positions[tail] = pos[tail] - self.total
+        return {
+            "input_ids": torch.from_numpy(ids),
+            "labels": torch.from_numpy(labels),
+            "position_ids": torch.from_numpy(positions),
+        }
+
+
+def corpus_store(clean_dir: str | os.PathLike, tokenizer, folder: str | os.PathLike, *, limit: int | None = None,
+                 log: Callable[[str], None] | None = None) -> TokenStore:
+    """The clean stage's sentences as a ``TokenStore`` in ``folder``: built once by the main process
+    (the others wait and open it), reused while the shards, the tokenizer and ``limit`` are unchanged."""
+    import hashlib
+
+    from accelerate import PartialState
+    from tqdm.auto import tqdm
+
+    from langadapt.train.examples import iter_sentences, sentence_files
+
+    files = sentence_files(clean_dir)
+    key = hashlib.sha256(json.dumps({
+        "files": [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files],
+        "tokenizer": [getattr(tokenizer, "name_or_path", ""), len(tokenizer), boundary_id(tokenizer),
+                      tokenizer.eos_token_id],
+        "limit": limit,
+    }).encode()).hexdigest()[:16]
+    # One process builds, the others wait, then open it. The same state as the training core's
+    # (gloo on a machine without a GPU); with one process there is nothing to wait for.
+    multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    state = PartialState(cpu=not torch.cuda.is_available()) if multi else None
+    main = int(os.environ.get("RANK", "0")) == 0
+    with state.main_process_first() if state else contextlib.nullcontext():
+        bar = None
+        if main:
+            total = sum(f.stat().st_size for f in files)
+            bar = tqdm(total=total, desc="tokenizing", unit="B", unit_scale=True, dynamic_ncols=True, leave=False)
+        seen = [0]
+
+        def texts():
+            for t in iter_sentences(clean_dir):
+                seen[0] += len(t.encode("utf-8")) + 12  # about a JSONL line's bytes
+                yield t
+
+        def progress(docs: int, tokens: int) -> None:
+            if bar is not None:
+                bar.n = min(seen[0], bar.total)
+                bar.set_postfix(documents=f"{docs:,}", tokens=f"{tokens:,}", refresh=False)
+                bar.refresh()
+
+        store = build(texts(), tokenizer, folder, key=key, limit=limit, progress=progress)
+        if bar is not None:
+            bar.n = bar.total
+            bar.close()
+    if log:
+        log(f"tokenized corpus: {store.documents:,} documents, {store.total:,} tokens ({Path(folder)})")
+    return store
