@@ -9,8 +9,8 @@ import random
 import pytest
 import torch
 
-from conftest import tiny_llama
-from test_train_core import TEXT, settings, tiny_tokenizer
+from conftest import REPO, tiny_llama
+from test_train_core import TEXT, _free_port, settings, tiny_tokenizer
 
 from langadapt.train import store as token_store
 from langadapt.train.examples import document_examples
@@ -86,10 +86,8 @@ with open(sys.argv[1] + f"/rank{os.environ['RANK']}.json", "w") as f:
 
 def test_two_processes_open_the_same_store_and_leave_one_folder(tmp_path):
     import os
-    import socket
     import subprocess
     import sys
-    from pathlib import Path
 
     clean = tmp_path / "clean" / "sentences"
     clean.mkdir(parents=True)
@@ -99,13 +97,10 @@ def test_two_processes_open_the_same_store_and_leave_one_folder(tmp_path):
                 f.write(json.dumps({"text": t}) + "\n")
     script = tmp_path / "multi.py"
     script.write_text(MULTI)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    config = Path(__file__).parents[1] / "configs" / "accelerate" / "cpu-gloo-2proc.yaml"
+    config = REPO / "configs" / "accelerate" / "cpu-gloo-2proc.yaml"
     proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
-                           "--main_process_port", str(port), str(script), str(tmp_path), str(Path(__file__).parent)],
+                           "--main_process_port", str(_free_port()), str(script), str(tmp_path), str(REPO / "tests")],
                           capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     r0, r1 = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1))
