@@ -325,6 +325,25 @@ def _merge_bpc(path: Path, name: str, mine: dict) -> dict:
 # --------------------------------------------------------------------------- the loop
 
 
+def _rows(examples, settings, pack: bool | str, pad_id: int) -> tuple[Any, int, int]:
+    """The training rows for ``examples``, how many examples were cut to ``seq_len``, and how many
+    examples were used."""
+    from langadapt.train import packing
+    from langadapt.train.store import TokenStore
+
+    if isinstance(examples, TokenStore):  # built with max_examples applied; packed by construction
+        if pack is not True:
+            raise ValueError("a TokenStore serves packed rows only (pack=True)")
+        return examples.rows(settings.seq_len, pad_id), 0, examples.documents
+    if settings.max_examples is not None:
+        examples = examples[: settings.max_examples]
+    if pack == "whole":
+        return *packing.pack_whole(examples, settings.seq_len, pad_id), len(examples)
+    if pack:
+        return packing.pack(examples, settings.seq_len, pad_id), 0, len(examples)
+    return *packing.pad(examples, settings.seq_len, pad_id), len(examples)
+
+
 def train_model(
     model,
     tokenizer,
@@ -359,24 +378,10 @@ def train_model(
     heldout = {k: v for k, v in (heldout or {}).items() if v}
 
     # ---- rows
-    from langadapt.train.store import TokenStore
-
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    truncated = 0
-    if not isinstance(examples, TokenStore) and settings.max_examples is not None:
-        examples = examples[: settings.max_examples]  # a TokenStore was built with the limit applied
-    if isinstance(examples, TokenStore):
-        if pack is not True:
-            raise ValueError("a TokenStore serves packed rows only (pack=True)")
-        rows = examples.rows(settings.seq_len, pad_id)
-    elif pack == "whole":
-        rows, truncated = packing.pack_whole(examples, settings.seq_len, pad_id)
-    elif pack:
-        rows = packing.pack(examples, settings.seq_len, pad_id)
-    else:
-        rows, truncated = packing.pad(examples, settings.seq_len, pad_id)
+    rows, truncated, used = _rows(examples, settings, pack, pad_id)
     if truncated:
-        say(f"{name}: {truncated:,} of {len(examples):,} examples longer than seq_len {settings.seq_len} were truncated")
+        say(f"{name}: {truncated:,} of {used:,} examples longer than seq_len {settings.seq_len} were truncated")
     world = accelerator.num_processes
     bs, accum = settings.batch_size, settings.grad_accum
     per_step = bs * accum * world

@@ -9,7 +9,6 @@ masks the boundary's own label, so the text's first token is predicted from the 
 
 from __future__ import annotations
 
-import itertools
 import json
 import random
 from collections.abc import Iterator, Sequence
@@ -103,7 +102,3 @@ def iter_sentences(clean_dir: str | Path) -> Iterator[str]:
                 if text:
                     yield text
 
-
-def read_sentences(clean_dir: str | Path, limit: int | None = None) -> list[str]:
-    """The clean stage's sentences as a list (at most ``limit``)."""
-    return list(itertools.islice(iter_sentences(clean_dir), limit))

@@ -138,20 +138,17 @@ class TokenStore:
         L = self.seq_len
         rows = np.asarray(index, dtype=np.int64).reshape(-1)
         pos = rows[:, None] * L + np.arange(L)[None, :]  # global token positions
-        real = pos < self.total
+        pad = pos >= self.total
         ids = np.full(pos.shape, self.pad_id, dtype=np.int64)
-        ids[real] = self.ids[pos[real]]
+        ids[~pad] = self.ids[pos[~pad]]
         # Each token's document start; positions count from it or from the block start, whichever is later.
         doc_start = self.starts[np.searchsorted(self.starts, np.minimum(pos, self.total - 1), side="right") - 1]
-        first = np.maximum(doc_start, rows[:, None] * L)
-        positions = pos - first
+        positions = pos - np.maximum(doc_start, rows[:, None] * L)
         labels = ids.copy()
         labels[pos == doc_start] = IGNORE  # a document's first token is never predicted from the one before
-        labels[~real] = IGNORE
+        labels[pad] = IGNORE
         # Padding after the last token: its own positions from 0, as packing.pack writes them.
-        tail = ~real
-        if tail.any():
-            positions[tail] = pos[tail] - self.total
+        positions[pad] = pos[pad] - self.total
         return {
             "input_ids": torch.from_numpy(ids),
             "labels": torch.from_numpy(labels),
