@@ -94,40 +94,54 @@ def summary(recipe, stage: str) -> dict:
     return read_json(recipe.run_dir / stage / "COMPLETE.json")
 
 
-def main() -> None:
+def run_bench(doc: str, stage: str, *, pretrain: bool, describe) -> dict:
+    """The frame both benchmarks share: the options, the recipe run (timed), then the figures
+    ``describe(args, recipe, marker)`` picks from the finished stage, with the machine, the date and
+    the base model's bits per character, written to ``<stage>_results.json`` and printed."""
     from langadapt.run import run_recipe
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     add_arguments(p)
     args = p.parse_args()
-    recipe = prepare(args, pretrain=False)
+    recipe = prepare(args, pretrain=pretrain)
     t0 = time.time()
     run_recipe(recipe)
     wall = time.time() - t0
-    vocab = json.loads((recipe.run_dir / "tokenizer" / "model" / "config.json").read_text(encoding="utf-8"))["vocab_size"]
-    marker = summary(recipe, "align")
-    s = marker["summary"]
-    bpc = json.loads((recipe.run_dir / "align" / "bpc.json").read_text(encoding="utf-8"))
+    marker = summary(recipe, stage)
     results = {
         "machine": "2-core CPU, 24 GiB (dev VM)",
         "date": time.strftime("%Y-%m-%d"),
-        "settings": {"steps": args.steps, "batch": args.batch, "seq_len": args.seq_len,
-                     "tokens_per_step_budget": args.steps * args.batch * args.seq_len,
-                     "lr": {"monolingual": args.lr_mono, "bilingual": args.lr_bil}, "new_pieces": args.new_pieces},
-        "vocabulary": vocab,
-        "clean_sentences": sum(1 for f in (recipe.run_dir / "clean" / "sentences").glob("*.jsonl")
-                               for _ in open(f, encoding="utf-8")),
-        "align": s,
-        "bpc": {lang: {"start": v["start"], "end": v["end"],
-                       **{n: v[n] for n in ("monolingual", "bilingual") if n in v}} for lang, v in bpc.items()},
-        "align_seconds": marker["seconds"],
+        **describe(args, recipe, marker),
+        f"{stage}_seconds": marker["seconds"],
         "wall_seconds_this_call": round(wall, 1),
     }
     if not args.no_base:
         results["base_model_bpc"] = base_bpc(recipe)
-    (Path(args.out) / "align_results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n",
-                                                        encoding="utf-8")
+    (Path(args.out) / f"{stage}_results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n",
+                                                          encoding="utf-8")
     print(json.dumps(results, indent=2, ensure_ascii=False))
+    return results
+
+
+def main() -> None:
+    from langadapt.train.examples import iter_sentences
+
+    def describe(args, recipe, marker) -> dict:
+        vocab = json.loads((recipe.run_dir / "tokenizer" / "model" / "config.json").read_text(encoding="utf-8"))
+        bpc = json.loads((recipe.run_dir / "align" / "bpc.json").read_text(encoding="utf-8"))
+        return {
+            "settings": {"steps": args.steps, "batch": args.batch, "seq_len": args.seq_len,
+                         "tokens_per_step_budget": args.steps * args.batch * args.seq_len,
+                         "lr": {"monolingual": args.lr_mono, "bilingual": args.lr_bil}, "new_pieces": args.new_pieces},
+            "vocabulary": vocab["vocab_size"],
+            "clean_sentences": sum(1 for _ in iter_sentences(recipe.run_dir / "clean")),
+            "align": marker["summary"],
+            "bpc": {lang: {"start": v["start"], "end": v["end"],
+                           **{n: v[n] for n in ("monolingual", "bilingual") if n in v}} for lang, v in bpc.items()},
+        }
+
+    results = run_bench(__doc__, "align", pretrain=False, describe=describe)
+    s, bpc = results["align"], results["bpc"]
     print()
     print("| step | tokens | Persian bpc before -> after | English bpc before -> after | tokens/s (wall) "
           "| tokens per CPU-second | trainable |")

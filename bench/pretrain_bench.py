@@ -12,43 +12,20 @@ parameters, and writes ``pretrain_results.json``.
 
 from __future__ import annotations
 
-import argparse
-import json
-import time
-from pathlib import Path
-
-from align_bench import add_arguments, base_bpc, prepare, summary
+from align_bench import run_bench, summary
 
 
 def main() -> None:
-    from langadapt.run import run_recipe
+    def describe(args, recipe, marker) -> dict:
+        return {
+            "settings": {"steps": args.steps, "batch": args.batch, "seq_len": args.seq_len,
+                         "tokens_budget": args.steps * args.batch * args.seq_len, "lr": args.lr_pre,
+                         "lora": {"r": 8, "alpha": 32, "dropout": 0.05}},
+            "pretrain": marker["summary"],
+            "align_bpc": summary(recipe, "align")["summary"].get("bpc"),
+        }
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_arguments(p)
-    args = p.parse_args()
-    recipe = prepare(args, pretrain=True)
-    t0 = time.time()
-    run_recipe(recipe)
-    wall = time.time() - t0
-    marker = summary(recipe, "pretrain")
-    s = marker["summary"]
-    align = summary(recipe, "align")["summary"]
-    results = {
-        "machine": "2-core CPU, 24 GiB (dev VM)",
-        "date": time.strftime("%Y-%m-%d"),
-        "settings": {"steps": args.steps, "batch": args.batch, "seq_len": args.seq_len,
-                     "tokens_budget": args.steps * args.batch * args.seq_len, "lr": args.lr_pre,
-                     "lora": {"r": 8, "alpha": 32, "dropout": 0.05}},
-        "pretrain": s,
-        "align_bpc": align.get("bpc"),
-        "pretrain_seconds": marker["seconds"],
-        "wall_seconds_this_call": round(wall, 1),
-    }
-    if not args.no_base:
-        results["base_model_bpc"] = base_bpc(recipe)
-    (Path(args.out) / "pretrain_results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n",
-                                                           encoding="utf-8")
-    print(json.dumps(results, indent=2, ensure_ascii=False))
+    s = run_bench(__doc__, "pretrain", pretrain=True, describe=describe)["pretrain"]
     print()
     fa, en = s["bpc"]["target"], s["bpc"]["english"]
     print("| tokens | Persian bpc before -> after | English bpc before -> after | tokens/s (wall) "
