@@ -16,7 +16,6 @@ name and renamed when complete, so a killed build never leaves a store that look
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from langadapt.distributed import is_main_process, wait_for_everyone
 from langadapt.train.examples import boundary_id
 from langadapt.train.packing import IGNORE
 
@@ -51,7 +51,7 @@ def build(
                 return TokenStore(folder)
         except ValueError:
             pass
-    tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+    tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     start = boundary_id(tokenizer)
@@ -96,12 +96,7 @@ def build(
         raise ValueError("no tokens to train on (every text is empty)")
     (tmp / "meta.json").write_text(json.dumps({"key": key, "documents": docs, "tokens": tokens}), encoding="utf-8")
     shutil.rmtree(folder, ignore_errors=True)
-    try:
-        os.replace(tmp, folder)
-    except OSError:  # another process finished the same store a moment earlier: keep its copy
-        shutil.rmtree(tmp, ignore_errors=True)
-        if json.loads(meta_path.read_text(encoding="utf-8")).get("key") != key:
-            raise
+    os.replace(tmp, folder)
     return TokenStore(folder)
 
 
@@ -162,7 +157,6 @@ def corpus_store(clean_dir: str | os.PathLike, tokenizer, folder: str | os.PathL
     (the others wait and open it), reused while the shards, the tokenizer and ``limit`` are unchanged."""
     import hashlib
 
-    from accelerate import PartialState
     from tqdm.auto import tqdm
 
     from langadapt.train.examples import iter_sentences, sentence_files
@@ -174,33 +168,28 @@ def corpus_store(clean_dir: str | os.PathLike, tokenizer, folder: str | os.PathL
                       tokenizer.eos_token_id],
         "limit": limit,
     }).encode()).hexdigest()[:16]
-    # One process builds, the others wait, then open it. The same state as the training core's
-    # (gloo on a machine without a GPU); with one process there is nothing to wait for.
-    multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    state = PartialState(cpu=not torch.cuda.is_available()) if multi else None
-    main = int(os.environ.get("RANK", "0")) == 0
-    with state.main_process_first() if state else contextlib.nullcontext():
-        bar = None
-        if main:
-            total = sum(f.stat().st_size for f in files)
-            bar = tqdm(total=total, desc="tokenizing", unit="B", unit_scale=True, dynamic_ncols=True, leave=False)
-        seen = [0]
+    if not is_main_process():  # the main process builds it; the others wait, then open it
+        wait_for_everyone()
+        return TokenStore(folder)
+    bar = tqdm(total=sum(f.stat().st_size for f in files), desc="tokenizing", unit="B", unit_scale=True,
+               dynamic_ncols=True, leave=False)
+    seen = 0
 
-        def texts():
-            for t in iter_sentences(clean_dir):
-                seen[0] += len(t.encode("utf-8")) + 12  # about a JSONL line's bytes
-                yield t
+    def texts():
+        nonlocal seen
+        for t in iter_sentences(clean_dir):
+            seen += len(t.encode("utf-8")) + 12  # about a JSONL line's bytes
+            yield t
 
-        def progress(docs: int, tokens: int) -> None:
-            if bar is not None:
-                bar.n = min(seen[0], bar.total)
-                bar.set_postfix(documents=f"{docs:,}", tokens=f"{tokens:,}", refresh=False)
-                bar.refresh()
+    def progress(docs: int, tokens: int) -> None:
+        bar.n = min(seen, bar.total)
+        bar.set_postfix(documents=f"{docs:,}", tokens=f"{tokens:,}", refresh=False)
+        bar.refresh()
 
-        store = build(texts(), tokenizer, folder, key=key, limit=limit, progress=progress)
-        if bar is not None:
-            bar.n = bar.total
-            bar.close()
+    store = build(texts(), tokenizer, folder, key=key, limit=limit, progress=progress)
+    bar.n = bar.total
+    bar.close()
+    wait_for_everyone()
     if log:
         log(f"tokenized corpus: {store.documents:,} documents, {store.total:,} tokens ({Path(folder)})")
     return store
