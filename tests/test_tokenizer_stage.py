@@ -74,6 +74,8 @@ def test_tokenizer_stage_writes_a_loadable_model_with_merged_tokenizer(workspace
     assert fert["english"]["merged"] == fert["english"]["base"]
     assert fert["target"]["merged"]["tokens_per_word"] < fert["target"]["base"]["tokens_per_word"] / 2
     assert report["new_pieces"] > 50 and report["overlap"] >= 0 and report["tied_embeddings"]
+    assert report["new_ids"] == [[report["base_tokenizer_size"], len(tok) - 2]]  # then the pad token, then padding rows
+    assert report["reserved_ids"] == [] and report["normalizer"]["U+064A"] == "U+06CC"  # Arabic yeh -> Persian yeh
     with torch.no_grad():
         logits = model(**tok(FA[0], return_tensors="pt")).logits
     assert logits.shape[-1] == rows and torch.isfinite(logits).all()
@@ -127,3 +129,11 @@ def test_smollm2_merge_keeps_english_ids_and_shortens_persian(tmp_path):
     after = sum(len(tok(t)["input_ids"]) for t in FA)
     assert after < before / 3
     assert tok.tokenize(" می\u200cخواهیم")[0] != "ĠÙħÛĮ"  # the ZWNJ no longer ends the word
+
+
+def test_tokenizer_stage_warns_when_the_declared_merged_size_differs(workspace, capsys):
+    tmp_path, base = workspace
+    recipe, out = make_recipe(tmp_path, base, merged_vocab_size=70_000)
+    report = STAGES["tokenizer"].function()(StageContext(recipe=recipe, stage="tokenizer", out_dir=out))
+    said = capsys.readouterr().out
+    assert "merged_vocab_size is 70,000" in said and f"gives {report['merged_vocab_size']:,} rows" in said

@@ -167,6 +167,9 @@ class TokenizerConfig(Section):
     seed: int | None = Field(None, description="None: the recipe's seed")
     init: Literal["mean", "plain"] = Field("mean", description="new rows: mean of the rows of the base tokens that "
                                            "spell the token, or plain (the model's random init, as in the paper)")
+    normalize: bool = Field(True, description="the merged tokenizer rewrites the characters the clean stage "
+                            "normalizes (Persian: Arabic yeh/kaf to Persian, Arabic-Indic digits), so raw text costs "
+                            "what clean text does; English and other scripts keep their ids")
     pad_to_multiple_of: int | None = Field(None, ge=1)
     add_pad_token: bool = Field(False, description="add <pad> when the base has no padding token or pads with EOS")
     merged_vocab_size: int | None = Field(
