@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -137,3 +138,85 @@ def test_tokenizer_stage_warns_when_the_declared_merged_size_differs(workspace, 
     report = STAGES["tokenizer"].function()(StageContext(recipe=recipe, stage="tokenizer", out_dir=out))
     said = capsys.readouterr().out
     assert "merged_vocab_size is 70,000" in said and f"gives {report['merged_vocab_size']:,} rows" in said
+
+
+def test_tokenizer_stage_measures_step0_bits_per_character_of_base_and_resized_model(workspace, capsys):
+    """The base model and the resized one, on the recipe's held-out text, before any training (issue 18)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from langadapt.train.bpc import bits_per_char, read_heldout
+
+    tmp_path, base = workspace
+    recipe, out = make_recipe(tmp_path, base, init="mean")
+    report = STAGES["tokenizer"].function()(StageContext(recipe=recipe, stage="tokenizer", out_dir=out))
+    said = capsys.readouterr().out
+    texts = read_heldout(recipe)
+    base_model, base_tok = AutoModelForCausalLM.from_pretrained(base), AutoTokenizer.from_pretrained(base)
+    model, tok = AutoModelForCausalLM.from_pretrained(out / "model"), AutoTokenizer.from_pretrained(out / "model")
+    for key in ("target", "english"):
+        b = report["bpc"][key]
+        assert b["base"] == pytest.approx(bits_per_char(base_model, base_tok, texts[key]), abs=1e-4)
+        assert b["init"] == pytest.approx(bits_per_char(model, tok, texts[key]), abs=1e-4)
+        assert b["change"] == pytest.approx(b["init"] / b["base"] - 1, abs=1e-4)
+    assert "held-out bits per character, base model -> after the merge and init (mean)" in said
+    assert f"{report['bpc']['english']['base']:.3f} -> {report['bpc']['english']['init']:.3f}" in said
+    assert not (out / ".work").exists()
+
+
+def _anisotropic(base, to):
+    """The workspace's base with a common component in every embedding row, as trained models have
+    (a random model's hidden states share no direction, which `calibrated` checks for)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(base)
+    with torch.no_grad():
+        model.get_input_embeddings().weight += 0.2 * torch.randn(model.config.hidden_size,
+                                                                 generator=torch.Generator().manual_seed(1))
+    model.save_pretrained(to)
+    AutoTokenizer.from_pretrained(base).save_pretrained(to)
+    return to
+
+
+def test_tokenizer_stage_calibrated_init_starts_lower_than_mean_on_the_target_language(workspace, capsys):
+    """Same merge, same base: `calibrated` gives the new tokens their corpus frequency, `mean` an even share,
+    so the target language costs fewer bits per character before any training."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tmp_path, base = workspace
+    base = _anisotropic(base, tmp_path / "aniso")
+    recipe, out = make_recipe(tmp_path, base, init="mean")
+    mean = STAGES["tokenizer"].function()(StageContext(recipe=recipe, stage="tokenizer", out_dir=out))
+    shutil.rmtree(out)
+    recipe, out = make_recipe(tmp_path, base, init="calibrated")
+    cal = STAGES["tokenizer"].function()(StageContext(recipe=recipe, stage="tokenizer", out_dir=out))
+    assert "calibrated init: new tokens are" in capsys.readouterr().out
+    c = cal["calibration"]
+    assert c["applied"] and c["contexts"] > 100 and 0.3 < c["new_token_share"] < 1 and c["direction_spread"] < 0.1
+    assert cal["bpc"]["target"]["base"] == mean["bpc"]["target"]["base"]
+    assert cal["bpc"]["target"]["init"] < 0.9 * mean["bpc"]["target"]["init"]
+    assert not (out / ".work").exists()
+    # resumed after the SentencePiece step (the sample was removed): drawn again, same rows
+    first = AutoModelForCausalLM.from_pretrained(out / "model").get_input_embeddings().weight.detach().clone()
+    again = STAGES["tokenizer"].function()(StageContext(recipe=recipe, stage="tokenizer", out_dir=out, resume=True))
+    assert again["bpc"] == cal["bpc"]
+    assert torch.equal(AutoModelForCausalLM.from_pretrained(out / "model").get_input_embeddings().weight, first)
+
+
+def test_tokenizer_stage_calibrated_init_keeps_the_mean_when_the_base_has_no_common_direction(workspace, capsys):
+    """A randomly initialised base: its hidden states share no direction that could carry a bias, so the
+    rows stay `mean`'s and the stage says why."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tmp_path, base = workspace
+    recipe, out = make_recipe(tmp_path, base, init="mean")
+    STAGES["tokenizer"].function()(StageContext(recipe=recipe, stage="tokenizer", out_dir=out))
+    mean_rows = AutoModelForCausalLM.from_pretrained(out / "model").get_input_embeddings().weight.detach().clone()
+    shutil.rmtree(out)
+    recipe, out = make_recipe(tmp_path, base, init="calibrated")
+    cal = STAGES["tokenizer"].function()(StageContext(recipe=recipe, stage="tokenizer", out_dir=out))
+    assert "share no common direction" in capsys.readouterr().out
+    assert not cal["calibration"]["applied"] and cal["calibration"]["direction_spread"] > 0.1
+    assert torch.equal(AutoModelForCausalLM.from_pretrained(out / "model").get_input_embeddings().weight, mean_rows)

@@ -165,8 +165,11 @@ class TokenizerConfig(Section):
     sample_sentences: int = Field(1_000_000, ge=1, description="cleaned sentences drawn at random to train on")
     character_coverage: float = Field(0.9995, gt=0.0, le=1.0)
     seed: int | None = Field(None, description="None: the recipe's seed")
-    init: Literal["mean", "plain"] = Field("mean", description="new rows: mean of the rows of the base tokens that "
-                                           "spell the token, or plain (the model's random init, as in the paper)")
+    init: Literal["mean", "calibrated", "plain"] = Field(
+        "mean", description="new rows: mean (of the rows of the base tokens that spell the token); calibrated (the "
+        "mean, and each new token's logit raised by its log frequency in the corpus, so new tokens start with the "
+        "probability they have in the text instead of an even share: much lower bits per character before any "
+        "training); or plain (the model's random init, as in the paper)")
     normalize: bool = Field(True, description="the merged tokenizer rewrites the characters the clean stage "
                             "normalizes (Persian: Arabic yeh/kaf to Persian, Arabic-Indic digits), so raw text costs "
                             "what clean text does; English and other scripts keep their ids")

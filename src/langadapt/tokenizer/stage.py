@@ -27,6 +27,9 @@ ENGLISH_CHECK = [
 
 PAD_NAMES = ("<pad>", "<|pad|>", "<|langadapt_pad|>")
 
+PRIOR_SENTENCES = 200_000
+"""Sentences of the sample the ``calibrated`` init counts new tokens in (millions add nothing but time)."""
+
 
 def padded(n: int, multiple: int | None) -> int:
     return -(-n // multiple) * multiple if multiple else n
@@ -81,6 +84,7 @@ def run(ctx) -> dict:
     from langadapt.clean.normalize import char_map
     from langadapt.tokenizer.merge import add_normalizer, merge_pieces, read_sentencepiece, target_characters
     from langadapt.tokenizer.train import train_sentencepiece
+    from langadapt.train.bpc import bits_per_char, read_heldout
 
     recipe, cfg, out = ctx.recipe, ctx.recipe.tokenizer, ctx.out_dir
     seed = cfg.seed if cfg.seed is not None else recipe.seed
@@ -92,22 +96,24 @@ def run(ctx) -> dict:
 
     # 1. SentencePiece on a reservoir sample (reused when resuming after a later step was killed).
     sp_model, sp_info = out / "sp.model", out / "sp.json"
+    sample_path = out / ".work" / "sample.txt"
     if ctx.resume and sp_model.is_file() and sp_info.is_file():
         info = read_json(sp_info)
         ctx.log(f"tokenizer: reusing {sp_model} ({info['learned']:,} pieces)")
     else:
         t0 = time.perf_counter()
-        sample = _sample(files, cfg.sample_sentences, out / ".work" / "sample.txt", seed, ctx)
+        sample = _sample(files, cfg.sample_sentences, sample_path, seed, ctx)
         ctx.log(f"tokenizer: sampled {sample.sentences_kept:,} of {sample.sentences_seen:,} sentences; "
                 f"training SentencePiece ({cfg.model_type}, {cfg.new_pieces:,} pieces)")
         trained = train_sentencepiece(sample.path, sp_model, vocab_size=cfg.new_pieces, model_type=cfg.model_type,
                                       character_coverage=cfg.character_coverage, seed=seed)
-        shutil.rmtree(sample.path.parent, ignore_errors=True)
         info = {"model_type": cfg.model_type, "requested": cfg.new_pieces, "learned": trained.learned,
                 "sentences_seen": sample.sentences_seen, "sentences_sampled": sample.sentences_kept,
                 "characters_sampled": sample.characters, "character_coverage": cfg.character_coverage, "seed": seed}
         write_json(sp_info, info)
         timings["sentencepiece"] = round(time.perf_counter() - t0, 2)
+    if cfg.init != "calibrated":  # only `calibrated` reads the sample again (its token counts)
+        shutil.rmtree(sample_path.parent, ignore_errors=True)
     if info["learned"] < info["requested"]:
         ctx.log(f"[yellow]warning[/yellow]: tokenizer.new_pieces is {info['requested']:,} but the sample of "
                 f"{info['sentences_sampled']:,} sentences supports only {info['learned']:,} pieces; using "
@@ -149,10 +155,12 @@ def run(ctx) -> dict:
         path = getattr(heldout, which)
         texts[which] = read_lines(recipe.resolve(path), heldout.max_chars) if path else None
     english = ENGLISH_CHECK + (texts["english"] or [])
+    heldout_text = read_heldout(recipe)
+    bpc: dict[str, dict[str, float]] = {}
 
     # 3. The model folder: merged tokenizer (checked on English before anything else is written),
-    #    resized and initialised embeddings.
-    t0 = time.perf_counter()
+    #    resized and initialised embeddings; held-out bits per character of the base and of the
+    #    resized model before any training (step 0).
     with atomic_path(out / "model") as model_dir:
         model_dir.mkdir()
         tok = save_tokenizer(base_tok, merged.tokenizer_json, model_dir, pad_token=pad_token, pad_id=pad_id)
@@ -162,15 +170,37 @@ def run(ctx) -> dict:
         if differing:
             raise RuntimeError(f"the merged tokenizer changed the ids of {differing} English lines; "
                                "this is a bug in langadapt")
+        if heldout_text:
+            t0 = time.perf_counter()
+            bpc = {k: {"base": round(bits_per_char(model, base_tok, v), 4)} for k, v in heldout_text.items()}
+            timings["bpc_base"] = round(time.perf_counter() - t0, 2)
         spellings = {merged.first_new_id + i: s for i, s in enumerate(merged.spellings)}
-        resized = resize_and_init(model, rows, spellings, init=cfg.init, seed=seed)
+        prior = None
+        if cfg.init == "calibrated":
+            t0 = time.perf_counter()
+            prior = _prior(model, base_tok, tok, files, sample_path, cfg, seed, merged.first_new_id, rows, ctx)
+            timings["prior"] = round(time.perf_counter() - t0, 2)
+        t0 = time.perf_counter()
+        resized = resize_and_init(model, rows, spellings, init=cfg.init, seed=seed, prior=prior)
+        timings["init"] = round(time.perf_counter() - t0, 2)
+        if resized.calibration and not resized.calibration["applied"]:
+            ctx.log(f"[yellow]warning[/yellow]: tokenizer.init calibrated: {resized.calibration['reason']}; "
+                    "the new rows keep the mean init")
+        if heldout_text:  # the same text under the merged tokenizer and the new rows, before any training
+            t0 = time.perf_counter()
+            for k, v in heldout_text.items():
+                bpc[k]["init"] = round(bits_per_char(model, tok, v), 4)
+                bpc[k]["change"] = round(bpc[k]["init"] / bpc[k]["base"] - 1, 4)
+            timings["bpc_init"] = round(time.perf_counter() - t0, 2)
         model.config.langadapt_base_vocab_size = base_rows
         if pad_id is not None:
             model.config.pad_token_id = pad_id
             if getattr(model, "generation_config", None) is not None:
                 model.generation_config.pad_token_id = pad_id
+        t0 = time.perf_counter()
         model.save_pretrained(model_dir)
-    timings["save"] = round(time.perf_counter() - t0, 2)
+        timings["save"] = round(time.perf_counter() - t0, 2)
+    shutil.rmtree(out / ".work", ignore_errors=True)
 
     # 4. Round trips and fertility on the held-out text.
     target_lines = texts["target"] or []
@@ -197,11 +227,13 @@ def run(ctx) -> dict:
         "normalizer": {f"U+{ord(k):04X}": f"U+{ord(v):04X}" if v else "" for k, v in rewrites.items()},
         "merged_vocab_size_declared": cfg.merged_vocab_size,
         "init": cfg.init,
+        **({"calibration": {**prior.describe(), **resized.calibration}} if prior is not None else {}),
         "tied_embeddings": resized.tied,
         "english_lines_checked": len(english),
         "english_identical": True,
         "target_roundtrip_failures": roundtrip,
         "fertility": fert,
+        "bpc": bpc,
         "seconds": timings,
     }
     write_json(out / "report.json", report)
@@ -210,7 +242,35 @@ def run(ctx) -> dict:
         summary += (f"; target tokens/word {fert['target']['base']['tokens_per_word']} -> "
                     f"{fert['target']['merged']['tokens_per_word']}")
     ctx.log(f"tokenizer: {summary}")
+    if bpc:
+        ctx.log(f"tokenizer: held-out bits per character, base model -> after the merge and init ({cfg.init}), "
+                "before any training\n" + describe_step0(bpc))
     return report
+
+
+def describe_step0(bpc: dict) -> str:
+    """One line per held-out text: base -> init (change)."""
+    return "\n".join(f"  {k:8s} {v['base']:.3f} -> {v['init']:.3f} ({v['change']:+.1%})" for k, v in bpc.items())
+
+
+def _prior(model, base_tok, tok, files, sample_path: Path, cfg, seed: int, first_new: int, rows: int, ctx):
+    """`calibrate.corpus_prior` over the SentencePiece sample (drawn again when a resumed run lost it)."""
+    from langadapt.tokenizer.calibrate import corpus_prior
+    from langadapt.tokenizer.train import DELIMITER
+
+    if not sample_path.is_file():
+        _sample(files, cfg.sample_sentences, sample_path, seed, ctx)
+    with open(sample_path, encoding="utf-8") as f:
+        texts = [line.rstrip("\n").replace(DELIMITER, "") for line in f]
+    texts = [t for t in texts if t.strip()]
+    if len(texts) > PRIOR_SENTENCES:
+        import random
+
+        texts = random.Random(seed).sample(texts, PRIOR_SENTENCES)
+    prior = corpus_prior(model, base_tok, tok, texts, first_new, rows - first_new, seed=seed)
+    ctx.log(f"tokenizer: calibrated init: new tokens are {prior.share:.1%} of the merged sample's tokens; "
+            f"{prior.contexts.shape[0]:,} base-model contexts")
+    return prior
 
 
 def _sample(files: list[Path], k: int, path: Path, seed: int, ctx):
