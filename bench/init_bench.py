@@ -15,8 +15,9 @@ the Persian Quran; the parallel pairs are the rest of the Quran.
   suras) of the base and of the resized model before any training, and the stage's wall time.
 - ``train``: for the given methods, align (monolingual then bilingual) and pretrain at equal steps;
   bits per character after each; wall time.
-- ``sweep``: for each ``new_pieces``, fertility and bits per character at step 0 and after align at
-  equal training tokens.
+- ``sweep``: for each ``new_pieces``, fertility and bits per character at step 0 and after align's
+  monolingual step at equal training tokens.
+- ``table``: the Markdown tables of bench/README.md from the saved results.
 
 Results go to ``<out>/<command>.json``; Markdown table rows are printed.
 """
@@ -63,7 +64,7 @@ def _write(path: Path, lines: list[str]) -> Path:
 
 
 def recipe_dict(out: Path, paths: dict[str, Path], name: str, *, pieces: int, init: str, args,
-                align: bool, pretrain: bool) -> dict:
+                align: bool, pretrain: bool, bilingual: bool = True) -> dict:
     poems = sorted(p for p in (DATA / "poems").glob("*.txt") if p.stem != HELD_OUT_POET)
     step = {"batch_size": args.batch, "seq_len": args.seq_len, "warmup_ratio": 0.1, "log_every": 1}
     return {
@@ -83,7 +84,7 @@ def recipe_dict(out: Path, paths: dict[str, Path], name: str, *, pieces: int, in
         "tokenizer": {"new_pieces": pieces, "init": init},
         "align": {"enabled": align,
                   "monolingual": {**step, "max_steps": args.align_steps, "lr": args.lr_mono},
-                  "bilingual": {**step, "max_steps": args.bilingual_steps, "lr": args.lr_bil}},
+                  "bilingual": {**step, "enabled": bilingual, "max_steps": args.bilingual_steps, "lr": args.lr_bil}},
         "pretrain": {"enabled": pretrain, **step, "max_steps": args.pretrain_steps, "lr": args.lr_pre,
                      "lora": {"r": 8, "alpha": 32, "dropout": 0.05}},
         "translate": {"enabled": False},
@@ -220,8 +221,9 @@ def cmd_step0(args) -> None:
     print("\n".join(rows))
 
 
-def trained_numbers(recipe, args) -> dict:
-    """Bits per character after align and after pretrain (their bpc.json, plus Khayyam), and stage seconds."""
+def trained_numbers(recipe, args, *, khayyam: bool = True) -> dict:
+    """Bits per character after align (and after its monolingual step) and after pretrain (their bpc.json,
+    plus Khayyam), stage seconds and training tokens."""
     from langadapt.files import read_json
     from langadapt.run import stage_model
 
@@ -232,9 +234,9 @@ def trained_numbers(recipe, args) -> dict:
             continue
         bpc = read_json(d / "bpc.json")
         m = marker(recipe, stage)
-        res[stage] = {"target": bpc["target"]["end"], "english": bpc["english"]["end"],
-                      "khayyam": khayyam_bpc(stage_model(recipe, stage), args.khayyam_chars),
-                      "seconds": m["seconds"]}
+        res[stage] = {"target": bpc["target"]["end"], "english": bpc["english"]["end"], "seconds": m["seconds"]}
+        if khayyam:
+            res[stage]["khayyam"] = khayyam_bpc(stage_model(recipe, stage), args.khayyam_chars)
         if stage == "align":
             res[stage]["monolingual"] = {k: v["monolingual"]["end"] for k, v in bpc.items() if "monolingual" in v}
         for part in ("monolingual", "bilingual"):
@@ -250,7 +252,7 @@ def cmd_train(args) -> None:
     for method in args.methods.split(","):
         t0 = time.time()
         recipe = run(out, f"p{args.pieces}-{method}", pieces=args.pieces, init=method, args=args, align=True,
-                     pretrain=True)
+                     pretrain=not args.no_pretrain)
         res = trained_numbers(recipe, args)
         res["wall_this_call"] = round(time.time() - t0, 1)
         res["settings"] = settings(args)
@@ -259,23 +261,84 @@ def cmd_train(args) -> None:
 
 
 def cmd_sweep(args) -> None:
+    """Per ``new_pieces``: the tokenizer stage and align's monolingual step (no bilingual step, no pretrain,
+    the same steps for every size). The ``--pieces`` size reuses the ``train`` run of ``--method`` when there
+    is one: its monolingual step is the same run, seeded."""
     out = Path(args.out)
     for pieces in [int(x) for x in args.sweep.split(",")]:
         t0 = time.time()
-        recipe = run(out, f"p{pieces}-{args.method}", pieces=pieces, init=args.method, args=args, align=True,
-                     pretrain=False)
+        reuse = out / "runs" / f"p{pieces}-{args.method}" / "align" / "COMPLETE.json"
+        if pieces == args.pieces and reuse.is_file():
+            recipe = run(out, f"p{pieces}-{args.method}", pieces=pieces, init=args.method, args=args, align=True,
+                         pretrain=True)
+        else:
+            recipe = run(out, f"p{pieces}-{args.method}-mono", pieces=pieces, init=args.method, args=args,
+                         align=not args.no_train, pretrain=False, bilingual=False)
         tk = marker(recipe, "tokenizer")["summary"]
+        trained = trained_numbers(recipe, args, khayyam=False)
+        if "align" not in trained:  # step 0 only
+            trained["align"] = {"monolingual": None, "tokens": {"monolingual": None}, "seconds": None}
         res = {"new_tokens": tk["new_tokens"], "vocabulary": tk["merged_vocab_size"],
                "tokens_per_word": tk["fertility"]["target"]["merged"]["tokens_per_word"],
                "base_tokens_per_word": tk["fertility"]["target"]["base"]["tokens_per_word"],
                "step0": {k: v["init"] for k, v in tk["bpc"].items()},
                "tokenizer_seconds": marker(recipe, "tokenizer")["seconds"],
-               **trained_numbers(recipe, args)}
-        res["step0"]["khayyam"] = khayyam_bpc(str(recipe.run_dir / "tokenizer" / "model"), args.khayyam_chars)
+               "after_monolingual": trained["align"]["monolingual"],
+               "monolingual_tokens": trained["align"]["tokens"]["monolingual"],
+               "align_seconds_this_run": trained["align"]["seconds"]}
         res["wall_this_call"] = round(time.time() - t0, 1)
         res["settings"] = settings(args)
         save(out, "sweep", {"machine": MACHINE, "date": time.strftime("%Y-%m-%d"), str(pieces): res})
         print(f"sweep {pieces}: {json.dumps(res)}", flush=True)
+
+
+def cmd_table(args) -> None:
+    """The Markdown tables of bench/README.md from the saved results."""
+    out = Path(args.out)
+    load = lambda name: json.loads((out / f"{name}.json").read_text(encoding="utf-8")) if (out / f"{name}.json").is_file() else {}
+    base = load("base")
+    step0, train, sweep = load("step0"), load("train"), load("sweep")
+    if step0:
+        print("| init | Persian, Quran suras 18-20 | Persian, Khayyam | English, Quran suras 18-20 | tokenizer stage s |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+        print(f"| SmolLM2 as shipped | {base['target']:.3f} | {base['khayyam']:.3f} | {base['english']:.3f} | |")
+        for m in ("plain", "hewitt", "mean", "calibrated"):
+            if m in step0:
+                b = step0[m]["bpc"]
+                print(f"| {m} | {pct(b['target'], base['target'])} | {pct(b['khayyam'], base['khayyam'])} | "
+                      f"{pct(b['english'], base['english'])} | {step0[m]['seconds'] or ''} |")
+        print()
+    if train:
+        print("| init | after | Persian, Quran | Persian, Khayyam | English, Quran | stage s |")
+        print("| --- | --- | ---: | ---: | ---: | ---: |")
+        for m, r in train.items():
+            if not isinstance(r, dict) or "align" not in r:
+                continue
+            s0 = step0.get(m, {}).get("bpc")
+            if s0:
+                print(f"| {m} | step 0 | {pct(s0['target'], base['target'])} | {pct(s0['khayyam'], base['khayyam'])} | "
+                      f"{pct(s0['english'], base['english'])} | {step0[m]['seconds']} |")
+            mono = r["align"]["monolingual"]
+            print(f"| {m} | align, monolingual | {pct(mono['target'], base['target'])} | | "
+                  f"{pct(mono['english'], base['english'])} | |")
+            for stage in ("align", "pretrain"):
+                if stage in r:
+                    x = r[stage]
+                    kh = pct(x["khayyam"], base["khayyam"]) if "khayyam" in x else ""
+                    print(f"| {m} | {stage} | {pct(x['target'], base['target'])} | {kh} | "
+                          f"{pct(x['english'], base['english'])} | {x['seconds']} |")
+        print()
+    if sweep:
+        print("| new_pieces | new tokens | rows | Persian tokens/word (base) | Persian step 0 | English step 0 | "
+              "Persian after monolingual | English after monolingual |")
+        print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for k in sorted((k for k in sweep if k.isdigit()), key=int):
+            r = sweep[k]
+            print(f"| {int(k):,} | {r['new_tokens']:,} | {r['vocabulary']:,} | {r['tokens_per_word']} "
+                  f"({r['base_tokens_per_word']}) | {pct(r['step0']['target'], base['target'])} | "
+                  f"{pct(r['step0']['english'], base['english'])} | "
+                  f"{pct(r['after_monolingual']['target'], base['target']) if r['after_monolingual'] else ''} | "
+                  f"{pct(r['after_monolingual']['english'], base['english']) if r['after_monolingual'] else ''} |")
 
 
 def settings(args) -> dict:
@@ -287,7 +350,7 @@ def settings(args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("command", choices=("step0", "train", "sweep"))
+    p.add_argument("command", choices=("step0", "train", "sweep", "table"))
     p.add_argument("--out", default="/tmp/langadapt-init-bench")
     p.add_argument("--pieces", type=int, default=20000)
     p.add_argument("--methods", default="plain,mean,calibrated,hewitt")
@@ -300,12 +363,14 @@ def main() -> None:
     p.add_argument("--align-steps", type=int, default=20)
     p.add_argument("--bilingual-steps", type=int, default=6)
     p.add_argument("--pretrain-steps", type=int, default=20)
+    p.add_argument("--no-pretrain", action="store_true", help="train: align only")
+    p.add_argument("--no-train", action="store_true", help="sweep: step 0 only (the tokenizer stage)")
     p.add_argument("--lr-mono", type=float, default=2e-3)
     p.add_argument("--lr-bil", type=float, default=1e-3)
     p.add_argument("--lr-pre", type=float, default=3e-4)
     args = p.parse_args()
     sys.path.insert(0, str(REPO / "src"))
-    {"step0": cmd_step0, "train": cmd_train, "sweep": cmd_sweep}[args.command](args)
+    {"step0": cmd_step0, "train": cmd_train, "sweep": cmd_sweep, "table": cmd_table}[args.command](args)
 
 
 if __name__ == "__main__":
