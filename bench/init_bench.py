@@ -97,8 +97,10 @@ def run(out: Path, name: str, **kw):
     """Write the recipe ``name``, link the shared clean output into its run folder, run it; return the recipe."""
     import yaml
 
+    import shutil
+
     from langadapt.recipe import load_recipe
-    from langadapt.run import run_recipe
+    from langadapt.run import run_recipe, stage_hash
 
     paths = prepare_data(out)
     d = recipe_dict(out, paths, name, **kw)
@@ -107,6 +109,11 @@ def run(out: Path, name: str, **kw):
     recipe = load_recipe(path)
     shared = out / "runs" / "_shared" / "clean"
     own = recipe.run_dir / "clean"
+    done = shared / "COMPLETE.json"
+    if shared.is_dir() and (not done.is_file() or json.loads(done.read_text())["hash"] != stage_hash(recipe, "clean")):
+        shutil.rmtree(shared)  # the data changed (a fingerprint is names, sizes, mtimes) or clean was cut off
+    if own.is_symlink() and not own.exists():
+        own.unlink()
     if shared.is_dir() and not own.exists():  # every recipe cleans the same corpus the same way: once
         own.parent.mkdir(parents=True, exist_ok=True)
         own.symlink_to(shared, target_is_directory=True)
@@ -253,7 +260,7 @@ def cmd_train(args) -> None:
         t0 = time.time()
         recipe = run(out, f"p{args.pieces}-{method}", pieces=args.pieces, init=method, args=args, align=True,
                      pretrain=not args.no_pretrain)
-        res = trained_numbers(recipe, args)
+        res = trained_numbers(recipe, args, khayyam=not args.no_khayyam)
         res["wall_this_call"] = round(time.time() - t0, 1)
         res["settings"] = settings(args)
         save(out, "train", {"machine": MACHINE, "date": time.strftime("%Y-%m-%d"), method: res})
@@ -268,7 +275,12 @@ def cmd_sweep(args) -> None:
     for pieces in [int(x) for x in args.sweep.split(",")]:
         t0 = time.time()
         reuse = out / "runs" / f"p{pieces}-{args.method}" / "align" / "COMPLETE.json"
-        if pieces == args.pieces and reuse.is_file():
+        done = out / "runs" / f"p{pieces}-{args.method}" / "tokenizer" / "COMPLETE.json"
+        if args.no_train and done.is_file():  # the step0 run of this size: read it, run nothing
+            from langadapt.recipe import load_recipe
+
+            recipe = load_recipe(out / f"p{pieces}-{args.method}.yaml")
+        elif pieces == args.pieces and reuse.is_file():
             recipe = run(out, f"p{pieces}-{args.method}", pieces=pieces, init=args.method, args=args, align=True,
                          pretrain=True)
         else:
@@ -365,6 +377,7 @@ def main() -> None:
     p.add_argument("--pretrain-steps", type=int, default=20)
     p.add_argument("--no-pretrain", action="store_true", help="train: align only")
     p.add_argument("--no-train", action="store_true", help="sweep: step 0 only (the tokenizer stage)")
+    p.add_argument("--no-khayyam", action="store_true", help="train: no Khayyam bits per character")
     p.add_argument("--lr-mono", type=float, default=2e-3)
     p.add_argument("--lr-bil", type=float, default=1e-3)
     p.add_argument("--lr-pre", type=float, default=3e-4)
