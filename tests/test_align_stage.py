@@ -78,7 +78,8 @@ def recipe_for(ws: Path, *, rows: str = "all", stages: tuple[str, ...] = ("align
 def mark_done(recipe, *stages: str) -> None:
     """Completion markers as `langadapt run` writes them, so run_stage accepts the stage's inputs."""
     from langadapt.files import write_json
-    from langadapt.run import COMPLETE, stage_hash
+    from langadapt.layout import COMPLETE
+    from langadapt.run import stage_hash
 
     for stage in stages:
         write_json(recipe.run_dir / stage / COMPLETE, {"stage": stage, "hash": stage_hash(recipe, stage)})
@@ -124,7 +125,7 @@ def test_align_stage_trains_only_embeddings_and_head(tmp_path, capsys):
 
 def test_align_new_rows_only_keeps_old_rows_bit_identical(tmp_path):
     from langadapt.run import StageContext
-    from langadapt.stages.align import run
+    from langadapt.align.stage import run
 
     ws = make_workspace(tmp_path, tied=True)
     recipe = recipe_for(ws, rows="new")

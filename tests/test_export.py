@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from test_serve import save_tiny_model, tiny_tokenizer
 
-from conftest import tiny_llama
 
 PROMPTS = ["سلام، حال شما چطور است؟", "Tell me a short story about a cat."]
 
@@ -55,7 +54,6 @@ def logits_of(model, tok) -> "torch.Tensor":  # noqa: F821
 
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
 def test_export_merges_lora_and_keeps_the_logits(tmp_path, tied):
-    import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from langadapt import run as runmod
+from dataclasses import replace
+
+from langadapt import run as runmod, stages
 from langadapt.recipe import load_recipe
 
 CALLS: list[str] = []
@@ -32,10 +34,8 @@ CRASH: dict[str, bool] = {}
 
 @pytest.fixture
 def recipe_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(runmod, "STAGES", {
-        "clean": runmod.StageSpec("clean", f"{__name__}:fake_clean", "", data=("corpus",)),
-        "tokenizer": runmod.StageSpec("tokenizer", f"{__name__}:fake_tokenizer", "", data=("heldout",)),
-    })
+    monkeypatch.setitem(stages.BY_NAME, "clean", replace(stages.get("clean"), entry=f"{__name__}:fake_clean"))
+    monkeypatch.setitem(stages.BY_NAME, "tokenizer", replace(stages.get("tokenizer"), entry=f"{__name__}:fake_tokenizer"))
     monkeypatch.setattr(runmod, "preflight", lambda recipe: None)
     CALLS.clear()
     CRASH.clear()
@@ -108,9 +108,7 @@ def extra_files(recipe):
 
 def test_stage_reruns_when_a_file_named_by_its_files_hook_changes(recipe_file, tmp_path, monkeypatch):
     (tmp_path / "extra.txt").write_text("one")
-    spec = runmod.STAGES["tokenizer"]
-    monkeypatch.setitem(runmod.STAGES, "tokenizer", runmod.StageSpec(spec.name, spec.entry, "", data=spec.data,
-                                                                    files=f"{__name__}:extra_files"))
+    monkeypatch.setitem(stages.BY_NAME, "tokenizer", replace(stages.get("tokenizer"), files=f"{__name__}:extra_files"))
     runmod.run_recipe(load_recipe(recipe_file))
     assert runmod.run_recipe(load_recipe(recipe_file))[1] == ("tokenizer", "skipped")
     (tmp_path / "extra.txt").write_text("two, longer")
@@ -119,7 +117,8 @@ def test_stage_reruns_when_a_file_named_by_its_files_hook_changes(recipe_file, t
 
 MULTI = '''
 import os, sys
-from langadapt import run as runmod
+from dataclasses import replace
+from langadapt import run as runmod, stages
 from langadapt.recipe import load_recipe
 
 def fake(ctx):
@@ -127,8 +126,8 @@ def fake(ctx):
         f.write(f"{ctx.stage} {os.environ['RANK']} {ctx.resume}\\n")
     return {}
 
-runmod.STAGES = {"clean": runmod.StageSpec("clean", "__main__:fake", ""),
-                 "tokenizer": runmod.StageSpec("tokenizer", "__main__:fake", "", distributed=True)}
+stages.BY_NAME["clean"] = replace(stages.get("clean"), entry="__main__:fake")
+stages.BY_NAME["tokenizer"] = replace(stages.get("tokenizer"), entry="__main__:fake", distributed=True)
 runmod.preflight = lambda recipe: None
 runmod._wait_for_marker.__defaults__ = (0.2,)
 runmod.run_recipe(load_recipe(sys.argv[1]))

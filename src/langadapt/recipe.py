@@ -14,10 +14,16 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
+from langadapt import stages
 from langadapt.errors import RecipeError
+from langadapt.layout import RunLayout
 
-STAGE_ORDER = ("clean", "tokenizer", "align", "pretrain", "translate", "sft", "eval")
-"""The pipeline, in order. ``translate`` (optional) makes target-language instructions for ``sft``."""
+
+# Which stage's model a setting may name, from the stage table (models of stages before it, and the base).
+PretrainStart = Literal[stages.models_before("pretrain", base=False)]
+SftStart = Literal[stages.models_before("sft")]
+EvalStage = Literal[stages.models_before("eval")]
+TranslatorStage = Literal[stages.models_before("translate")]
 
 
 class Section(BaseModel):
@@ -240,7 +246,7 @@ class PretrainConfig(TrainSettings):
     """Stage 4 (paper 4.2.2): LoRA on every linear layer plus embeddings and head."""
 
     enabled: bool = True
-    start_from: Literal["align", "tokenizer"] = "align"
+    start_from: PretrainStart = "align"
     lora: LoraSettings = LoraSettings()
 
 
@@ -248,7 +254,7 @@ class SftConfig(TrainSettings):
     """Stage 5 (paper 3.2, 4.2.2): bilingual instruction tuning, loss on responses only."""
 
     enabled: bool = True
-    start_from: Literal["base", "tokenizer", "align", "pretrain"] = "pretrain"
+    start_from: SftStart = "pretrain"
     lora: LoraSettings | None = Field(LoraSettings(), description="null: embeddings and head only (paper's noLoRA)")
     sources: list[str] | None = Field(None, description="names from data.instructions; None: all")
     target_instructions: bool = Field(True, description="false: English + translation instructions only (Table 6)")
@@ -322,7 +328,7 @@ class EvalConfig(Section):
     batch_size: int = Field(8, ge=1, le=4096, description="prompts per model call (API models send eval.models[].concurrency at once)")
     max_examples: int | None = Field(None, ge=1, description="cap on examples per task (a seeded sample)")
     max_examples_per_task: dict[str, int] = Field({}, description="per-task caps by name or id, e.g. {summarization: 8}")
-    stages: list[Literal["base", "tokenizer", "align", "pretrain", "sft"]] | None = Field(
+    stages: list[EvalStage] | None = Field(
         None, description="which models of the run to evaluate; None: base and every enabled align/pretrain/sft")
     models: list[_ModelEntry] = Field([], description="extra models: a model id/folder, or {name, path} / {name, base_url, model, api_key_env}")
     few_shot: int | None = Field(None, ge=0, description="demonstrations per prompt; None: each task's own (0 in the built-ins)")
@@ -353,7 +359,7 @@ class TranslateConfig(Section):
     enabled: bool = True
     sources: list[str] = Field([], description="names from data.instructions to translate; []: every source not in the target language")
     translator: Literal["hf", "openai", "stage"] = "stage"
-    stage: Literal["base", "align", "pretrain"] = Field(
+    stage: TranslatorStage = Field(
         "pretrain", description="translator 'stage': which stage's model translates (translate runs before sft)")
     model: str | None = Field(None, description="hf: hub id or local folder of a seq2seq or causal model; openai: the served model name")
     base_url: str | None = Field(None, description="openai: the endpoint, e.g. http://127.0.0.1:8000/v1")
@@ -413,11 +419,26 @@ class Recipe(Section):
         return section is not None and section.enabled
 
     def enabled_stages(self) -> list[str]:
-        return [s for s in STAGE_ORDER if self.enabled(s)]
+        return [s for s in stages.ORDER if self.enabled(s)]
+
+    def inputs_of(self, stage: str) -> tuple[str, ...]:
+        """Earlier stages whose output ``stage`` reads, given this recipe's settings."""
+        return stages.get(stage).inputs(self)
 
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
+
+    @property
+    def layout(self) -> RunLayout:
+        """Where this run's outputs live (``langadapt.layout``)."""
+        return RunLayout(self.run_dir)
+
+    def model_path(self, stage: str) -> str:
+        """The model a stage produced (its ``adapter/`` or ``model/`` folder); 'base': the base model."""
+        if stage == "base":
+            return self.base_model
+        return str(self.layout.require_model(stage, self.name))
 
     def resolve(self, path: str) -> Path:
         """Input paths are relative to the recipe file's folder."""
@@ -546,46 +567,30 @@ def load_recipe(path: str | os.PathLike, *, check_files: bool = True) -> Recipe:
 
 # --------------------------------------------------------------------------- cross-key checks
 
-def stage_inputs(recipe: Recipe, stage: str) -> tuple[str, ...]:
-    """Earlier stages whose output ``stage`` reads, given this recipe's settings."""
-    if stage == "clean":
-        return ()
-    if stage == "tokenizer":
-        return ("clean",)
-    if stage == "align":
-        return ("clean", "tokenizer")
-    if stage == "pretrain":
-        return ("clean", recipe.pretrain.start_from) if recipe.pretrain else ("clean",)
-    if stage == "translate":
-        t = recipe.translate
-        return (t.stage,) if t is not None and t.translator == "stage" and t.stage != "base" else ()
-    if stage == "sft":
-        start = recipe.sft.start_from if recipe.sft else "pretrain"
-        return (() if start == "base" else (start,)) + (("translate",) if recipe.enabled("translate") else ())
-    if stage == "eval":
-        return tuple(s for s in ("tokenizer", "align", "pretrain", "sft") if recipe.enabled(s))
-    raise KeyError(stage)
-
-
 def check_consistency(recipe: Recipe, *, path: str, lines: dict[tuple, int]) -> None:
     """Refuse combinations no run could satisfy (a stage needing a disabled stage's output, ...)."""
 
     def fail(loc: tuple, msg: str) -> None:
         raise RecipeError(msg, path=path, line=lines.get(loc) or lines.get(loc[:1]))
 
-    for stage in STAGE_ORDER:
-        if not recipe.enabled(stage):
-            continue
-        for need in stage_inputs(recipe, stage):
+    for stage in recipe.enabled_stages():
+        for need in recipe.inputs_of(stage):
             if not recipe.enabled(need):
                 how = "is disabled" if getattr(recipe, need) is not None else "is not in the recipe"
-                key = f"{stage}.start_from" if stage in ("pretrain", "sft") and need not in ("clean",) else stage
+                chosen = getattr(getattr(recipe, stage), "start_from", None) == need  # the user picked it
+                key = f"{stage}.start_from" if chosen else stage
                 fail((stage,), f"{key}: stage '{stage}' needs the output of stage '{need}', which {how}; "
-                     f"enable '{need}'" + (f" or change {stage}.start_from" if "start_from" in key else ""))
+                     f"enable '{need}'" + (f" or change {stage}.start_from" if chosen else ""))
     if recipe.enabled("clean") and not recipe.data.corpus:
         fail(("clean",), "clean: data.corpus lists no sources; add at least one corpus source")
     if recipe.enabled("align") and recipe.align.bilingual.enabled and not recipe.data.parallel:
         fail(("align", "bilingual"), "align.bilingual: data.parallel lists no sources; add one or set align.bilingual.enabled: false")
+    if recipe.enabled("align") and recipe.align.bilingual.enabled:
+        pknown = {s.name for s in recipe.data.parallel}
+        for i, name in enumerate(recipe.align.bilingual.sources or []):
+            if name not in pknown:
+                fail(("align", "bilingual", "sources", i), f"align.bilingual.sources: '{name}' is not a name in "
+                     f"data.parallel (known: {', '.join(sorted(pknown)) or 'none'})")
     if recipe.enabled("sft"):
         known = {s.name for s in recipe.data.instructions}
         for i, name in enumerate(recipe.sft.sources or []):
@@ -597,11 +602,45 @@ def check_consistency(recipe: Recipe, *, path: str, lines: dict[tuple, int]) -> 
                 fail(("sft", "translation_sources", i), f"sft.translation_sources: '{name}' is not a name in data.parallel (known: {', '.join(sorted(pknown)) or 'none'})")
         if not recipe.data.instructions and recipe.sft.translation_share == 0:
             fail(("sft",), "sft: no instruction sources in data.instructions and translation_share is 0; nothing to train on")
-    if recipe.translate is not None and recipe.translate.enabled:
-        known = {s.name for s in recipe.data.instructions}
+    if recipe.enabled("translate"):
+        by_name = {s.name: s for s in recipe.data.instructions}
+        lang = recipe.language.code
         for i, name in enumerate(recipe.translate.sources):
-            if name not in known:
+            if name not in by_name:
                 fail(("translate", "sources", i), f"translate.sources: '{name}' is not a name in data.instructions")
+            if by_name[name].language == lang:
+                fail(("translate", "sources", i), f"translate.sources: '{name}' is already in the target language "
+                     f"'{lang}'; name sources in another language")
+        if not recipe.translate.sources and all(s.language == lang for s in recipe.data.instructions):
+            fail(("translate",), f"translate: data.instructions has no source in another language than '{lang}' to "
+                 "translate; add one (for example an English Alpaca file) or disable translate")
+    if recipe.enabled("eval"):
+        _check_eval(recipe, fail)
+
+
+def eval_columns(recipe: Recipe) -> list[str]:
+    """The names of the models the eval stage evaluates: the run's stages, then the extra models."""
+    cfg = recipe.eval
+    names = list(cfg.stages) if cfg.stages is not None else \
+        ["base"] + [s for s in stages.TRAINING if recipe.enabled(s)]
+    for m in cfg.models:
+        names.append((Path(m.rstrip("/")).name or m) if isinstance(m, str) else m.name)
+    return names
+
+
+def _check_eval(recipe: Recipe, fail) -> None:
+    cfg = recipe.eval
+    for i, s in enumerate(cfg.stages or []):
+        if s != "base" and not recipe.enabled(s):
+            fail(("eval", "stages", i), f"eval.stages lists '{s}', which is not enabled in the recipe")
+    names = eval_columns(recipe)
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        fail(("eval", "models"), f"eval: two models are both called {', '.join(dup)}; give extra models distinct names")
+    unknown = sorted(set(cfg.protocol.models or []) - set(names)) if cfg.protocol.enabled else []
+    if unknown:
+        fail(("eval", "protocol", "models"), f"eval.protocol.models names {', '.join(unknown)}, which is not an "
+             f"evaluated model (evaluated: {', '.join(names)})")
 
 
 def _looks_like_hub_id(s: str) -> bool:

@@ -32,6 +32,7 @@ from datatrove.executor.local import LocalPipelineExecutor
 from loguru import logger
 
 from langadapt.errors import LangadaptError
+from langadapt.layout import SHARDS
 
 
 class _Discard:
@@ -131,7 +132,7 @@ def _build_passes(job: Job, plan: list) -> list[Pass]:
     cfg, w = job.cfg, job.work
     rej = str(w / "rejects") if cfg.rejects else None
     n, workers = job.tasks, (min(job.workers, job.tasks) if not job.slurm else job.workers)
-    final_out = str(w / "sentences")
+    final_out = str(w / SHARDS)
     boiler = F.DEFAULT_BOILERPLATE if cfg.boilerplate_keywords is None else cfg.boilerplate_keywords
     markers = F.DEFAULT_CODE_MARKERS if cfg.code_markers is None else cfg.code_markers
     dedup_cfg = exact_config()
@@ -218,7 +219,7 @@ class _Watcher:
     """Polls task completions (and bytes read in the first pass) and moves a rich progress bar."""
 
     def __init__(self, job: Job, passes: list[Pass], total_bytes: int, console=None):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.job, self.passes, self.total_bytes = job, passes, max(1, total_bytes)
         self.progress = Progress(TextColumn("[bold]clean[/bold] {task.description}"), BarColumn(),
@@ -326,7 +327,7 @@ def finish(job: Job) -> None:
     """Move the outputs into place (one rename each), keep the logs, drop the intermediates."""
     from langadapt.files import atomic_path
 
-    for name in ("sentences", "rejects"):
+    for name in (SHARDS, "rejects"):
         src, dst = job.work / name, job.out_dir / name
         if name == "rejects" and not job.cfg.rejects:
             continue

@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 from langadapt.clean.filters import REASONS
+from langadapt.layout import REPORT
 
 SENTENCE_REASONS = tuple(r for r in REASONS if r != "invalid_utf8")
 COLUMNS = ("source", "type", "original_bytes", "cleaned_bytes", "kept_bytes_pct", "sentences_in", "sentences_out",
@@ -99,7 +100,7 @@ def write_report(out_dir: Path, report: dict) -> None:
     """``report.json`` and ``report.csv``, atomically."""
     from langadapt.files import atomic_path, write_json
 
-    write_json(out_dir / "report.json", report)
+    write_json(out_dir / REPORT, report)
     with atomic_path(out_dir / "report.csv") as tmp:
         tmp.write_text(to_csv(report), encoding="utf-8")
 

@@ -14,8 +14,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from langadapt import stages
 from langadapt.errors import LangadaptError
-from langadapt.files import atomic_path, read_json
+from langadapt.layout import RunLayout, stage_artifact
+from langadapt.files import atomic_path
 from langadapt.serve.source import ModelRef, resolve_ref
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -24,14 +26,14 @@ _HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
 
 def _stages_with_models(run_dir: Path) -> list[str]:
-    return sorted({p.parent.name for sub in ("adapter", "model") for p in run_dir.glob(f"*/{sub}") if p.is_dir()})
+    return RunLayout(run_dir).stages_with_models(stages.ORDER)
 
 
 def resolve_export_source(source: str, stage: str | None) -> ModelRef:
     """The model to export: ``source`` with ``--stage``, a stage folder, or a model/adapter folder."""
     p = Path(os.path.expanduser(source))
     if stage is None and p.is_dir() and not (p / "config.json").exists() and not (p / "adapter_config.json").exists() \
-            and not (p / "adapter").is_dir() and not (p / "model").is_dir():
+            and stage_artifact(p) is None:
         stages = _stages_with_models(p)
         if stages:
             raise LangadaptError(f"{source} is a run folder: choose the stage to export with --stage "
@@ -156,15 +158,12 @@ def _size(path: Path) -> str:
 
 
 def _recipe_section(recipe, upto: str | None) -> list[str]:
-    from langadapt.recipe import STAGE_ORDER
-
     out = ["## How it was made", "",
            f"Recipe `{recipe.name}`: base model `{recipe.base_model}`, target language {recipe.language.name} "
            f"(`{recipe.language.code}`), seed {recipe.seed}. Stages (settings that differ from langadapt's defaults):", "",
            "| stage | settings |", "| --- | --- |"]
-    stages = list(STAGE_ORDER)
-    last = stages.index(upto) if upto in stages else len(stages) - 1
-    for st in stages[: last + 1]:
+    last = stages.ORDER.index(upto) if upto in stages.ORDER else len(stages.ORDER) - 1
+    for st in stages.ORDER[: last + 1]:
         if recipe.enabled(st):
             out.append(f"| {st} | {_settings_line(getattr(recipe, st))} |")
     out.append("")
@@ -183,17 +182,13 @@ def _recipe_section(recipe, upto: str | None) -> list[str]:
 
 
 def _marker_section(run_dir: Path) -> list[str]:
-    from langadapt.recipe import STAGE_ORDER
-
+    layout = RunLayout(run_dir)
     rows = []
-    for st in STAGE_ORDER:
-        f = run_dir / st / "COMPLETE.json"
-        if not f.is_file():
+    for st in stages.ORDER:
+        marker = layout.marker(st)
+        if marker is None:
             continue
-        try:
-            summary = read_json(f).get("summary") or {}
-        except ValueError:
-            continue
+        summary = marker.get("summary") or {}
         nums = [f"{k}={v:,}" if isinstance(v, int) else f"{k}={v:.4g}"
                 for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
         if nums:
@@ -202,31 +197,6 @@ def _marker_section(run_dir: Path) -> list[str]:
         return []
     return ["## Stage summaries", "", "Numbers each stage recorded when it finished (`COMPLETE.json`).", "",
             "| stage | summary |", "| --- | --- |", *rows, ""]
-
-
-def eval_table(results: Any) -> list[str]:
-    """Markdown table of eval results: rows task/language/metric, one column per model or stage."""
-    rows = results.get("results", results.get("rows")) if isinstance(results, dict) else results
-    if not isinstance(rows, list) or not all(isinstance(r, dict) and "task" in r and "value" in r for r in rows) or not rows:
-        return []
-    columns: dict[str, None] = {}
-    cells: dict[tuple, dict[str, Any]] = {}
-    for r in rows:
-        col = str(r.get("stage") or r.get("model") or "model")
-        columns[col] = None
-        key = (str(r["task"]), str(r.get("language", "")), str(r.get("metric", "")))
-        cells.setdefault(key, {})[col] = r["value"]
-
-    def fmt(v: Any) -> str:
-        if v is None:
-            return "–"
-        return f"{v:.2f}" if isinstance(v, float) else str(v)
-
-    head = ["task", "language", "metric", *columns]
-    out = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for key in sorted(cells):
-        out.append("| " + " | ".join([*key, *(fmt(cells[key].get(c)) for c in columns)]) + " |")
-    return out
 
 
 def model_card(ref: ModelRef, *, out_name: str, recipe=None, dtype: str = "float32", merged: bool = True,
@@ -240,10 +210,8 @@ def model_card(ref: ModelRef, *, out_name: str, recipe=None, dtype: str = "float
     steps = {"tokenizer": "vocabulary extension", "align": "embedding alignment", "pretrain": "LoRA continued pre-training",
              "sft": "bilingual instruction tuning"}
     if recipe is not None:
-        from langadapt.recipe import STAGE_ORDER
-
-        upto = STAGE_ORDER.index(ref.stage) if ref.stage in STAGE_ORDER else len(STAGE_ORDER)
-        done = [steps[st] for st in STAGE_ORDER[: upto + 1] if st in steps and recipe.enabled(st)]
+        upto = stages.ORDER.index(ref.stage) if ref.stage in stages.ORDER else len(stages.ORDER)
+        done = [steps[st] for st in stages.ORDER[: upto + 1] if st in steps and recipe.enabled(st)]
     else:
         done = []
     lines.append(f"{what}, exported as a plain transformers model: a causal language model taught {lang} with "
@@ -258,12 +226,12 @@ def model_card(ref: ModelRef, *, out_name: str, recipe=None, dtype: str = "float
         lines += ["The run's recipe was not available when this card was written (pass `--recipe`).", ""]
     if ref.run_dir is not None:
         lines += _marker_section(ref.run_dir)
-        res = ref.run_dir / "eval" / "results.json"
-        if res.is_file():
-            try:
-                table = eval_table(read_json(res))
-            except ValueError:
-                table = []
+        results = RunLayout(ref.run_dir).results()
+        if results is not None:
+            from langadapt.eval.results import markdown_tables, rows_table
+
+            full = isinstance(results, dict) and results.get("tasks") and results.get("models")
+            table = markdown_tables(results).split("\n") if full else rows_table(results)  # the eval stage's, or bare rows
             lines += ["## Evaluation", ""]
             lines += (table or ["`eval/results.json` exists but is not in a format this card can tabulate."]) + [""]
     lines += ["## Use", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from langadapt.errors import LangadaptError
 from langadapt.files import atomic_path, read_json, write_json
+from langadapt.layout import REPORT
 
 ENGLISH_CHECK = [
     "The quick brown fox jumps over the lazy dog. It's 3:45 p.m.; isn't it?",
@@ -85,10 +86,7 @@ def run(ctx) -> dict:
     recipe, cfg, out = ctx.recipe, ctx.recipe.tokenizer, ctx.out_dir
     seed = cfg.seed if cfg.seed is not None else recipe.seed
     timings: dict[str, float] = {}
-    sentences = ctx.stage_dir("clean") / "sentences"
-    files = sorted(sentences.glob("*.jsonl")) + sorted(sentences.glob("*.parquet"))
-    if not files:
-        raise LangadaptError(f"no cleaned sentences in {sentences}/; run the clean stage first (langadapt clean RECIPE)")
+    files = ctx.layout.clean_shards()
 
     # 1. SentencePiece on a reservoir sample (reused when resuming after a later step was killed).
     sp_model, sp_info = out / "sp.model", out / "sp.json"
@@ -204,7 +202,7 @@ def run(ctx) -> dict:
         "fertility": fert,
         "seconds": timings,
     }
-    write_json(out / "report.json", report)
+    write_json(out / REPORT, report)
     summary = f"{report['new_pieces']:,} new pieces, vocabulary {base_rows:,} -> {rows:,}"
     if "target" in fert:
         summary += (f"; target tokens/word {fert['target']['base']['tokens_per_word']} -> "

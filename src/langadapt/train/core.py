@@ -60,10 +60,8 @@ metrics without ``loss`` until they arrive; on the CPU they are immediate).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -71,7 +69,9 @@ from pathlib import Path
 from typing import Any
 
 from langadapt.errors import LangadaptError
-from langadapt.files import append_jsonl, iter_jsonl, read_json, write_json, write_jsonl
+from langadapt.layout import BPC
+from langadapt.train.checkpoint import Checkpoints, last_checkpoint, load_trained_weights, save_model  # noqa: F401
+from langadapt.train.metrics import HeldOut, MetricsLog, Totals, describe_bpc, elapsed, memory_mb, merge_bpc  # noqa: F401
 
 
 @dataclass
@@ -126,87 +126,7 @@ def load_dtype(precision: str):
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[resolve_precision(precision)]
 
 
-# --------------------------------------------------------------------------- checkpoints
-
-
-def checkpoint_root(out_dir: str | os.PathLike, name: str) -> Path:
-    return Path(out_dir) / "checkpoints" / name
-
-
-def last_checkpoint(out_dir: str | os.PathLike, name: str) -> Path | None:
-    """The newest complete checkpoint of ``name`` (``trainer_state.json`` is written last)."""
-    root = checkpoint_root(out_dir, name)
-    if not root.is_dir():
-        return None
-    done = []
-    for d in root.iterdir():
-        if d.name.startswith("step-") and d.name[5:].isdigit() and (d / "trainer_state.json").is_file():
-            done.append((int(d.name[5:]), d))
-    return max(done)[1] if done else None
-
-
-def _trains_full_embeddings(model) -> bool:
-    """A PEFT model whose full embedding/head tensors train (not LoRA, not trainable-token deltas)."""
-    return any(
-        p.requires_grad and "lora_" not in n and "trainable_tokens" not in n for n, p in model.named_parameters()
-    )
-
-
-def save_model(model, path: str | os.PathLike, *, state_dict=None) -> None:
-    """``save_pretrained`` for a plain model or a PEFT adapter (with trained embeddings/head)."""
-    from peft import PeftModel
-
-    if isinstance(model, PeftModel):
-        model.save_pretrained(str(path), state_dict=state_dict, save_embedding_layers=_trains_full_embeddings(model))
-    else:
-        model.save_pretrained(str(path), state_dict=state_dict)
-
-
-def load_trained_weights(model, path: str | os.PathLike) -> None:
-    """Load the tensors a checkpoint's ``model/`` folder holds into ``model`` (same architecture)."""
-    from peft import PeftModel, set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if isinstance(model, PeftModel):
-        result = set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
-        if getattr(result, "unexpected_keys", None):
-            raise LangadaptError(f"checkpoint {path} does not fit the model: unexpected {result.unexpected_keys[:3]}")
-        return
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise LangadaptError(f"checkpoint {path} has no .safetensors weights")
-    for f in files:
-        result = model.load_state_dict(load_file(str(f)), strict=False)
-        if result.unexpected_keys:
-            raise LangadaptError(f"checkpoint {f} does not fit the model: unexpected {result.unexpected_keys[:3]}")
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _memory_mb() -> float:
-    import resource
-
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-@contextlib.contextmanager
-def _quiet_transformers():
-    """No 'Writing model shards' bar inside our own progress bar."""
-    from transformers.utils import logging as hf_logging
-
-    was = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was:
-            hf_logging.enable_progress_bar()
+# --------------------------------------------------------------------------- parts of the loop
 
 
 def _make_accelerator(precision: str, grad_accum: int):
@@ -307,21 +227,6 @@ class _Order:
         return torch.tensor(out, dtype=torch.long)
 
 
-def _merge_bpc(path: Path, name: str, mine: dict) -> dict:
-    """Merge this call's held-out results into ``bpc.json`` (start from the first name, end from the last)."""
-    merged = read_json(path) if path.is_file() else {}
-    for lang, r in mine.items():
-        entry = merged.setdefault(lang, {})
-        entry[name] = {"start": r["start"], "end": r["end"]}
-        steps = [s for s in entry.get("steps", []) if s.get("name") != name]
-        entry["steps"] = steps + [{"name": name, **s} for s in r["steps"]]
-        names = list(dict.fromkeys(s["name"] for s in entry["steps"]))  # in the order the calls ran
-        entry["start"] = entry[names[0]]["start"]
-        entry["end"] = entry[names[-1]]["end"]
-    write_json(path, merged)
-    return merged
-
-
 # --------------------------------------------------------------------------- the loop
 
 
@@ -365,9 +270,6 @@ def train_model(
     from accelerate.utils import DistributedType, set_seed
     from tqdm.auto import tqdm
 
-    from langadapt.train import loss as fused_loss
-    from langadapt.train import packing
-    from langadapt.train.bpc import bits_per_char
     from langadapt.train.freeze import count_parameters
 
     out_dir = Path(out_dir)
@@ -375,9 +277,8 @@ def train_model(
     accelerator = _make_accelerator(precision, settings.grad_accum)
     main = accelerator.is_main_process
     say = (log or (lambda m: print(m, flush=True))) if main else (lambda m: None)
-    heldout = {k: v for k, v in (heldout or {}).items() if v}
 
-    # ---- rows
+    # ---- rows and steps
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     rows, truncated, used = _rows(examples, settings, pack, pad_id)
     if truncated:
@@ -387,6 +288,8 @@ def train_model(
     per_step = bs * accum * world
     total_steps = settings.max_steps or max(1, math.ceil(settings.epochs * len(rows) / per_step))
     order = _Order(len(rows), seed)
+    # Tokens a row feeds the model: padding excluded, except the tail of the last packed block.
+    row_tokens = torch.full_like(rows.tokens, settings.seq_len) if pack is True else rows.tokens
 
     # ---- model, optimizer, schedule
     set_seed(seed)
@@ -407,276 +310,174 @@ def train_model(
     # sharded engines (FSDP, DeepSpeed) still save and load their own shards.
     accelerator.register_save_state_pre_hook(lambda models, weights, d: weights.clear())
     accelerator.register_load_state_pre_hook(lambda models, d: models.clear())
-
-    def unwrapped():
-        return accelerator.unwrap_model(model)
+    unwrapped = accelerator.unwrap_model(model)
+    eval_model = model if sharded else unwrapped
 
     # ---- resume or start fresh
-    start_step, tokens_seen, seconds_before, train_seconds, cpu_seconds = 0, 0, 0.0, 0.0, 0.0
-    history: dict[str, list[dict]] = {k: [] for k in heldout}
-    resumed_from = None
-    root = checkpoint_root(out_dir, name)
-    ckpt = last_checkpoint(out_dir, name) if resume else None
-    if ckpt is not None:
-        state = read_json(ckpt / "trainer_state.json")
-        expect = {"rows": len(rows), "per_step": per_step, "total_steps": total_steps, "seed": seed}
-        got = {k: state.get(k) for k in expect}
-        if got != expect:
-            raise LangadaptError(
-                f"checkpoint {ckpt} was made with other data or settings ({got} != {expect}); "
-                "run without --resume to start over"
-            )
-        if not sharded:
-            load_trained_weights(unwrapped(), ckpt / "model")
-        accelerator.load_state(str(ckpt / "state"))
-        start_step, tokens_seen = state["step"], state["tokens"]
-        seconds_before, train_seconds = state["seconds"], state["train_seconds"]
-        cpu_seconds = state.get("cpu_seconds", 0.0)
-        history = {k: v for k, v in state["bpc_history"].items() if k in heldout}
-        resumed_from = start_step
+    checkpoints = Checkpoints(accelerator, out_dir, name, sharded=sharded)
+    expect = {"rows": len(rows), "per_step": per_step, "total_steps": total_steps, "seed": seed}
+    ckpt, state = checkpoints.restore(model, unwrapped, expect) if resume else (None, None)
+    totals, start_step, history = Totals(), 0, None
+    if state is not None:
+        start_step = state["step"]
+        totals = Totals(tokens=state["tokens"], train_seconds=state["train_seconds"],
+                        cpu_seconds=state.get("cpu_seconds", 0.0), seconds_before=state["seconds"])
+        history = state["bpc_history"]
         say(f"{name}: resuming from {ckpt} (step {start_step:,} of {total_steps:,})")
-    elif main:
-        shutil.rmtree(root, ignore_errors=True)
-    metrics_path = out_dir / "metrics.jsonl"
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if metrics_path.is_file():  # drop rows of this name past the step we continue from
-            keep = [r for r in iter_jsonl(metrics_path)
-                    if not (r.get("name") == name and (ckpt is None or r.get("step", 0) > start_step))]
-            write_jsonl(metrics_path, keep)
+    else:
+        checkpoints.clear()
+    held = HeldOut(heldout or {}, tokenizer, history)
+    metrics = MetricsLog(out_dir, name, main=main, cuda=accelerator.device.type == "cuda",
+                         resumed_at=start_step if ckpt is not None else None)
     accelerator.wait_for_everyone()
-
-    writer = None
-    if main:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(out_dir / "tensorboard" / name))
-        except ImportError:
-            writer = None
-
-    def evaluate(step: int, known: dict[str, float] | None = None) -> dict[str, float]:
-        values = {}
-        eval_model = model if sharded else unwrapped()
-        with accelerator.autocast():
-            for lang, text in heldout.items():
-                if known and lang in known:
-                    values[lang] = float(known[lang])
-                else:
-                    values[lang] = bits_per_char(eval_model, tokenizer, text)
-                history[lang].append({"step": step, "bpc": values[lang]})
-        if main and values:
-            append_jsonl(metrics_path, {"name": name, "step": step, **{f"bpc_{k}": round(v, 5) for k, v in values.items()}})
-        return values
-
-    def flush_window() -> int:
-        """Add the tokens and seconds since the last flush (all processes) to the totals; return the tokens."""
-        nonlocal tokens_seen, train_seconds, window_tokens, window_seconds
-        toks = window_tokens  # counted on the host for every process's slice: no collective, no device wait
-        tokens_seen += toks
-        train_seconds += window_seconds
-        window_tokens, window_seconds = 0, 0.0
-        return toks
-
-    def save_checkpoint(step: int) -> Path:
-        final = root / f"step-{step}"
-        tmp = root / f".tmp-step-{step}"
-        if main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        accelerator.wait_for_everyone()
-        state_dict = accelerator.get_state_dict(model) if sharded else None
-        flush_window()
-        resolve(everything=True)  # final_loss below
-        if main:
-            with _quiet_transformers():
-                save_model(unwrapped(), tmp / "model", state_dict=state_dict)
-            tokenizer.save_pretrained(str(tmp / "model"))
-        accelerator.save_state(str(tmp / "state"))
-        accelerator.wait_for_everyone()
-        if main:
-            write_json(tmp / "trainer_state.json", {
-                "name": name, "step": step, "total_steps": total_steps, "rows": len(rows), "per_step": per_step,
-                "seed": seed, "tokens": tokens_seen, "seconds": seconds_before + (time.time() - t_start),
-                "train_seconds": train_seconds, "cpu_seconds": cpu_seconds,
-                "bpc_history": history, "final_loss": last_loss,
-            })
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            for old in root.iterdir():
-                if old.name.startswith("step-") and old != final:
-                    shutil.rmtree(old, ignore_errors=True)
-        accelerator.wait_for_everyone()
-        return final
 
     layout = {"whole": "blocks of whole examples", True: "packed blocks", False: "rows"}[pack]
     say(f"{name}: {len(rows):,} {layout} of <= {settings.seq_len} tokens, "
         f"{total_steps:,} steps x {per_step} rows ({bs} x {accum} accumulation x {world} processes), "
         f"{precision}, trainable {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
     t_start = time.time()
-    last_loss: float | None = None
-    window_tokens, window_seconds = 0, 0.0
-    if start_step == 0 and heldout:
-        start_values = evaluate(0, bpc_start)
-        say(f"{name}: held-out bits per character at start: " + ", ".join(f"{k} {v:.4f}" for k, v in start_values.items()))
+    if start_step == 0 and held:
+        values = held.measure(eval_model, accelerator, 0, bpc_start)
+        metrics.heldout(0, values)
+        say(f"{name}: held-out bits per character at start: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
 
-    def record(metrics: dict, values) -> None:
-        """Fill in a logged step's loss and gradient norm and write its row."""
-        nonlocal last_loss
-        loss_v, norm_v = values
-        metrics["loss"] = round(loss_v, 5)
-        metrics["grad_norm"] = None if math.isnan(norm_v) else round(norm_v, 5)
-        last_loss = loss_v
-        if main:
-            append_jsonl(metrics_path, metrics)
-            if writer is not None:
-                for k in ("loss", "lr", "grad_norm", "tokens_per_s"):
-                    if metrics[k] is not None:
-                        writer.add_scalar(f"{name}/{k}", metrics[k], metrics["step"])
-            bar.set_postfix(loss=f"{loss_v:.4f}", lr=f"{metrics['lr']:.2e}", tok_s=f"{metrics['tokens_per_s'] or 0:.0f}")
-
-    # Logged values still on their way from the device: (metrics row, pinned host copy, CUDA event).
-    pending: list[tuple[dict, Any, Any]] = []
-
-    def resolve(everything: bool = False) -> None:
-        """Write the rows whose values have reached the host; all of them (waiting) if ``everything``."""
-        while pending and (everything or len(pending) > 1):
-            metrics, host, event = pending.pop(0)
-            event.synchronize()  # recorded a logged step ago: the device is already past it
-            record(metrics, host.tolist())
-
-    undo_fast, use_fused = _fast_paths(unwrapped(), settings, accelerator, say, name)
-    cuda = accelerator.device.type == "cuda"
-    # Tokens a row feeds the model: padding excluded, except the tail of the last packed block.
-    row_tokens = torch.full_like(rows.tokens, settings.seq_len) if pack is True else rows.tokens
+    # ---- the loop
+    undo_fast, use_fused = _fast_paths(unwrapped, settings, accelerator, say, name)
     model.train()
     bar = tqdm(total=total_steps, initial=start_step, desc=name, disable=not main, dynamic_ncols=True, unit="step")
+    metrics.bar = bar
     ckpt_path = ckpt
-    rank = accelerator.process_index
     try:
         for step in range(start_step, total_steps):
             t_step, cpu_step = time.time(), time.process_time()
-            # This process's micro-batches for the step, and its count of predicted tokens, so that
-            # every predicted token weighs the same whatever micro-batch it falls in. Everything is
-            # counted on the host copy of the rows, so the loop never waits for the device.
-            batches, n_pred = [], []
-            for a in range(accum):
-                first = (step * accum + a) * world * bs
-                window_tokens += int(row_tokens[order.rows(first, bs * world)].sum())  # all processes
-                b = rows.batch(order.rows(first + rank * bs, bs))
-                n_pred.append(int((b["labels"][:, 1:] != packing.IGNORE).sum()))
-                if use_fused:
-                    b["target_index"] = fused_loss.target_index(b["labels"])
-                batches.append(b)
-            n_total = max(1, sum(n_pred))
-            step_loss = torch.zeros((), device=accelerator.device)
-            for b, n in zip(batches, n_pred):
-                if cuda:
-                    b = {k: v.pin_memory().to(accelerator.device, non_blocking=True) for k, v in b.items()}
-                else:
-                    b = {k: v.to(accelerator.device) for k, v in b.items()}
-                with accelerator.accumulate(model), accelerator.autocast():
-                    out = model(**b, use_cache=False)  # a cache would turn off packed-sequence masking
-                    if n:
-                        loss = out.loss * (n / n_total)
-                    else:  # nothing to predict: a zero that still reaches every trainable tensor
-                        loss = out.loss * 0.0 if out.logits is None else out.logits.sum() * 0.0
-                    accelerator.backward(loss * accum)  # backward divides by accum again
-                    step_loss += loss.detach().float()
-                    grad_norm = None
-                    if accelerator.sync_gradients and settings.max_grad_norm:
-                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
-                    optimizer.step()
-                    if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
-                        scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
+            batches, n_pred, tokens = _micro_batches(rows, order, row_tokens, step, bs, accum, world,
+                                                     accelerator.process_index, use_fused)
+            totals.window_tokens += tokens
+            step_loss, grad_norm = _train_step(model, optimizer, scheduler, accelerator, batches, n_pred, settings)
             done = step + 1
-            window_seconds += time.time() - t_step
-            cpu_seconds += time.process_time() - cpu_step
+            totals.window_seconds += time.time() - t_step
+            totals.cpu_seconds += time.process_time() - cpu_step
             bar.update(1)
-            metrics = {"name": name, "step": done}
+            row = {"name": name, "step": done}
             if done % settings.log_every == 0 or done == total_steps:
                 mean_loss = accelerator.reduce(step_loss, reduction="mean")
                 norm = torch.as_tensor(float("nan") if grad_norm is None else grad_norm, device=accelerator.device)
                 values = torch.stack([mean_loss.float().reshape(()), norm.float().reshape(())])
-                window = window_seconds
-                toks = flush_window()
-                metrics = {
+                toks, window = totals.flush()
+                row = {
                     "name": name, "step": done, "loss": None, "lr": scheduler.get_last_lr()[0], "grad_norm": None,
-                    "tokens_per_s": round(toks / window, 1) if window > 0 else None, "tokens": tokens_seen,
-                    "memory_mb": round(_memory_mb(), 1), "elapsed_s": round(seconds_before + time.time() - t_start, 2),
+                    "tokens_per_s": round(toks / window, 1) if window > 0 else None, "tokens": totals.tokens,
+                    "memory_mb": round(memory_mb(), 1), "elapsed_s": round(elapsed(totals, t_start), 2),
                 }
-                if cuda:
-                    host = torch.empty(2, dtype=torch.float32, pin_memory=True)
-                    host.copy_(values, non_blocking=True)
-                    event = torch.cuda.Event()
-                    event.record()
-                    pending.append((metrics, host, event))
-                    resolve()
-                else:
-                    record(metrics, values.tolist())
-            if heldout and settings.eval_every and done % settings.eval_every == 0 and done != total_steps:
-                resolve(everything=True)
-                values = evaluate(done)
+                metrics.step(row, values)
+            if held and settings.eval_every and done % settings.eval_every == 0 and done != total_steps:
+                metrics.resolve(everything=True)
+                values = held.measure(eval_model, accelerator, done)
+                metrics.heldout(done, values)
                 say(f"{name}: step {done:,}: bits per character " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
             if done == total_steps:
-                resolve(everything=True)
-                if heldout:
-                    values = evaluate(done)
+                metrics.resolve(everything=True)
+                if held:
+                    values = held.measure(eval_model, accelerator, done)
+                    metrics.heldout(done, values)
                     say(f"{name}: held-out bits per character at end: "
                         + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
             if done == total_steps or (settings.save_every and done % settings.save_every == 0):
-                ckpt_path = save_checkpoint(done)
+                totals.flush()
+                metrics.resolve(everything=True)  # final_loss below
+                ckpt_path = checkpoints.save(done, model, unwrapped, tokenizer, {
+                    "name": name, "step": done, "total_steps": total_steps, "rows": len(rows), "per_step": per_step,
+                    "seed": seed, "tokens": totals.tokens, "seconds": elapsed(totals, t_start),
+                    "train_seconds": totals.train_seconds, "cpu_seconds": totals.cpu_seconds,
+                    "bpc_history": held.history, "final_loss": metrics.last_loss,
+                })
             if callback is not None:
-                callback(done, metrics)
+                callback(done, row)
     finally:
         for undo in reversed(undo_fast):
             undo()
     bar.close()
-    if writer is not None:
-        writer.close()
+    metrics.close()
 
-    seconds = seconds_before + (time.time() - t_start)
+    # ---- the result
+    final_loss = metrics.last_loss
     if start_step >= total_steps:  # resumed a finished run: report what it recorded
-        state = read_json(ckpt / "trainer_state.json")
-        last_loss = state.get("final_loss")
-    bpc: dict[str, dict] = {}
-    for lang, points in history.items():
-        if points:
-            bpc[lang] = {"start": points[0]["bpc"], "end": points[-1]["bpc"], "steps": points}
+        final_loss = state.get("final_loss")
+    bpc = held.result()
     if main and bpc:
-        _merge_bpc(out_dir / "bpc.json", name, bpc)
-    trained = unwrapped()
+        merge_bpc(out_dir / BPC, name, bpc)
     accelerator.wait_for_everyone()
     accelerator.free_memory()
     return TrainResult(
-        model=trained,
+        model=unwrapped,
         steps=total_steps,
-        final_loss=last_loss,
-        tokens_per_s=tokens_seen / train_seconds if train_seconds > 0 else 0.0,
-        tokens=tokens_seen,
-        seconds=seconds,
-        cpu_seconds=cpu_seconds,
+        final_loss=final_loss,
+        tokens_per_s=totals.tokens / totals.train_seconds if totals.train_seconds > 0 else 0.0,
+        tokens=totals.tokens,
+        seconds=elapsed(totals, t_start),
+        cpu_seconds=totals.cpu_seconds,
         bpc=bpc,
         trainable=trainable,
         total=total,
         rows=len(rows),
         truncated=truncated,
-        resumed_from=resumed_from,
+        resumed_from=start_step if ckpt is not None else None,
         checkpoint=ckpt_path,
     )
 
 
-def describe_bpc(bpc: dict) -> str:
-    """One line per language: ``target 3.1200 -> 2.8000 (-10.3%)``."""
-    lines = []
-    for lang, r in bpc.items():
-        if "start" not in r:
-            continue
-        change = 100 * (r["end"] - r["start"]) / r["start"] if r["start"] else 0.0
-        lines.append(f"{lang:<8} {r['start']:.4f} -> {r['end']:.4f} bits/char ({change:+.1f}%)")
-    return "\n".join(lines)
+def _micro_batches(rows, order, row_tokens, step: int, bs: int, accum: int, world: int, rank: int, use_fused: bool):
+    """This process's micro-batches for ``step``, the predicted tokens of each (so that every predicted token
+    weighs the same whatever micro-batch it falls in), and the tokens all processes feed the model. Counted
+    on the host copy of the rows, so the loop never waits for the device."""
+    from langadapt.train import loss as fused_loss
+    from langadapt.train import packing
+
+    batches, n_pred, tokens = [], [], 0
+    for a in range(accum):
+        first = (step * accum + a) * world * bs
+        tokens += int(row_tokens[order.rows(first, bs * world)].sum())
+        b = rows.batch(order.rows(first + rank * bs, bs))
+        n_pred.append(int((b["labels"][:, 1:] != packing.IGNORE).sum()))
+        if use_fused:
+            b["target_index"] = fused_loss.target_index(b["labels"])
+        batches.append(b)
+    return batches, n_pred, tokens
+
+
+def _train_step(model, optimizer, scheduler, accelerator, batches, n_pred, settings):
+    """One optimizer step over the micro-batches; (summed loss on the device, gradient norm or None)."""
+    import torch
+
+    cuda = accelerator.device.type == "cuda"
+    accum = len(batches)
+    n_total = max(1, sum(n_pred))
+    step_loss = torch.zeros((), device=accelerator.device)
+    grad_norm = None
+    for b, n in zip(batches, n_pred):
+        if cuda:
+            b = {k: v.pin_memory().to(accelerator.device, non_blocking=True) for k, v in b.items()}
+        else:
+            b = {k: v.to(accelerator.device) for k, v in b.items()}
+        with accelerator.accumulate(model), accelerator.autocast():
+            out = model(**b, use_cache=False)  # a cache would turn off packed-sequence masking
+            if n:
+                loss = out.loss * (n / n_total)
+            else:  # nothing to predict: a zero that still reaches every trainable tensor
+                loss = out.loss * 0.0 if out.logits is None else out.logits.sum() * 0.0
+            accelerator.backward(loss * accum)  # backward divides by accum again
+            step_loss += loss.detach().float()
+            grad_norm = None
+            if accelerator.sync_gradients and settings.max_grad_norm:
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+            optimizer.step()
+            if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
+                scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+    return step_loss, grad_norm
 
 
 __all__ = ["TrainResult", "train_model", "resolve_precision", "load_dtype", "last_checkpoint", "save_model",
            "load_trained_weights", "describe_bpc"]
+"""``last_checkpoint``, ``save_model`` and ``load_trained_weights`` live in ``checkpoint.py``, ``describe_bpc``
+in ``metrics.py``; they are importable from here as before."""

@@ -73,18 +73,10 @@ def bilingual_examples(tokenizer, pairs, settings, seed: int = 0) -> list[dict]:
     return document_examples(tokenizer, texts)
 
 
-def sentence_files(clean_dir: str | Path) -> list[Path]:
-    """The clean stage's sentence shards (``sentences/*.jsonl`` or ``*.parquet``), in name order."""
-    folder = Path(clean_dir) / "sentences"
-    files = sorted(folder.glob("*.jsonl")) + sorted(folder.glob("*.parquet"))
-    if not files:
-        raise LangadaptError(f"no sentences in {folder}; run the clean stage first")
-    return files
-
-
-def iter_sentences(clean_dir: str | Path) -> Iterator[str]:
-    """The clean stage's sentences one at a time, shard by shard (memory stays flat)."""
-    for f in sentence_files(clean_dir):
+def iter_sentences(files: list[Path]) -> Iterator[str]:
+    """The sentences of the clean stage's shards (``RunLayout.clean_shards``) one at a time, shard by shard
+    (memory stays flat)."""
+    for f in files:
         if f.suffix == ".parquet":
             import pyarrow.parquet as pq
 

@@ -151,17 +151,17 @@ class TokenStore:
         }
 
 
-def corpus_store(clean_dir: str | os.PathLike, tokenizer, folder: str | os.PathLike, *, limit: int | None = None,
+def corpus_store(files: list[Path], tokenizer, folder: str | os.PathLike, *, limit: int | None = None,
                  log: Callable[[str], None] | None = None) -> TokenStore:
-    """The clean stage's sentences as a ``TokenStore`` in ``folder``: built once by the main process
-    (the others wait and open it), reused while the shards, the tokenizer and ``limit`` are unchanged."""
+    """The clean stage's sentences (its shards, ``RunLayout.clean_shards``) as a ``TokenStore`` in ``folder``:
+    built once by the main process (the others wait and open it), reused while the shards, the tokenizer
+    and ``limit`` are unchanged."""
     import hashlib
 
     from tqdm.auto import tqdm
 
-    from langadapt.train.examples import iter_sentences, sentence_files
+    from langadapt.train.examples import iter_sentences
 
-    files = sentence_files(clean_dir)
     key = hashlib.sha256(json.dumps({
         "files": [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files],
         "tokenizer": [getattr(tokenizer, "name_or_path", ""), len(tokenizer), boundary_id(tokenizer),
@@ -177,7 +177,7 @@ def corpus_store(clean_dir: str | os.PathLike, tokenizer, folder: str | os.PathL
 
     def texts():
         nonlocal seen
-        for t in iter_sentences(clean_dir):
+        for t in iter_sentences(files):
             seen += len(t.encode("utf-8")) + 12  # about a JSONL line's bytes
             yield t
 
