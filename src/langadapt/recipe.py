@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import glob
 import os
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from langadapt.errors import RecipeError
 
@@ -20,10 +23,34 @@ STAGE_ORDER = ("clean", "tokenizer", "align", "pretrain", "translate", "sft", "e
 """The pipeline, in order. ``translate`` (optional) makes target-language instructions for ``sft``."""
 
 
-class Section(BaseModel):
-    """Base of every recipe section: unknown keys are errors, values are validated on assignment."""
+def _value_kinds(annotation: Any) -> set:
+    """The plain types a field annotation admits (``int | None`` -> {int, NoneType})."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _value_kinds(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return set().union(*(_value_kinds(a) for a in typing.get_args(annotation)))
+    return {annotation}
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+class Section(BaseModel):
+    """Base of every recipe section: unknown keys are errors, values are validated on assignment.
+
+    Numbers must be finite (``lr: .inf`` trained a model into NaN weights; ``epochs: .inf``
+    overflowed later), and true/false is not a number (pydantic would take ``min_words: true``
+    as 1).
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool):
+            kinds = _value_kinds(cls.model_fields[info.field_name].annotation)
+            if (int in kinds or float in kinds) and bool not in kinds:
+                raise ValueError("Input should be a number, not true/false")
+        return value
 
 
 # --------------------------------------------------------------------------- data sources
