@@ -138,3 +138,26 @@ def test_numbers_yaml_reads_as_text_and_real_booleans_still_parse(tmp_path):
     r = load_recipe(write(tmp_path, BASE.replace("align: {}", "align: {monolingual: {lr: 1e-4}, bilingual: {enabled: false}}")
                           + "eval: {share_prefix: false}\n"))
     assert r.align.monolingual.lr == 1e-4 and r.align.bilingual.enabled is False and r.eval.share_prefix is False
+
+
+def test_yaml_alias_bomb_and_endless_aliases_are_refused_quickly(tmp_path):
+    import time
+
+    # "billion laughs": six levels of nine aliases, ~650 bytes, 9**6 values once expanded
+    bomb = ['l0: &l0 [' + ", ".join(['"lol"'] * 9) + ']']
+    bomb += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 7)]
+    text = BASE + "\n".join(bomb) + "\n"
+    assert len("\n".join(bomb)) < 700
+    t0 = time.perf_counter()
+    e = error_of(tmp_path, text)
+    assert time.perf_counter() - t0 < 5
+    assert "expands to more than" in str(e) and "aliases" in str(e) and e.line == 18
+
+    e = error_of(tmp_path, BASE + "eval: &e {paths: {x: *e}}\n")
+    assert "alias refers to a mapping or list that contains it" in str(e) and e.line == 13
+    e = error_of(tmp_path, BASE + "seed: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert "nests deeper than" in str(e)
+
+    # an ordinary alias still works
+    r = load_recipe(write(tmp_path, BASE.replace("align: {}", "align: {monolingual: &tr {lr: 0.001, epochs: 2}, bilingual: *tr}")))
+    assert r.align.bilingual.lr == 0.001 and r.align.bilingual.epochs == 2

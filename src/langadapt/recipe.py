@@ -457,6 +457,11 @@ class Recipe(Section):
 # --------------------------------------------------------------------------- loading
 
 
+MAX_YAML_VALUES = 200_000
+"""Values (keys' values, list items) one YAML file may expand to; the paper's recipe has about 300."""
+MAX_YAML_DEPTH = 64
+
+
 def _compose_with_lines(text: str, path: str) -> tuple[Any, dict[tuple, int]]:
     """Parse YAML keeping the line of every key, so errors can point at it."""
     try:
@@ -466,10 +471,38 @@ def _compose_with_lines(text: str, path: str) -> tuple[Any, dict[tuple, int]]:
         line = mark.line + 1 if mark else None
         reason = getattr(e, "problem", None) or str(e)
         raise RecipeError(f"not valid YAML: {reason}", path=path, line=line) from None
+    except RecursionError:  # PyYAML's composer recurses once per level of [[[...]]]
+        raise RecipeError(f"the YAML nests deeper than {MAX_YAML_DEPTH} levels", path=path) from None
     lines: dict[tuple, int] = {}
     constructor = yaml.constructor.SafeConstructor()
+    count = 0
+    open_nodes: set[int] = set()
 
     def walk(n: yaml.Node, loc: tuple) -> Any:
+        # An alias is the same node object again, so a few hundred bytes of nested aliases expand
+        # into millions of values (a 650-byte "billion laughs" ran for minutes), and an alias to
+        # an enclosing node never ends: both are refused while walking.
+        nonlocal count
+        count += 1
+        if count > MAX_YAML_VALUES:
+            raise RecipeError(f"'{loc[0] if loc else '(top level)'}' expands to more than {MAX_YAML_VALUES:,} values "
+                              "(aliases repeating aliases?); a recipe needs far fewer",
+                              path=path, line=lines.get(loc[:1]) or n.start_mark.line + 1)
+        if len(loc) > MAX_YAML_DEPTH:
+            raise RecipeError(f"the YAML nests deeper than {MAX_YAML_DEPTH} levels", path=path, line=n.start_mark.line + 1)
+        if isinstance(n, (yaml.MappingNode, yaml.SequenceNode)):
+            if id(n) in open_nodes:
+                raise RecipeError("an alias refers to a mapping or list that contains it (endless nesting)",
+                                  path=path, line=n.start_mark.line + 1)
+            open_nodes.add(id(n))
+            try:
+                return walk_collection(n, loc)
+            finally:
+                open_nodes.discard(id(n))
+        lines[loc] = n.start_mark.line + 1
+        return constructor.construct_object(n, deep=True)
+
+    def walk_collection(n: yaml.Node, loc: tuple) -> Any:
         lines[loc] = n.start_mark.line + 1
         if isinstance(n, yaml.MappingNode):
             out = {}
@@ -480,9 +513,7 @@ def _compose_with_lines(text: str, path: str) -> tuple[Any, dict[tuple, int]]:
                 lines[loc + (key,)] = k.start_mark.line + 1
                 out[key] = walk(v, loc + (key,))
             return out
-        if isinstance(n, yaml.SequenceNode):
-            return [walk(v, loc + (i,)) for i, v in enumerate(n.value)]
-        return constructor.construct_object(n, deep=True)
+        return [walk(v, loc + (i,)) for i, v in enumerate(n.value)]
 
     if node is None:
         return {}, lines
