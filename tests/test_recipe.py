@@ -161,3 +161,18 @@ def test_yaml_alias_bomb_and_endless_aliases_are_refused_quickly(tmp_path):
     # an ordinary alias still works
     r = load_recipe(write(tmp_path, BASE.replace("align: {}", "align: {monolingual: &tr {lr: 0.001, epochs: 2}, bilingual: *tr}")))
     assert r.align.bilingual.lr == 0.001 and r.align.bilingual.epochs == 2
+
+
+def test_heldout_folder_and_output_dir_file_are_refused_on_their_line(tmp_path):
+    (tmp_path / "held").mkdir()
+    e = error_of(tmp_path, BASE.replace("data:\n", "data:\n  heldout: {target: held}\n"))
+    assert "data.heldout.target: expected a file, found a folder: held" in str(e) and e.line == 4
+    e = error_of(tmp_path, BASE.replace("path: pairs.tsv", "path: held"))
+    assert "data.parallel.0.path: expected a file, found a folder" in str(e)
+
+    (tmp_path / "runs.txt").write_text("not a folder\n")
+    e = error_of(tmp_path, BASE + f"output_dir: {tmp_path / 'runs.txt'}\n")
+    assert "output_dir:" in str(e) and "is a file, not a folder" in str(e) and e.line == 13
+    e = error_of(tmp_path, BASE + f"output_dir: {tmp_path / 'runs.txt' / 'deeper'}\n")
+    assert "runs.txt is a file, not a folder" in str(e)
+    load_recipe(write(tmp_path, BASE + f"output_dir: {tmp_path / 'new' / 'runs'}\n"))  # not there yet: fine

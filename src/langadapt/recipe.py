@@ -599,6 +599,7 @@ def load_recipe(path: str | os.PathLike, *, check_files: bool = True) -> Recipe:
     check_consistency(recipe, path=str(path), lines=lines)
     if check_files:
         check_inputs_exist(recipe, path=str(path), lines=lines)
+        check_output_dir(recipe, path=str(path), lines=lines)
     return recipe
 
 
@@ -670,8 +671,11 @@ def _looks_like_hub_id(s: str) -> bool:
 def check_inputs_exist(recipe: Recipe, *, path: str, lines: dict[tuple, int]) -> None:
     """Every input file named in the recipe must exist (hub dataset ids excepted)."""
 
-    def need(loc: tuple, value: str, *, hub_ok: bool = False) -> None:
+    def need(loc: tuple, value: str, *, hub_ok: bool = False, file: bool = False) -> None:
         p = recipe.resolve(value)
+        if file and p.is_dir():
+            raise RecipeError(f"{'.'.join(str(x) for x in loc)}: expected a file, found a folder: {value} (resolved to {p})",
+                              path=path, line=lines.get(loc))
         if p.exists() or glob.glob(str(p)):
             return
         if hub_ok and _looks_like_hub_id(value):
@@ -687,15 +691,24 @@ def check_inputs_exist(recipe: Recipe, *, path: str, lines: dict[tuple, int]) ->
         for key in ("path", "target", "english"):
             v = getattr(s, key)
             if v is not None:
-                need(("data", "parallel", i, key), v, hub_ok=s.format == "hf")
+                need(("data", "parallel", i, key), v, hub_ok=s.format == "hf", file=s.format != "hf")
     for i, s in enumerate(d.instructions):
         need(("data", "instructions", i, "path"), s.path, hub_ok=True)
     for key in ("target", "english"):
         v = getattr(d.heldout, key)
         if v is not None:
-            need(("data", "heldout", key), v)
+            need(("data", "heldout", key), v, file=True)
     if recipe.base_config is not None:
-        need(("base_config",), recipe.base_config)
+        need(("base_config",), recipe.base_config, file=True)
+
+
+def check_output_dir(recipe: Recipe, *, path: str, lines: dict[tuple, int]) -> None:
+    """``output_dir`` and the run folder in it must be folders, or not exist yet (a file there failed at the first write)."""
+    for p in (recipe.run_dir, *recipe.run_dir.parents):
+        if p.exists() and not p.is_dir():
+            raise RecipeError(f"output_dir: {p} is a file, not a folder; outputs go to <output_dir>/<name>/ "
+                              "(paths relative to where you run the command)", path=path,
+                              line=lines.get(("output_dir",)) or lines.get(("name",)))
 
 
 def check_against_base(recipe: Recipe, base_vocab: int) -> None:
