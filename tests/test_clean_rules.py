@@ -242,7 +242,7 @@ def test_doc_per_file_and_jsonl_field_and_errors_name_file_and_line(tmp_path):
     j.write_text(json.dumps({"id": 1, "body": "متن خبر"}, ensure_ascii=False) + "\n\n"
                  + json.dumps({"id": 2, "body": None}) + "\n", encoding="utf-8")
     _, records = _read_all(_source(path=str(j), format="jsonl", text_field="body"))
-    assert [r.text for r in records] == ["متن خبر"]
+    assert [(r.text, r.empty) for r in records] == [("متن خبر", False), ("", True)]  # the null is counted
     with pytest.raises(DataError, match=r"news.jsonl: line 1: no field 'text' \(fields: id, body\)"):
         _read_all(_source(path=str(j), format="jsonl"))
     j.write_text('{"text": "ok"}\n{"text": broken\n', encoding="utf-8")

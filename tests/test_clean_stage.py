@@ -153,8 +153,8 @@ def test_report_counts_every_sentence_and_rejects_only_when_asked(tmp_path):
     assert not (out / "rejects").exists()
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     row = report["sources"][0]
-    assert row["drops"] == {"invalid_utf8": 0, "too_short": 1, "code": 1, "boilerplate": 1, "language": 1,
-                            "duplicate": 1, "near_duplicate": 0}
+    assert row["drops"] == {"invalid_utf8": 0, "empty_text": 0, "too_short": 1, "code": 1, "boilerplate": 1,
+                            "language": 1, "duplicate": 1, "near_duplicate": 0}
     assert (row["sentences_in"], row["sentences_out"]) == (6, 1)
     assert row["original_bytes"] == sum(len(x.encode()) for x in lines)
     assert row["cleaned_bytes"] == len(S[0].encode())
@@ -181,6 +181,48 @@ def test_invalid_utf8_lines_are_counted_and_skipped_and_empty_files_are_fine(tmp
     assert [r["reason"] for r in _rejects(out)] == ["invalid_utf8"]
     rows = {r["source"]: r for r in json.loads((out / "report.json").read_text())["sources"]}
     assert rows["empty"]["original_bytes"] == 0 and rows["empty"]["sentences_in"] == 0
+
+
+def test_records_without_text_are_counted_and_an_empty_result_is_an_error_naming_the_sources(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    j = tmp_path / "web.jsonl"
+    rows = [{"text": S[0]}, {"text": None}, {"text": ""}, {"text": " \t "}, {"text": S[1]}]
+    j.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    pq.write_table(pa.table({"text": [S[2], None, "", S[3]]}), tmp_path / "p.parquet")
+    out, summary = _clean(tmp_path / "a", [{"name": "web", "format": "jsonl", "path": str(j)},
+                                           {"name": "pq", "format": "parquet", "path": str(tmp_path / "p.parquet")}])
+    rows = {r["source"]: r for r in json.loads((out / "report.json").read_text(encoding="utf-8"))["sources"]}
+    assert rows["web"]["drops"]["empty_text"] == 3 and rows["pq"]["drops"]["empty_text"] == 2
+    assert (rows["web"]["sentences_in"], rows["web"]["sentences_out"]) == (2, 2)
+    assert summary["drops"]["empty_text"] == 5 and summary["sentences_out"] == 4
+    assert "empty_text" in (out / "report.csv").read_text(encoding="utf-8").splitlines()[0]
+
+    # only empty and blank files: an error naming the sources, not "done, 0 sentences"
+    from langadapt.cli import main
+
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "empty.txt").write_bytes(b"")
+    (tmp_path / "e" / "blank.txt").write_text("\n   \n\t\n", encoding="utf-8")
+    nulls = tmp_path / "e" / "nulls.jsonl"
+    nulls.write_text('{"text": null}\n{"text": "  "}\n', encoding="utf-8")
+    recipe = _recipe(tmp_path / "e", [{"name": "blank", "path": str(tmp_path / "e" / "blank.txt")},
+                                      {"name": "empty", "path": str(tmp_path / "e" / "empty.txt")},
+                                      {"name": "nulls", "format": "jsonl", "path": str(nulls)}])
+    capsys.readouterr()
+    assert main(["clean", str(recipe)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no sentences from source(s) 'blank', 'empty', 'nulls'" in err
+    assert "empty_text 2" in err
+    assert not (tmp_path / "e" / "runs" / "t" / "clean" / "COMPLETE.json").exists()
+
+    # text, but every sentence dropped: the error says by which rules
+    recipe = _recipe(tmp_path / "f", [{"name": "english", "path": _write(tmp_path / "en.txt", [
+        "This sentence is plainly written in English, not Persian at all.", "Short one."])}])
+    assert main(["clean", str(recipe)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "every sentence of source(s) 'english' was dropped (2 in; too_short 1, language 1)" in err
 
 
 def test_missing_input_is_one_line_error_before_any_work(tmp_path, capsys):

@@ -10,7 +10,9 @@ pieces over tasks so that each reads about the same number of bytes, whatever th
 records after the last sentence end in the second half of the limit (else after a space), so
 memory stays bounded whatever the input and the cuts split no sentence. A line that is not valid
 UTF-8 comes back as a record with ``invalid=True`` (text decoded with replacement characters),
-to be counted and skipped; it never stops the run. Mistakes the user must fix (a JSONL line that
+to be counted and skipped; it never stops the run. A document with no text (a JSONL ``"text":
+null``, an empty or blank field or cell, an empty file read whole) comes back as a record with
+``empty=True``, to be counted. Mistakes the user must fix (a JSONL line that
 is not JSON, a missing text field or column) raise :class:`~langadapt.errors.DataError` naming the
 file and line.
 """
@@ -90,6 +92,7 @@ class Record:
     nbytes: int  # UTF-8 bytes of the text as read (for the report's "original bytes")
     invalid: bool = False  # the line was not valid UTF-8; ``text`` holds it with replacement characters
     repeat: bool = False  # an earlier part of the same (long) line was already reported invalid
+    empty: bool = False  # a document without text (null, empty or blank): counted, never cleaned
 
 
 # --------------------------------------------------------------------------- finding the files
@@ -319,6 +322,7 @@ def _decode_lines(piece: Piece, max_bytes: int) -> Iterator[tuple[int, str | Non
 def _read_text(piece: Piece, max_bytes: int) -> Iterator[Record]:
     whole_file = piece.kind == "file"
     bad_line = -1
+    found = False
     for offset, text, raw, complete in _decode_lines(piece, max_bytes):
         where = piece.path if whole_file else f"{piece.path}:{offset}"
         if text is None:
@@ -326,8 +330,11 @@ def _read_text(piece: Piece, max_bytes: int) -> Iterator[Record]:
             yield Record(raw.decode("utf-8", errors="replace"), where, len(raw), invalid=True, repeat=bad_line == offset)
             bad_line = offset
             continue
+        found = True
         if text.strip():
             yield Record(text, where, len(raw))
+    if whole_file and not found:
+        yield Record("", piece.path, 0, empty=True)
 
 
 def _read_jsonl(piece: Piece, source, max_bytes: int) -> Iterator[Record]:
@@ -349,8 +356,10 @@ def _read_jsonl(piece: Piece, source, max_bytes: int) -> Iterator[Record]:
             raise DataError(f"line {line_number(piece.path, offset)}: not valid JSON ({e.msg} at column {e.colno})"[:300],
                             path=piece.path) from None
         value = _field(rec, source, piece.path, offset)
-        if value:
+        if value and not value.isspace():
             yield from _cut(value, where, max_bytes)
+        else:
+            yield Record("", where, 0, empty=True)
 
 
 def _field(rec: Any, source, path: str, offset: int) -> str | None:
@@ -374,11 +383,13 @@ def _read_parquet(piece: Piece, source, max_bytes: int) -> Iterator[Record]:
     row = sum(pf.metadata.row_group(g).num_rows for g in range(piece.start))
     for batch in pf.iter_batches(batch_size=1024, row_groups=[piece.start], columns=[source.text_field]):
         for value in batch.column(0).to_pylist():
-            if value:
-                if not isinstance(value, str):
-                    raise DataError(f"row {row + 1}: column '{source.text_field}' is {type(value).__name__}, not text",
-                                    path=piece.path)
+            if value is not None and not isinstance(value, str):
+                raise DataError(f"row {row + 1}: column '{source.text_field}' is {type(value).__name__}, not text",
+                                path=piece.path)
+            if value and not value.isspace():
                 yield from _cut(value, f"{piece.path}:{row}", max_bytes)
+            else:
+                yield Record("", f"{piece.path}:{row}", 0, empty=True)
             row += 1
 
 
@@ -391,11 +402,14 @@ def _read_dataset(piece: Piece, source, max_bytes: int) -> Iterator[Record]:
     row = 0
     for batch in shard.iter(batch_size=1000):
         for value in batch[source.text_field]:
-            if value:
-                if not isinstance(value, str):
-                    raise DataError(f"row {row + 1} of shard {piece.start}: column '{source.text_field}' is "
-                                    f"{type(value).__name__}, not text", path=piece.path)
-                yield from _cut(value, f"{piece.path}[{source.split}]:{piece.start}/{row}", max_bytes)
+            where = f"{piece.path}[{source.split}]:{piece.start}/{row}"
+            if value is not None and not isinstance(value, str):
+                raise DataError(f"row {row + 1} of shard {piece.start}: column '{source.text_field}' is "
+                                f"{type(value).__name__}, not text", path=piece.path)
+            if value and not value.isspace():
+                yield from _cut(value, where, max_bytes)
+            else:
+                yield Record("", where, 0, empty=True)
             row += 1
 
 
