@@ -261,6 +261,67 @@ def test_a_bad_jsonl_line_found_by_a_worker_stops_the_run_naming_file_and_line(t
     assert len(str(e.value).splitlines()) == 1 and str(e.value).startswith(f"{j}: line 7: not valid JSON")
 
 
+def _descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.add(c)
+            todo.append(c)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")  # a zombie has exited; only its exit status is left
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_die_with_a_killed_clean_process(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    # a corpus that keeps two workers busy for several seconds
+    lines = [f"{S[i % len(S)][:-1]} و این سطر شماره‌ی {i} از متن آزمایشی بلند ماست." for i in range(120_000)]
+    halves = [_write(tmp_path / "a.txt", lines[::2]), _write(tmp_path / "b.txt", lines[1::2])]
+    recipe = _recipe(tmp_path, [{"name": "a", "path": halves[0]}, {"name": "b", "path": halves[1]}], workers=2)
+    proc = subprocess.Popen([sys.executable, "-m", "langadapt", "clean", str(recipe)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    progress = tmp_path / "runs" / "t" / "clean" / "work" / "progress"
+    workers: set[int] = set()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            workers = _descendants(proc.pid)
+            if len(workers) >= 3 and progress.is_dir() and len(list(progress.iterdir())) >= 2:
+                break  # the manager and two workers, both reading
+            time.sleep(0.1)
+        assert proc.poll() is None and len(workers) >= 3, "the clean stage finished or failed before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        time.sleep(5)
+        survivors = [p for p in workers if _alive(p)]
+        assert not survivors, f"{len(survivors)} of {len(workers)} worker processes outlived the killed clean process"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for p in workers:
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
+
+
 def test_near_duplicates_removed_only_with_the_flag_and_parquet_output(tmp_path):
     import pyarrow.parquet as pq
 
