@@ -86,6 +86,11 @@ class ParallelSource(Section):
     target_field: str = "target"
     english_field: str = "english"
     split: str = "train"
+    checks: bool = Field(True, description="skip pairs whose sides are swapped, in the wrong language or far off the "
+                         "source's length ratio, and refuse a source shifted by a line (false: only empty sides and "
+                         "column counts)")
+    max_bad_share: float = Field(0.05, ge=0.0, le=1.0, description="refuse the source when more than this share of its "
+                                 "lines is skipped (probably misaligned or mis-declared)")
 
     @model_validator(mode="after")
     def _paths_for_format(self) -> ParallelSource:

@@ -32,7 +32,7 @@ from typing import Any
 from langadapt.errors import DataError
 
 MAX_RECORD_BYTES = 1 << 20
-"""Longest record handed on; longer lines and documents are cut at a sentence end (else a space) into several records."""
+"""Longest record handed on; longer lines and documents are cut into several, at a sentence end (else a space)."""
 
 MAX_JSON_LINE_BYTES = 64 << 20
 """A JSONL record must be parsed whole; beyond this size it is refused rather than held in memory."""
@@ -53,7 +53,8 @@ def _alternatives(chars: str) -> bytes:
 
 _SENTENCE_END_BYTES = re.compile(rb"(?:" + _alternatives(_TERMINATORS) + rb")+(?:" + _alternatives(_CLOSERS)
                                  + rb")*[ \t]+")
-_SENTENCE_END_TEXT = re.compile(f"[{re.escape(_TERMINATORS)}]+[{re.escape(_CLOSERS)}]*\\s+|\n\\s*")  # a line break ends one too
+# in a document (not a line) a line break ends a sentence too
+_SENTENCE_END_TEXT = re.compile(f"[{re.escape(_TERMINATORS)}]+[{re.escape(_CLOSERS)}]*\\s+|\n\\s*")
 
 
 def _last_end(pattern: re.Pattern, text, start: int, end: int | None = None) -> int:
