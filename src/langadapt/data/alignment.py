@@ -38,7 +38,7 @@ MAX_RATIO = 3.0
 LENGTH_PAD = 10
 MIN_SHIFT_PAIRS = 30
 SHIFT_Z = 6.0  # votes above an even split, in standard deviations of a fair coin over the stretch
-SHIFT_SHARE = 0.3  # and the neighbour wins at least (1 + 0.3) / 2 = 65% of the stretch
+SHIFT_SHARE = 0.15  # and the neighbour wins at least (1 + 0.15) / 2 = 57.5% of the stretch
 
 
 @dataclass
