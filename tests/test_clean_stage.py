@@ -210,6 +210,9 @@ def test_records_without_text_are_counted_and_an_empty_result_is_an_error_naming
     recipe = _recipe(tmp_path / "e", [{"name": "blank", "path": str(tmp_path / "e" / "blank.txt")},
                                       {"name": "empty", "path": str(tmp_path / "e" / "empty.txt")},
                                       {"name": "nulls", "format": "jsonl", "path": str(nulls)}])
+    # a config file instead of reading SmolLM2's (the command's preflight needs only the vocabulary size)
+    (tmp_path / "e" / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 49152}))
+    recipe.write_text(recipe.read_text(encoding="utf-8") + "base_config: config.json\n", encoding="utf-8")
     capsys.readouterr()
     assert main(["clean", str(recipe)]) == 2
     err = capsys.readouterr().err.strip()
@@ -218,11 +221,10 @@ def test_records_without_text_are_counted_and_an_empty_result_is_an_error_naming
     assert not (tmp_path / "e" / "runs" / "t" / "clean" / "COMPLETE.json").exists()
 
     # text, but every sentence dropped: the error says by which rules
-    recipe = _recipe(tmp_path / "f", [{"name": "english", "path": _write(tmp_path / "en.txt", [
-        "This sentence is plainly written in English, not Persian at all.", "Short one."])}])
-    assert main(["clean", str(recipe)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "every sentence of source(s) 'english' was dropped (2 in; too_short 1, language 1)" in err
+    with pytest.raises(LangadaptError, match=r"every sentence of source\(s\) 'english' was dropped "
+                                             r"\(2 in; too_short 1, language 1\)"):
+        _clean(tmp_path / "f", [{"name": "english", "path": _write(tmp_path / "en.txt", [
+            "This sentence is plainly written in English, not Persian at all.", "Short one."])}])
 
 
 def test_missing_input_is_one_line_error_before_any_work(tmp_path, capsys):
