@@ -215,7 +215,7 @@ def test_empty_sides_are_skipped_and_reported_with_line_numbers(tmp_path):
     lines[11] = "\tsentence 12"
     lines[20] = "only one column"
     (tmp_path / "a.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    pairs, report = read_source(source(format="tsv", path=str(tmp_path / "a.tsv")))
+    pairs, report = read_source(source(format="tsv", path=str(tmp_path / "a.tsv"), max_bad_share=0.1))
     assert len(pairs) == 27 and report.lines == 30
     assert report.skipped == {"empty english": [5], "empty target": [12], "fewer than 2 tab-separated columns": [21]}
     assert "empty english: 1 (line 5)" in report.summary()
@@ -223,8 +223,8 @@ def test_empty_sides_are_skipped_and_reported_with_line_numbers(tmp_path):
 
     lines[1] = lines[2] = lines[3] = "\t"
     (tmp_path / "a.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    with pytest.raises(DataError, match=r"refusing parallel source 's'.*lines 2, 3, 4.*probably misaligned"):
-        read_source(source(format="tsv", path=str(tmp_path / "a.tsv")))
+    with pytest.raises(DataError, match=r"a.tsv:2: refusing parallel source 's'.*lines 2, 3, 4.*probably misaligned"):
+        read_source(source(format="tsv", path=str(tmp_path / "a.tsv"), max_bad_share=0.1))
 
 
 def test_undecodable_parallel_line_is_named(tmp_path):

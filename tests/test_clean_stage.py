@@ -153,8 +153,8 @@ def test_report_counts_every_sentence_and_rejects_only_when_asked(tmp_path):
     assert not (out / "rejects").exists()
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     row = report["sources"][0]
-    assert row["drops"] == {"invalid_utf8": 0, "too_short": 1, "code": 1, "boilerplate": 1, "language": 1,
-                            "duplicate": 1, "near_duplicate": 0}
+    assert row["drops"] == {"invalid_utf8": 0, "empty_text": 0, "too_short": 1, "code": 1, "boilerplate": 1,
+                            "language": 1, "duplicate": 1, "near_duplicate": 0}
     assert (row["sentences_in"], row["sentences_out"]) == (6, 1)
     assert row["original_bytes"] == sum(len(x.encode()) for x in lines)
     assert row["cleaned_bytes"] == len(S[0].encode())
@@ -181,6 +181,50 @@ def test_invalid_utf8_lines_are_counted_and_skipped_and_empty_files_are_fine(tmp
     assert [r["reason"] for r in _rejects(out)] == ["invalid_utf8"]
     rows = {r["source"]: r for r in json.loads((out / "report.json").read_text())["sources"]}
     assert rows["empty"]["original_bytes"] == 0 and rows["empty"]["sentences_in"] == 0
+
+
+def test_records_without_text_are_counted_and_an_empty_result_is_an_error_naming_the_sources(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    j = tmp_path / "web.jsonl"
+    rows = [{"text": S[0]}, {"text": None}, {"text": ""}, {"text": " \t "}, {"text": S[1]}]
+    j.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    pq.write_table(pa.table({"text": [S[2], None, "", S[3]]}), tmp_path / "p.parquet")
+    out, summary = _clean(tmp_path / "a", [{"name": "web", "format": "jsonl", "path": str(j)},
+                                           {"name": "pq", "format": "parquet", "path": str(tmp_path / "p.parquet")}])
+    rows = {r["source"]: r for r in json.loads((out / "report.json").read_text(encoding="utf-8"))["sources"]}
+    assert rows["web"]["drops"]["empty_text"] == 3 and rows["pq"]["drops"]["empty_text"] == 2
+    assert (rows["web"]["sentences_in"], rows["web"]["sentences_out"]) == (2, 2)
+    assert summary["drops"]["empty_text"] == 5 and summary["sentences_out"] == 4
+    assert "empty_text" in (out / "report.csv").read_text(encoding="utf-8").splitlines()[0]
+
+    # only empty and blank files: an error naming the sources, not "done, 0 sentences"
+    from langadapt.cli import main
+
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "empty.txt").write_bytes(b"")
+    (tmp_path / "e" / "blank.txt").write_text("\n   \n\t\n", encoding="utf-8")
+    nulls = tmp_path / "e" / "nulls.jsonl"
+    nulls.write_text('{"text": null}\n{"text": "  "}\n', encoding="utf-8")
+    recipe = _recipe(tmp_path / "e", [{"name": "blank", "path": str(tmp_path / "e" / "blank.txt")},
+                                      {"name": "empty", "path": str(tmp_path / "e" / "empty.txt")},
+                                      {"name": "nulls", "format": "jsonl", "path": str(nulls)}])
+    # a config file instead of reading SmolLM2's (the command's preflight needs only the vocabulary size)
+    (tmp_path / "e" / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 49152}))
+    recipe.write_text(recipe.read_text(encoding="utf-8") + "base_config: config.json\n", encoding="utf-8")
+    capsys.readouterr()
+    assert main(["clean", str(recipe)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no sentences from source(s) 'blank', 'empty', 'nulls'" in err
+    assert "empty_text 2" in err
+    assert not (tmp_path / "e" / "runs" / "t" / "clean" / "COMPLETE.json").exists()
+
+    # text, but every sentence dropped: the error says by which rules
+    with pytest.raises(LangadaptError, match=r"every sentence of source\(s\) 'english' was dropped "
+                                             r"\(2 in; too_short 1, language 1\)"):
+        _clean(tmp_path / "f", [{"name": "english", "path": _write(tmp_path / "en.txt", [
+            "This sentence is plainly written in English, not Persian at all.", "Short one."])}])
 
 
 def test_missing_input_is_one_line_error_before_any_work(tmp_path, capsys):
@@ -217,6 +261,67 @@ def test_a_bad_jsonl_line_found_by_a_worker_stops_the_run_naming_file_and_line(t
     with pytest.raises(DataError) as e:  # raised in a worker process, handed back to the stage
         run_stage(recipe, "clean", resume=False)
     assert len(str(e.value).splitlines()) == 1 and str(e.value).startswith(f"{j}: line 7: not valid JSON")
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.add(c)
+            todo.append(c)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")  # a zombie has exited; only its exit status is left
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_die_with_a_killed_clean_process(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    # a corpus that keeps two workers busy for several seconds
+    lines = [f"{S[i % len(S)][:-1]} و این سطر شماره‌ی {i} از متن آزمایشی بلند ماست." for i in range(120_000)]
+    halves = [_write(tmp_path / "a.txt", lines[::2]), _write(tmp_path / "b.txt", lines[1::2])]
+    recipe = _recipe(tmp_path, [{"name": "a", "path": halves[0]}, {"name": "b", "path": halves[1]}], workers=2)
+    proc = subprocess.Popen([sys.executable, "-m", "langadapt", "clean", str(recipe)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    progress = tmp_path / "runs" / "t" / "clean" / "work" / "progress"
+    workers: set[int] = set()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            workers = _descendants(proc.pid)
+            if len(workers) >= 3 and progress.is_dir() and len(list(progress.iterdir())) >= 2:
+                break  # the manager and two workers, both reading
+            time.sleep(0.1)
+        assert proc.poll() is None and len(workers) >= 3, "the clean stage finished or failed before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        time.sleep(5)
+        survivors = [p for p in workers if _alive(p)]
+        assert not survivors, f"{len(survivors)} of {len(workers)} worker processes outlived the killed clean process"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for p in workers:
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
 
 
 def test_near_duplicates_removed_only_with_the_flag_and_parquet_output(tmp_path):

@@ -166,3 +166,26 @@ def test_demo_suite_reads_all_ten_bundled_sets():
     by = {t.id: t for t in tasks}
     assert by["fa/sentiment"].label_set() == ["positive", "negative"]
     assert by["en/sentiment"].label_set() == ["positive", "negative", "neutral"]
+
+
+def test_files_that_are_not_utf8_are_one_line_errors_naming_file_and_line(tmp_path):
+    ok = json.dumps({"text": "خوب بود", "label": "positive"}, ensure_ascii=False).encode()
+    bad_row = b'{"text": "caf\xe9 ok", "label": "negative"}'  # Latin-1, as exported by an old spreadsheet
+    f = tmp_path / "s.jsonl"
+    f.write_bytes(b"\n".join([ok] * 3000 + [bad_row, ok]) + b"\n")  # far past the decoder's first buffer
+    with pytest.raises(DataError) as e:
+        one_task(tmp_path, {"name": "sentiment", "language": "fa", "data": {"format": "jsonl", "path": str(f)}})
+    assert str(e.value).startswith(f"{f}:3001: not UTF-8 text (invalid continuation byte at byte 13 of the line)")
+    assert "\n" not in str(e.value)
+
+    src = write(tmp_path / "x.en", "one\ntwo\n")
+    ref = tmp_path / "x.fa"
+    ref.write_bytes("یک\n".encode() + b"\xff\xfe\n")
+    with pytest.raises(DataError, match=r"x\.fa:2: not UTF-8"):
+        one_task(tmp_path, {"name": "translation", "language": "en", "direction": "en-fa",
+                            "data": {"format": "pair", "path": str(src), "reference": str(ref)}})
+
+    task_file = tmp_path / "suite.yaml"
+    task_file.write_bytes(b"suite: s\ntasks:\n  - name: sentiment # caf\xe9\n")
+    with pytest.raises(RecipeError, match=r"suite\.yaml:3: not UTF-8 text"):
+        load_tasks([str(task_file)])

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import glob
 import os
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from langadapt import stages
 from langadapt.errors import RecipeError
@@ -26,10 +29,34 @@ EvalStage = Literal[stages.models_before("eval")]
 TranslatorStage = Literal[stages.models_before("translate")]
 
 
-class Section(BaseModel):
-    """Base of every recipe section: unknown keys are errors, values are validated on assignment."""
+def _value_kinds(annotation: Any) -> set:
+    """The plain types a field annotation admits (``int | None`` -> {int, NoneType})."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _value_kinds(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return set().union(*(_value_kinds(a) for a in typing.get_args(annotation)))
+    return {annotation}
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+class Section(BaseModel):
+    """Base of every recipe section: unknown keys are errors, values are validated on assignment.
+
+    Numbers must be finite (``lr: .inf`` trained a model into NaN weights; ``epochs: .inf``
+    overflowed later), and true/false is not a number (pydantic would take ``min_words: true``
+    as 1).
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool):
+            kinds = _value_kinds(cls.model_fields[info.field_name].annotation)
+            if (int in kinds or float in kinds) and bool not in kinds:
+                raise ValueError("Input should be a number, not true/false")
+        return value
 
 
 # --------------------------------------------------------------------------- data sources
@@ -65,6 +92,11 @@ class ParallelSource(Section):
     target_field: str = "target"
     english_field: str = "english"
     split: str = "train"
+    checks: bool = Field(True, description="skip pairs whose sides are swapped, in the wrong language or far off the "
+                         "source's length ratio, and refuse a source shifted by a line (false: only empty sides and "
+                         "column counts)")
+    max_bad_share: float = Field(0.05, ge=0.0, le=1.0, description="refuse the source when more than this share of its "
+                                 "lines is skipped (probably misaligned or mis-declared)")
 
     @model_validator(mode="after")
     def _paths_for_format(self) -> ParallelSource:
@@ -451,6 +483,11 @@ class Recipe(Section):
 # --------------------------------------------------------------------------- loading
 
 
+MAX_YAML_VALUES = 200_000
+"""Values (keys' values, list items) one YAML file may expand to; the paper's recipe has about 300."""
+MAX_YAML_DEPTH = 64
+
+
 def _compose_with_lines(text: str, path: str) -> tuple[Any, dict[tuple, int]]:
     """Parse YAML keeping the line of every key, so errors can point at it."""
     try:
@@ -460,10 +497,38 @@ def _compose_with_lines(text: str, path: str) -> tuple[Any, dict[tuple, int]]:
         line = mark.line + 1 if mark else None
         reason = getattr(e, "problem", None) or str(e)
         raise RecipeError(f"not valid YAML: {reason}", path=path, line=line) from None
+    except RecursionError:  # PyYAML's composer recurses once per level of [[[...]]]
+        raise RecipeError(f"the YAML nests deeper than {MAX_YAML_DEPTH} levels", path=path) from None
     lines: dict[tuple, int] = {}
     constructor = yaml.constructor.SafeConstructor()
+    count = 0
+    open_nodes: set[int] = set()
 
     def walk(n: yaml.Node, loc: tuple) -> Any:
+        # An alias is the same node object again, so a few hundred bytes of nested aliases expand
+        # into millions of values (a 650-byte "billion laughs" ran for minutes), and an alias to
+        # an enclosing node never ends: both are refused while walking.
+        nonlocal count
+        count += 1
+        if count > MAX_YAML_VALUES:
+            raise RecipeError(f"'{loc[0] if loc else '(top level)'}' expands to more than {MAX_YAML_VALUES:,} values "
+                              "(aliases repeating aliases?); a recipe needs far fewer",
+                              path=path, line=lines.get(loc[:1]) or n.start_mark.line + 1)
+        if len(loc) > MAX_YAML_DEPTH:
+            raise RecipeError(f"the YAML nests deeper than {MAX_YAML_DEPTH} levels", path=path, line=n.start_mark.line + 1)
+        if isinstance(n, (yaml.MappingNode, yaml.SequenceNode)):
+            if id(n) in open_nodes:
+                raise RecipeError("an alias refers to a mapping or list that contains it (endless nesting)",
+                                  path=path, line=n.start_mark.line + 1)
+            open_nodes.add(id(n))
+            try:
+                return walk_collection(n, loc)
+            finally:
+                open_nodes.discard(id(n))
+        lines[loc] = n.start_mark.line + 1
+        return constructor.construct_object(n, deep=True)
+
+    def walk_collection(n: yaml.Node, loc: tuple) -> Any:
         lines[loc] = n.start_mark.line + 1
         if isinstance(n, yaml.MappingNode):
             out = {}
@@ -474,9 +539,7 @@ def _compose_with_lines(text: str, path: str) -> tuple[Any, dict[tuple, int]]:
                 lines[loc + (key,)] = k.start_mark.line + 1
                 out[key] = walk(v, loc + (key,))
             return out
-        if isinstance(n, yaml.SequenceNode):
-            return [walk(v, loc + (i,)) for i, v in enumerate(n.value)]
-        return constructor.construct_object(n, deep=True)
+        return [walk(v, loc + (i,)) for i, v in enumerate(n.value)]
 
     if node is None:
         return {}, lines
@@ -562,6 +625,7 @@ def load_recipe(path: str | os.PathLike, *, check_files: bool = True) -> Recipe:
     check_consistency(recipe, path=str(path), lines=lines)
     if check_files:
         check_inputs_exist(recipe, path=str(path), lines=lines)
+        check_output_dir(recipe, path=str(path), lines=lines)
     return recipe
 
 
@@ -651,8 +715,11 @@ def _looks_like_hub_id(s: str) -> bool:
 def check_inputs_exist(recipe: Recipe, *, path: str, lines: dict[tuple, int]) -> None:
     """Every input file named in the recipe must exist (hub dataset ids excepted)."""
 
-    def need(loc: tuple, value: str, *, hub_ok: bool = False) -> None:
+    def need(loc: tuple, value: str, *, hub_ok: bool = False, file: bool = False) -> None:
         p = recipe.resolve(value)
+        if file and p.is_dir():
+            raise RecipeError(f"{'.'.join(str(x) for x in loc)}: expected a file, found a folder: {value} (resolved to {p})",
+                              path=path, line=lines.get(loc))
         if p.exists() or glob.glob(str(p)):
             return
         if hub_ok and _looks_like_hub_id(value):
@@ -668,15 +735,24 @@ def check_inputs_exist(recipe: Recipe, *, path: str, lines: dict[tuple, int]) ->
         for key in ("path", "target", "english"):
             v = getattr(s, key)
             if v is not None:
-                need(("data", "parallel", i, key), v, hub_ok=s.format == "hf")
+                need(("data", "parallel", i, key), v, hub_ok=s.format == "hf", file=s.format != "hf")
     for i, s in enumerate(d.instructions):
         need(("data", "instructions", i, "path"), s.path, hub_ok=True)
     for key in ("target", "english"):
         v = getattr(d.heldout, key)
         if v is not None:
-            need(("data", "heldout", key), v)
+            need(("data", "heldout", key), v, file=True)
     if recipe.base_config is not None:
-        need(("base_config",), recipe.base_config)
+        need(("base_config",), recipe.base_config, file=True)
+
+
+def check_output_dir(recipe: Recipe, *, path: str, lines: dict[tuple, int]) -> None:
+    """``output_dir`` and the run folder in it must be folders, or not exist yet (a file there failed at the first write)."""
+    for p in (recipe.run_dir, *recipe.run_dir.parents):
+        if p.exists() and not p.is_dir():
+            raise RecipeError(f"output_dir: {p} is a file, not a folder; outputs go to <output_dir>/<name>/ "
+                              "(paths relative to where you run the command)", path=path,
+                              line=lines.get(("output_dir",)) or lines.get(("name",)))
 
 
 def check_against_base(recipe: Recipe, base_vocab: int) -> None:

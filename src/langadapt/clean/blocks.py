@@ -103,7 +103,8 @@ def rejects_writer(folder: str | os.PathLike | None, reason: str) -> JsonlWriter
 class CorpusReader(PipelineStep):
     """Reads this task's pieces of the corpus (see :func:`langadapt.data.corpus.plan_pieces`).
 
-    Lines that are not valid UTF-8 are counted (``invalid_utf8``, once per line) and skipped.
+    Lines that are not valid UTF-8 are counted (``invalid_utf8``, once per line) and skipped, and so
+    are documents without text (``empty_text``: a JSONL ``null``, an empty or blank field or cell).
     Bytes read are written to ``progress_dir/<rank>`` about once a second for the progress bar.
     """
 
@@ -131,6 +132,9 @@ class CorpusReader(PipelineStep):
                 for rec in read_piece(piece, source):
                     counts[f"{name}|bytes_in"] += rec.nbytes
                     done += rec.nbytes
+                    if rec.empty:
+                        counts[f"{name}|empty_text"] += 1
+                        continue
                     if rec.invalid:
                         if not rec.repeat:
                             counts[f"{name}|invalid_utf8"] += 1

@@ -20,7 +20,7 @@ def run(ctx) -> dict:
     if not recipe.data.corpus:
         raise LangadaptError("clean: data.corpus lists no sources; add at least one corpus source")
     from langadapt.clean.pipeline import Job, build_passes, finish, run_passes
-    from langadapt.clean.report import build_report, collect_counts, print_report, write_report
+    from langadapt.clean.report import build_report, collect_counts, empty_result, print_report, write_report
     from langadapt.clean.langid import check_language
     from langadapt.data.corpus import plan_pieces
 
@@ -49,4 +49,12 @@ def run(ctx) -> dict:
     finish(job)
     write_report(ctx.out_dir, report)
     print_report(report, ctx.console)
+    # The later stages would train on nothing; the report stays for the user to see why.
+    problem = empty_result(report)
+    if problem:
+        raise LangadaptError(problem)
+    for row in report["sources"]:
+        if not row["sentences_out"]:
+            ctx.log(f"clean: warning: source '{row['source']}' gave no sentences ({row['sentences_in']:,} in); "
+                    "see report.json")
     return {**report["totals"], "seconds": report["run"]["seconds"]}

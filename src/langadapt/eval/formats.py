@@ -207,10 +207,45 @@ def read_hf(path: str, split: str, config: str | None) -> Iterator[RawRow]:
         yield RawRow(dict(row), f"{path}[{split}][{i}]")
 
 
+def not_utf8(paths: list[Path]) -> DataError | None:
+    """The first place in ``paths`` that is not UTF-8, as a one-line error naming file and line.
+
+    The text decoder reports an offset inside its read buffer only, so the file is decoded whole
+    again to find the line (evaluation files are small, and this runs only after a failure).
+    """
+    for path in paths:
+        try:
+            data = Path(path).read_bytes()
+        except OSError:
+            continue
+        skip = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+        try:
+            data[skip:].decode("utf-8")
+        except UnicodeDecodeError as e:
+            at = skip + e.start
+            line_start = data.rfind(b"\n", 0, at) + 1
+            return DataError(f"not UTF-8 text ({e.reason} at byte {at - line_start} of the line); "
+                             "save the file as UTF-8", path=str(path), line=data.count(b"\n", 0, at) + 1)
+    return None
+
+
 def read_rows(fmt: str, paths: list[Path], *, split: str = "test", config: str | None = None,
               source_column: int = 0, reference_column: int = 1, header: str = "auto",
               reference: Path | None = None) -> Iterator[RawRow]:
     """Raw rows of one or more files in format ``fmt`` (see ``FORMATS``)."""
+    files = [*paths, reference] if fmt == "pair" and reference is not None else list(paths)
+    try:
+        yield from _read_rows(fmt, paths, split=split, config=config, source_column=source_column,
+                              reference_column=reference_column, header=header, reference=reference)
+    except UnicodeDecodeError:
+        err = not_utf8(files) if fmt != "hf" else None
+        if err is None:
+            raise
+        raise err from None
+
+
+def _read_rows(fmt: str, paths: list[Path], *, split: str, config: str | None, source_column: int,
+               reference_column: int, header: str, reference: Path | None) -> Iterator[RawRow]:
     if fmt == "pair":
         if reference is None or len(paths) != 1:
             raise DataError("format 'pair' needs one 'path' (source side) and a 'reference' file")

@@ -177,6 +177,9 @@ def _yaml_with_lines(path: Path) -> tuple[dict, dict[tuple, int]]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise RecipeError("task file not found", path=str(path)) from None
+    except UnicodeDecodeError:
+        err = formats.not_utf8([path])
+        raise RecipeError(err.message, path=err.path, line=err.line) from None
     data, lines = _compose_with_lines(text, str(path))
     if not isinstance(data, dict):
         raise RecipeError("a task file must be a mapping (a suite with 'tasks:' or one task)", path=str(path), line=1)
