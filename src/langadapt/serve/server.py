@@ -8,6 +8,9 @@ Endpoints (on 127.0.0.1 by default):
   OpenAI's parameters it takes ``repetition_penalty``, ``no_repeat_ngram_size`` and
   ``trim_history`` (drop the oldest turns instead of refusing a conversation longer than the
   context window; the page sets it);
+- ``POST /v1/completions``: OpenAI's legacy completions with ``echo`` and ``logprobs``, and vLLM's
+  ``POST /tokenize``, ``POST /detokenize`` and ``GET /tokenizer_info``, so log-likelihood evaluations
+  (lm-evaluation-harness's ``local-completions``) run against the server (``serve/completions.py``);
 - ``GET /api/config``: default sampling settings and each model's context window, for the page.
 
 Access (``serve/guard.py``): an API key (``Authorization: Bearer``) when one is set, required for
@@ -40,7 +43,9 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
+from urllib.parse import parse_qs
 
+from langadapt.serve import completions
 from langadapt.serve.api import ApiError, number, pick_model, stop_strings
 from langadapt.serve.generation import ChatModel, PromptTooLong, RequestTooLarge, Sampling, check_messages
 from langadapt.serve.guard import API_KEY_ENV, Access, DeadlineReader, client_gone, is_loopback, refuse_connection
@@ -319,7 +324,11 @@ class Handler(BaseHTTPRequestHandler):
             elif path == "/health":
                 q = self.server.queue
                 self._json(200, {"status": "ok", "active": q.active, "waiting": q.waiting})
-            elif path == "/v1/chat/completions":
+            elif path == "/tokenizer_info":
+                query = parse_qs(self.path.partition("?")[2])
+                mid = pick_model(self.server.models, {"model": query.get("model", [next(iter(self.server.models))])[0]})
+                self._json(200, completions.tokenizer_info(self.server.models[mid]))
+            elif path in ("/v1/chat/completions", "/v1/completions", "/tokenize", "/detokenize"):
                 raise ApiError(405, f"use POST for {path}", headers={"Allow": "POST"})
             else:
                 raise ApiError(404, f"no such endpoint: {path}", code="not_found")
@@ -331,15 +340,26 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         path = self.path.split("?", 1)[0]
         try:
-            if path != "/v1/chat/completions":
+            if path not in ("/v1/chat/completions", "/v1/completions", "/tokenize", "/detokenize"):
                 raise ApiError(404, f"no such endpoint: POST {path}", code="not_found")
             self._check(path, post=True)
-            req = parse_request(self.server, self._read_json())
-            with self.server.queue.slot():
-                if req["stream"]:
-                    self._stream(req)
-                else:
-                    self._complete(req)
+            body = self._read_json()
+            if path == "/tokenize":
+                self._json(200, completions.tokenize(self.server, body))
+            elif path == "/detokenize":
+                self._json(200, completions.detokenize(self.server, body))
+            elif path == "/v1/completions":
+                req = completions.parse_completion(self.server, body)
+                with self.server.queue.slot():
+                    out = completions.complete(req, self._alive)
+                self._json(200, out)
+            else:
+                req = parse_request(self.server, body)
+                with self.server.queue.slot():
+                    if req["stream"]:
+                        self._stream(req)
+                    else:
+                        self._complete(req)
         except ApiError as e:
             self._error(e)
         except (BrokenPipeError, ConnectionResetError):
@@ -506,7 +526,9 @@ def add_parser(sub) -> None:
         "English left-to-right, per message; answers stream; two models side by side on one prompt) and an "
         "OpenAI-compatible API at /v1 (chat/completions, streaming and not; models), so the openai client and "
         "other tools work with base_url=http://127.0.0.1:PORT/v1. One answer is generated at a time; up to "
-        "--max-queue requests wait and further ones get HTTP 503. Each MODEL is a model folder, adapter folder, "
+        "--max-queue requests wait and further ones get HTTP 503. /v1/completions (echo, logprobs) and /tokenize serve "
+        "log-likelihood evaluations, e.g. lm-eval --model local-completions --model_args "
+        "base_url=http://127.0.0.1:PORT/v1/completions,model=NAME. Each MODEL is a model folder, adapter folder, "
         ".gguf, hub id, smollm2-135m-instruct, a run's stage (runs/NAME/STAGE, runs/NAME:STAGE, "
         "RECIPE.yaml:STAGE; RECIPE.yaml:base is the run's base model), or a run folder (runs/NAME: all its stages "
         "that have a model); write NAME=MODEL to choose the id clients use.",
