@@ -158,11 +158,15 @@ def client_gone(sock: socket.socket) -> bool:
     A client that half-closes after sending its request would count as gone; HTTP clients do not do that.
     """
     try:
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
-        if not poller.poll(0):
+        if hasattr(select, "poll"):  # select() cannot watch descriptors above 1023
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            readable = bool(poller.poll(0))
+        else:
+            readable = bool(select.select([sock], [], [], 0)[0])
+        if not readable:
             return False
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        return sock.recv(1, socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0)) == b""
     except (BlockingIOError, InterruptedError, TimeoutError):
         return False
     except (OSError, ValueError):
