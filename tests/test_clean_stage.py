@@ -37,8 +37,8 @@ def _clean(tmp_path: Path, sources: list[dict], **clean) -> tuple[Path, dict]:
     return recipe.run_dir / "clean", summary
 
 
-def _sentences(out: Path) -> list[dict]:
-    return [json.loads(line) for f in sorted((out / "sentences").glob("*.jsonl")) for line in f.open(encoding="utf-8")]
+def _documents(out: Path) -> list[dict]:
+    return [json.loads(line) for f in sorted((out / "documents").glob("*.jsonl")) for line in f.open(encoding="utf-8")]
 
 
 def _rejects(out: Path) -> list[dict]:
@@ -91,7 +91,7 @@ def test_demo_noisy_lines_are_dropped_for_the_right_reasons_and_real_sentences_k
         sentences = split_sentences(normalize(line, "fa"), "fa")
         assert len(sentences) == 1, f"noisy.txt line {n} should be one sentence: {sentences}"
         by_text[sentences[0]] = n
-    kept_noisy = [s for s in _sentences(out) if s["source"] == "noisy"]
+    kept_noisy = [s for s in _documents(out) if s["source"] == "noisy"]
     for s in kept_noisy:
         outcome[by_text[s["text"]]] = "keep"
 
@@ -111,8 +111,10 @@ def test_demo_noisy_lines_are_dropped_for_the_right_reasons_and_real_sentences_k
         assert rows[name]["sentences_out"] == rows[name]["sentences_in"] > 100
         assert sum(rows[name]["drops"].values()) == 0
     assert rows["noisy"]["sentences_out"] == 6
-    assert summary["sentences_out"] == len(_sentences(out)) == len({s["text"] for s in _sentences(out)})
-    assert all(0.7 <= s["lang_prob"] <= 1.0 and s["type"] in ("other", "news", "web") for s in _sentences(out))
+    docs = _documents(out)  # the kept sentences put back together, a line of the demo files each
+    assert summary["sentences_out"] == sum(d["sentences"] for d in docs)
+    assert summary["documents_out"] == len(docs) == len({d["text"] for d in docs}) < summary["sentences_out"]
+    assert all(0.7 <= s["lang_prob"] <= 1.0 and s["type"] in ("other", "news", "web") for s in _documents(out))
 
 
 # --------------------------------------------------------------------------- dedup across workers
@@ -132,10 +134,10 @@ def test_dedup_is_correct_across_two_shards_processed_by_different_workers(tmp_p
     assert task_of["a.txt"] != task_of["b.txt"] or task_of["a.txt"] != task_of["c.txt"]  # really two workers
 
     out, summary = _clean(tmp_path, sources, workers=2, rejects=True)
-    texts = [s["text"] for s in _sentences(out)]
+    texts = [s["text"] for s in _documents(out)]
     assert sorted(texts) == sorted(S)  # every sentence exactly once
-    assert len(list((out / "sentences").glob("*.jsonl"))) == 2  # written by two tasks
-    kept_from = {s["text"]: s["source"] for s in _sentences(out)}
+    assert len(list((out / "documents").glob("*.jsonl"))) == 2  # written by two tasks
+    kept_from = {s["text"]: s["source"] for s in _documents(out)}
     assert kept_from[S[0]] == "a" and kept_from[S[2]] == "a" and kept_from[S[5]] == "b"  # first-listed source wins
     dups = sorted((r["source"], r["text"]) for r in _rejects(out) if r["reason"] == "duplicate")
     assert dups == sorted([("a", S[1]), ("b", S[0]), ("c", S[5]), ("c", S[2])])
@@ -176,7 +178,7 @@ def test_invalid_utf8_lines_are_counted_and_skipped_and_empty_files_are_fine(tmp
     (tmp_path / "empty.txt").write_bytes(b"")
     out, summary = _clean(tmp_path, [{"name": "bad", "path": str(bad)}, {"name": "empty", "path": str(tmp_path / "empty.txt")}],
                           rejects=True)
-    assert sorted(s["text"] for s in _sentences(out)) == sorted(S[:2])
+    assert sorted(s["text"] for s in _documents(out)) == sorted(S[:2])
     assert summary["drops"]["invalid_utf8"] == 1
     assert [r["reason"] for r in _rejects(out)] == ["invalid_utf8"]
     rows = {r["source"]: r for r in json.loads((out / "report.json").read_text())["sources"]}
@@ -334,7 +336,7 @@ def test_near_duplicates_removed_only_with_the_flag_and_parquet_output(tmp_path)
     assert summary["sentences_out"] == 3
     out, summary = _clean(tmp_path / "on", src, near_dedup=True, rejects=True, output_format="parquet")
     assert summary["sentences_out"] == 2 and summary["drops"]["near_duplicate"] == 1
-    rows = [r for f in sorted((out / "sentences").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    rows = [r for f in sorted((out / "documents").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
     assert sorted(rows[0]) == ["lang_prob", "source", "text", "type"] and len(rows) == 2
     assert [r["reason"] for r in _rejects(out)] == ["near_duplicate"]
 
@@ -414,7 +416,7 @@ def test_slurm_executor_submits_the_same_passes_as_job_arrays(tmp_path, monkeypa
     out, summary = _clean(tmp_path, src, executor="slurm", workers=None, slurm={
         "partition": "cpu", "tasks": 2, "time": "1:00:00", "poll_seconds": 1, "sbatch_args": {"account": "proj"},
         "env_command": f"export PATH={Path(sys.executable).parent}:$PATH"})
-    assert sorted(s["text"] for s in _sentences(out)) == sorted(S)
+    assert sorted(s["text"] for s in _documents(out)) == sorted(S)
     assert summary["drops"]["duplicate"] == 2
     submitted = (tmp_path / "submitted.txt").read_text()
     assert submitted.count("#SBATCH --partition=cpu") >= 3 and "#SBATCH --account=proj" in submitted

@@ -7,7 +7,7 @@ its own folder; what other code may read of it is listed here:
 | stage | files others read |
 | --- | --- |
 | every stage | ``COMPLETE.json`` (marker: hash, seconds, summary), ``STARTED.json`` (an unfinished run) |
-| clean | ``sentences/*.jsonl`` or ``*.parquet`` (``{"text", ...}`` per line/row), ``report.json`` |
+| clean | ``documents/*.jsonl`` or ``*.parquet`` (``{"text", ...}`` per line/row; ``sentences/`` in older runs), ``report.json`` |
 | tokenizer | ``model/``, ``report.json`` |
 | align, pretrain, sft | ``model/`` or ``adapter/``, ``bpc.json``, ``metrics.jsonl`` |
 | translate | ``instructions/index.json`` (the sources it wrote, for sft), ``instructions/*.jsonl`` |
@@ -26,7 +26,8 @@ from langadapt.files import read_json
 COMPLETE = "COMPLETE.json"
 STARTED = "STARTED.json"
 MODEL_DIRS = ("adapter", "model")  # a stage's model: a PEFT adapter folder, or a full save_pretrained folder
-SHARDS = "sentences"
+DOCUMENTS = "documents"  # the clean stage's output: kept sentences put back together as documents
+SENTENCES = "sentences"  # what runs before documents wrote (one sentence per row); still read
 TRANSLATED = "instructions"
 TRANSLATED_INDEX = "index.json"
 BPC = "bpc.json"
@@ -98,12 +99,15 @@ class RunLayout:
     # ---- what stages wrote for others
 
     def clean_shards(self) -> list[Path]:
-        """The clean stage's sentence shards, JSONL then Parquet, each in name order; an error when none."""
-        folder = self.root / "clean" / SHARDS
-        files = sorted(folder.glob("*.jsonl")) + sorted(folder.glob("*.parquet"))
-        if not files:
-            raise LangadaptError(f"no cleaned sentences in {folder}/; run the clean stage first (langadapt clean RECIPE)")
-        return files
+        """The clean stage's shards (rows with a ``text``: documents, or sentences in runs made before
+        documents), JSONL then Parquet, each in name order; an error when there are none."""
+        for name in (DOCUMENTS, SENTENCES):
+            folder = self.root / "clean" / name
+            files = sorted(folder.glob("*.jsonl")) + sorted(folder.glob("*.parquet"))
+            if files:
+                return files
+        raise LangadaptError(f"no cleaned documents in {self.root / 'clean' / DOCUMENTS}/; run the clean stage first "
+                             "(langadapt clean RECIPE)")
 
     def report_path(self, stage: str) -> Path:
         """``report.json`` of the clean, tokenizer or translate stage."""

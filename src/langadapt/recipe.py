@@ -7,7 +7,9 @@ as one line naming the file, the line, the key and what would be valid.
 from __future__ import annotations
 
 import glob
+import math
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -75,8 +77,35 @@ class CorpusSource(Section):
     format: Literal["text", "jsonl", "parquet", "hf"] = "text"
     path: str = Field(description="file, folder or glob; for format hf a dataset id or local dataset folder")
     text_field: str = "text"
-    doc_per: Literal["line", "file"] = "line"
+    doc_per: Literal["line", "lines", "file", "record"] = Field(
+        "line", description="what one document is: a line (text), runs of consecutive lines up to doc_chars ended "
+        "also by a blank line (text: poems, verses), a whole file (text), a record (jsonl, parquet, hf; for "
+        "them 'line' means the same)")
+    doc_chars: int = Field(2000, ge=100, le=1_000_000, description="doc_per lines: characters a run of lines may reach")
     split: str = "train"
+
+    @model_validator(mode="after")
+    def _documents(self) -> CorpusSource:
+        if self.format == "text" and self.doc_per == "record":
+            raise ValueError(f"data source '{self.name}': doc_per 'record' needs records (format jsonl, parquet or "
+                             "hf); a text file has lines: use doc_per line, lines or file")
+        if self.format != "text" and self.doc_per in ("lines", "file"):
+            raise ValueError(f"data source '{self.name}': doc_per '{self.doc_per}' groups lines of a text file; "
+                             f"a {self.format} source has one document per record: use doc_per record")
+        return self
+
+
+class ReplaySource(CorpusSource):
+    """Text in the base model's own language (usually English), mixed back into training against forgetting."""
+
+    language: str = Field("en", pattern=r"^[a-z]{2,3}$", description="the language of this text (checked)")
+
+
+class ReplaySettings(Section):
+    """A share of the training tokens taken from ``data.replay`` sources, mixed into the same rows."""
+
+    sources: list[str] | None = Field(None, description="names from data.replay; None: all")
+    share: float = Field(0.1, gt=0.0, le=0.9, description="share of the training tokens that are replay text")
 
 
 class ParallelSource(Section):
@@ -124,20 +153,24 @@ class InstructionSource(Section):
 class Heldout(Section):
     """Held-out text for bits per character, measured before and after every training stage."""
 
-    target: str | None = None
+    target: str | None = Field(None, description="lines, each scored on its own")
     english: str | None = None
+    target_documents: str | None = Field(None, description="documents (JSONL records with 'text', or paragraphs "
+                                         "separated by blank lines), each scored whole: later windows see the earlier text")
+    english_documents: str | None = None
     max_chars: int = Field(20_000, ge=100, description="characters of each file used")
 
 
 class Data(Section):
     corpus: list[CorpusSource] = []
+    replay: list[ReplaySource] = Field([], description="original-language text for the training stages' replay")
     parallel: list[ParallelSource] = []
     instructions: list[InstructionSource] = []
     heldout: Heldout = Heldout()
 
     @model_validator(mode="after")
     def _unique_names(self) -> Data:
-        for kind in ("corpus", "parallel", "instructions"):
+        for kind in ("corpus", "replay", "parallel", "instructions"):
             names = [s.name for s in getattr(self, kind)]
             dup = sorted({n for n in names if names.count(n) > 1})
             if dup:
@@ -238,7 +271,14 @@ class TrainSettings(Section):
     weight_decay: float = Field(0.0, ge=0.0)
     max_grad_norm: float | None = Field(1.0, gt=0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    train_rows: Literal["all", "new"] = Field("all", description="embeddings/head rows that train: all (paper) or new only")
+    train_rows: Literal["all", "new", "none"] = Field(
+        "all", description="embeddings/head rows that train: all (paper), new only, or none (LoRA alone)")
+    embedding_lr: float | str | None = Field(
+        None, description="learning rate of the embeddings and head: a number, or a scale of lr such as '0.1x'; "
+        "None: lr")
+    replay: ReplaySettings | None = Field(None, description="mix data.replay text into the training rows")
+    pack_across_documents: bool = Field(False, description="true: blocks are a plain concatenation (attention and "
+                                        "positions run across documents); false: they restart at every document")
     save_every: int = Field(0, ge=0, description="checkpoint every N optimizer steps (0: only at the end)")
     eval_every: int = Field(0, ge=0, description="held-out bits per character every N steps (0: start and end only)")
     log_every: int = Field(1, ge=1)
@@ -254,6 +294,29 @@ class TrainSettings(Section):
         "flash_attention_2 needs the flash-attn package and a GPU")
     fused_optimizer: bool = Field(True, description="fused AdamW kernel on a GPU (ignored on the CPU)")
     compile: bool = Field(False, description="torch.compile each transformer block (compiles for a minute first)")
+
+    @model_validator(mode="after")
+    def _embedding_lr(self) -> TrainSettings:
+        e = self.embedding_lr
+        if e is None:
+            return self
+        if isinstance(e, str) and not re.fullmatch(r"\d+(\.\d*)?([eE]-?\d+)?x", e.strip()):
+            raise ValueError(f"embedding_lr: give a learning rate (2e-5) or a scale of lr ending in x ('0.1x'), not {e!r}")
+        if self.embedding_learning_rate() <= 0 or not math.isfinite(self.embedding_learning_rate()):
+            raise ValueError(f"embedding_lr: must be above 0 (got {e!r})")
+        if self.train_rows == "none":
+            raise ValueError("embedding_lr: this stage trains no embeddings or head (train_rows: none); remove "
+                             "embedding_lr or train rows")
+        return self
+
+    def embedding_learning_rate(self) -> float | None:
+        """The embeddings' and head's learning rate (``embedding_lr`` resolved), or None: the same as ``lr``."""
+        e = self.embedding_lr
+        if e is None:
+            return None
+        if isinstance(e, str):
+            return float(e.strip()[:-1]) * self.lr
+        return float(e)
 
 
 class BilingualSettings(TrainSettings):
@@ -680,6 +743,32 @@ def check_consistency(recipe: Recipe, *, path: str, lines: dict[tuple, int]) -> 
                  "translate; add one (for example an English Alpaca file) or disable translate")
     if recipe.enabled("eval"):
         _check_eval(recipe, fail)
+    replay_names = [s.name for s in recipe.data.replay]
+    for loc, settings in training_settings(recipe):
+        if settings.replay is None:
+            continue
+        if not replay_names:
+            fail(loc + ("replay",), f"{'.'.join(loc)}.replay: data.replay lists no sources; add the original-language "
+                 "text to mix back in (for example English text), or remove replay")
+        for i, name in enumerate(settings.replay.sources or []):
+            if name not in replay_names:
+                fail(loc + ("replay", "sources", i), f"{'.'.join(loc)}.replay.sources: '{name}' is not a name in "
+                     f"data.replay (known: {', '.join(replay_names)})")
+
+
+def training_settings(recipe: Recipe) -> list[tuple[tuple, TrainSettings]]:
+    """(recipe location, settings) of every enabled training call: align's two steps, pretrain, sft."""
+    out = []
+    for stage in stages.TRAINING:
+        if not recipe.enabled(stage):
+            continue
+        section = getattr(recipe, stage)
+        if isinstance(section, TrainSettings):
+            out.append(((stage,), section))
+        else:  # align: a monolingual and a bilingual step
+            out += [((stage, k), v) for k, v in section if isinstance(v, TrainSettings)
+                    and getattr(v, "enabled", True)]
+    return out
 
 
 def eval_columns(recipe: Recipe) -> list[str]:
@@ -729,8 +818,9 @@ def check_inputs_exist(recipe: Recipe, *, path: str, lines: dict[tuple, int]) ->
                           path=path, line=lines.get(loc))
 
     d = recipe.data
-    for i, s in enumerate(d.corpus):
-        need(("data", "corpus", i, "path"), s.path, hub_ok=s.format == "hf")
+    for kind in ("corpus", "replay"):
+        for i, s in enumerate(getattr(d, kind)):
+            need(("data", kind, i, "path"), s.path, hub_ok=s.format == "hf")
     for i, s in enumerate(d.parallel):
         for key in ("path", "target", "english"):
             v = getattr(s, key)
@@ -738,7 +828,7 @@ def check_inputs_exist(recipe: Recipe, *, path: str, lines: dict[tuple, int]) ->
                 need(("data", "parallel", i, key), v, hub_ok=s.format == "hf", file=s.format != "hf")
     for i, s in enumerate(d.instructions):
         need(("data", "instructions", i, "path"), s.path, hub_ok=True)
-    for key in ("target", "english"):
+    for key in ("target", "english", "target_documents", "english_documents"):
         v = getattr(d.heldout, key)
         if v is not None:
             need(("data", "heldout", key), v, file=True)

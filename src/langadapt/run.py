@@ -64,13 +64,16 @@ class StageContext:
 
 
 def preflight(recipe: Recipe) -> None:
-    """Checks that need the base model's config, done before any stage starts.
+    """Checks that need the base model's config or the first records of the inputs, done before any
+    stage starts: the vocabulary size against the recipe, the replay sources' languages.
 
     The config comes from ``base_config`` or a local model (a GGUF header, a config.json); a hub
     id without ``base_config`` is checked when the first stage loads it.
     """
     from langadapt.models import load_config, resolve_model
+    from langadapt.train.replay import check_sources
 
+    check_sources(recipe)
     if recipe.base_config is None:
         src = resolve_model(recipe.base_model)  # raises ModelNotFoundError with what to do
         if src.kind == "hub":

@@ -24,10 +24,11 @@ def run(ctx) -> dict:
     from langadapt.data.parallel import read_parallel
     from langadapt.models import load_model_and_tokenizer
     from langadapt.train.bpc import read_heldout
-    from langadapt.train.core import load_dtype, train_model
+    from langadapt.train.core import load_dtype, lr_note, train_model
     from langadapt.train.examples import bilingual_examples
     from langadapt.train.finish import base_vocab_of, finish_stage, unpeft
     from langadapt.train.freeze import apply_policy, stage_policy
+    from langadapt.train import replay
     from langadapt.train.store import corpus_store
 
     recipe = ctx.recipe
@@ -40,16 +41,19 @@ def run(ctx) -> dict:
 
     # ---- step 1: monolingual
     mono = cfg.monolingual
-    corpus = corpus_store(ctx.layout.clean_shards(), tokenizer, out / "tokens", limit=mono.max_examples)
+    corpus = corpus_store(ctx.layout.clean_shards(), tokenizer, out / "tokens", limit=mono.max_examples,
+                          replay=replay.for_stage(recipe, mono, recipe.seed))
     rows, _ = stage_policy(recipe, "align", "monolingual")
     frozen, counts = apply_policy(model, embeddings=rows, base_vocab=base_vocab_of(model, rows, start))
-    ctx.log(f"align (monolingual): {corpus.documents:,} sentences ({corpus.total:,} tokens); trainable "
-            f"{counts.trainable:,} of {counts.total:,} parameters ({counts.percent:.2f}%, embeddings/head rows: {rows})")
+    ctx.log(f"align (monolingual): {corpus.documents:,} documents ({corpus.total:,} tokens{replay.describe(corpus.replay)}); "
+            f"trainable {counts.trainable:,} of {counts.total:,} parameters ({counts.percent:.2f}%, embeddings/head "
+            f"rows: {rows}{lr_note(mono)})")
     r1 = train_model(frozen, tokenizer, corpus, mono, out, resume=ctx.resume,
                      heldout=heldout, log=ctx.log, name="monolingual", seed=recipe.seed)
     corpus.remove()
     model = unpeft(r1.model)
-    summary["monolingual"] = _step_summary(r1, corpus.documents, counts.trainable)
+    summary["monolingual"] = {**_step_summary(r1, corpus.documents, counts.trainable),
+                              **({"replay": corpus.replay} if corpus.replay else {})}
     end_bpc = {k: v["end"] for k, v in r1.bpc.items()}
 
     # ---- step 2: bilingual
@@ -64,14 +68,18 @@ def run(ctx) -> dict:
             pairs = pairs[: bil.max_examples]
         rows, _ = stage_policy(recipe, "align", "bilingual")
         frozen, counts = apply_policy(model, embeddings=rows, base_vocab=base_vocab_of(model, rows, start))
+        examples, mixed = bilingual_examples(tokenizer, pairs, bil, seed=recipe.seed), None
+        wanted = replay.for_stage(recipe, bil, recipe.seed)
+        if wanted:
+            examples, mixed = replay.mix_examples(examples, tokenizer, wanted[0], wanted[1])
         ctx.log(f"align (bilingual): {len(pairs):,} pairs, {bil.order.replace('_', ' ')}"
-                f"{f', {bil.reverse_share:.0%} reversed' if bil.reverse_share else ''}; trainable "
-                f"{counts.trainable:,} parameters (embeddings/head rows: {rows})")
-        r2 = train_model(frozen, tokenizer, bilingual_examples(tokenizer, pairs, bil, seed=recipe.seed), bil, out,
+                f"{f', {bil.reverse_share:.0%} reversed' if bil.reverse_share else ''}{replay.describe(mixed)}; trainable "
+                f"{counts.trainable:,} parameters (embeddings/head rows: {rows}{lr_note(bil)})")
+        r2 = train_model(frozen, tokenizer, examples, bil, out,
                          resume=ctx.resume, heldout=heldout, log=ctx.log, name="bilingual", seed=recipe.seed,
                          bpc_start=end_bpc)
         model = unpeft(r2.model)
-        summary["bilingual"] = _step_summary(r2, len(pairs), counts.trainable)
+        summary["bilingual"] = {**_step_summary(r2, len(pairs), counts.trainable), **({"replay": mixed} if mixed else {})}
         summary["parallel"] = {rep.name: {"kept": rep.kept, "skipped": rep.skipped_count} for rep in reports}
 
     # ---- output (frozen weights were loaded in the precision's dtype; trained ones were fp32)

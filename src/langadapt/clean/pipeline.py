@@ -33,7 +33,7 @@ from datatrove.executor.local import LocalPipelineExecutor
 from loguru import logger
 
 from langadapt.errors import LangadaptError
-from langadapt.layout import SHARDS
+from langadapt.layout import DOCUMENTS
 
 # --------------------------------------------------------------------------- workers die with the parent
 
@@ -185,14 +185,14 @@ def _build_passes(job: Job, plan: list) -> list[Pass]:
     from datatrove.pipeline.dedup.exact_dedup import ExactDedupFilter, ExactFindDedups
 
     from langadapt.clean import filters as F
-    from langadapt.clean.blocks import (CorpusReader, ShardReader, SplitSentences, Tally, rejects_writer,
-                                        sentence_writer)
+    from langadapt.clean.blocks import (CorpusReader, JoinDocuments, ShardReader, SplitSentences, Tally,
+                                        rejects_writer, shard_writer)
     from langadapt.clean.dedup import MINHASH_BUCKETS, SentenceSignature, exact_config
 
     cfg, w = job.cfg, job.work
     rej = str(w / "rejects") if cfg.rejects else None
     n, workers = job.tasks, (min(job.workers, job.tasks) if not job.slurm else job.workers)
-    final_out = str(w / SHARDS)
+    final_out = str(w / DOCUMENTS)
     boiler = F.DEFAULT_BOILERPLATE if cfg.boilerplate_keywords is None else cfg.boilerplate_keywords
     markers = F.DEFAULT_CODE_MARKERS if cfg.code_markers is None else cfg.code_markers
     dedup_cfg = exact_config()
@@ -204,7 +204,7 @@ def _build_passes(job: Job, plan: list) -> list[Pass]:
         F.CodeFilter(markers, exclusion_writer=rejects_writer(rej, "code")),
         F.BoilerplateFilter(job.lang, boiler, urls=cfg.boilerplate_urls, exclusion_writer=rejects_writer(rej, "boilerplate")),
         F.LanguageFilter(job.lang, cfg.lang_threshold, exclusion_writer=rejects_writer(rej, "language")),
-        sentence_writer(str(w / "filtered"), "jsonl", work=True),
+        shard_writer(str(w / "filtered"), "jsonl", work=True),
         SentenceSignature(str(w / "sigs"), dedup_cfg, finder_workers=n),
     ], n, workers)]
     passes.append(Pass("dups", "find duplicates", [ExactFindDedups(str(w / "sigs"), str(w / "dups"), dedup_cfg)],
@@ -216,7 +216,7 @@ def _build_passes(job: Job, plan: list) -> list[Pass]:
         Tally("exact_out"),
     ]
     if not cfg.near_dedup:
-        passes.append(Pass("dedup", "drop duplicates", dedup + [Tally("out"), sentence_writer(final_out, cfg.output_format)],
+        passes.append(Pass("dedup", "drop duplicates", dedup + [Tally("out"), JoinDocuments(), shard_writer(final_out, cfg.output_format)],
                            n, workers))
         return passes
 
@@ -227,7 +227,7 @@ def _build_passes(job: Job, plan: list) -> list[Pass]:
 
     mh = minhash_config(cfg.near_dedup_ngrams)
     passes.append(Pass("dedup", "drop duplicates", dedup + [
-        sentence_writer(str(w / "exact"), "jsonl", work=True),
+        shard_writer(str(w / "exact"), "jsonl", work=True),
         MinhashDedupSignature(str(w / "mh_sigs"), config=mh, language=SpaceWordTokenizer()),
     ], n, workers))
     passes.append(Pass("buckets", "near duplicates: buckets",
@@ -240,7 +240,8 @@ def _build_passes(job: Job, plan: list) -> list[Pass]:
         Tally("near_in"),
         MinhashDedupFilter(str(w / "mh_remove"), exclusion_writer=rejects_writer(rej, "near_duplicate")),
         Tally("out"),
-        sentence_writer(final_out, cfg.output_format),
+        JoinDocuments(),
+        shard_writer(final_out, cfg.output_format),
     ], n, workers))
     return passes
 
@@ -387,7 +388,7 @@ def finish(job: Job) -> None:
     """Move the outputs into place (one rename each), keep the logs, drop the intermediates."""
     from langadapt.files import atomic_path
 
-    for name in (SHARDS, "rejects"):
+    for name in (DOCUMENTS, "rejects"):
         src, dst = job.work / name, job.out_dir / name
         if name == "rejects" and not job.cfg.rejects:
             continue

@@ -23,7 +23,7 @@ from langadapt.layout import REPORT
 
 SENTENCE_REASONS = tuple(r for r in REASONS if r not in RECORD_REASONS)
 COLUMNS = ("source", "type", "original_bytes", "cleaned_bytes", "kept_bytes_pct", "sentences_in", "sentences_out",
-           *REASONS)
+           "documents_out", *REASONS)
 
 
 def collect_counts(logs_dir: Path) -> Counter:
@@ -59,6 +59,7 @@ def build_report(sources, counts: Counter, *, near_dedup: bool) -> dict:
             "cleaned_bytes": int(c.get("out_bytes", 0)),
             "sentences_in": int(c.get("sentences_in", 0)),
             "sentences_out": int(c.get("out", 0)),
+            "documents_out": int(c.get("documents_out", 0)),  # the kept sentences, put back together
             "drops": {k: int(v) for k, v in drops.items()},
         }
         lost = row["sentences_in"] - sum(row["drops"][r] for r in SENTENCE_REASONS) - row["sentences_out"]
@@ -72,6 +73,7 @@ def build_report(sources, counts: Counter, *, near_dedup: bool) -> dict:
         "cleaned_bytes": sum(r["cleaned_bytes"] for r in rows),
         "sentences_in": sum(r["sentences_in"] for r in rows),
         "sentences_out": sum(r["sentences_out"] for r in rows),
+        "documents_out": sum(r["documents_out"] for r in rows),
         "drops": {k: sum(r["drops"][k] for r in rows) for k in REASONS},
     }
     return {"sources": rows, "totals": totals}
@@ -101,6 +103,7 @@ def _flat(row: dict) -> dict:
     out = {k: row[k] for k in ("source", "type", "original_bytes", "cleaned_bytes")}
     out["kept_bytes_pct"] = _pct(row)
     out["sentences_in"], out["sentences_out"] = row["sentences_in"], row["sentences_out"]
+    out["documents_out"] = row.get("documents_out", 0)
     out.update(row["drops"])
     return out
 

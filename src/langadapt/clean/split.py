@@ -58,9 +58,15 @@ def _period_is_not_an_end(line: str, start: int, end: int) -> bool:
 
 def split_sentences(text: str, lang: str) -> list[str]:
     """The sentences of ``text`` (stripped, none empty), in order."""
+    return [s for s, _ in sentences_by_line(text, lang)]
+
+
+def sentences_by_line(text: str, lang: str) -> list[tuple[str, int]]:
+    """(sentence, index of the line it is on) for the sentences of ``text``, in order: what it takes to put
+    the kept sentences of a document back together (a space inside a line, a line break between lines)."""
     pattern = _boundary(lang)
-    out: list[str] = []
-    for line in text.split("\n"):
+    out: list[tuple[str, int]] = []
+    for n, line in enumerate(text.split("\n")):
         start = 0
         for m in pattern.finditer(line):
             run = m.group(0).rstrip(_CLOSERS)
@@ -68,11 +74,11 @@ def split_sentences(text: str, lang: str) -> list[str]:
                 continue
             piece = line[start:m.end()].strip()
             if piece:
-                out.append(piece)
+                out.append((piece, n))
             start = m.end()
         piece = line[start:].strip()
         if piece:
-            out.append(piece)
+            out.append((piece, n))
     return out
 
 

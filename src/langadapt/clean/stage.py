@@ -1,9 +1,15 @@
-"""`langadapt clean RECIPE`: the recipe's corpus to clean, unique target-language sentences (paper 3.1).
+"""`langadapt clean RECIPE`: the recipe's corpus to clean target-language documents (paper 3.1).
 
-Writes into the stage folder: ``sentences/*.jsonl`` (``{"text", "source", "type", "lang_prob"}``
-per line; ``*.parquet`` with ``output_format: parquet``), ``report.json`` and ``report.csv``
-(per source: bytes before and after, sentences in and out, drops per reason; plus totals),
-``rejects/<reason>/*.jsonl`` with ``rejects: true``, and the datatrove logs in ``logs/``.
+Each source document (a line, a file, a JSONL record, or a run of lines: the source's ``doc_per``)
+is cut into sentences; the paper's rules and exact (and near) deduplication judge sentences; the
+kept sentences of each document are written back together, in order, as one document (C4's way:
+a dropped sentence leaves a gap, not a split).
+
+Writes into the stage folder: ``documents/*.jsonl`` (``{"text", "source", "type", "sentences",
+"lang_prob"}`` per line; ``*.parquet`` with ``output_format: parquet``), ``report.json`` and
+``report.csv`` (per source: bytes before and after, sentences in and out, documents out, drops per
+reason; plus totals), ``rejects/<reason>/*.jsonl`` with ``rejects: true``, and the datatrove logs
+in ``logs/``.
 """
 
 from __future__ import annotations

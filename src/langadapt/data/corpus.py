@@ -177,7 +177,7 @@ def plan_pieces(sources: Sequence, resolve: Callable[[str], Path], tasks: int,
 
 
 def _splittable(source, f: Path) -> bool:
-    return source.doc_per == "line" and not f.name.endswith(".gz") and source.format in ("text", "jsonl")
+    return source.doc_per in ("line", "lines", "record") and not f.name.endswith(".gz") and source.format in ("text", "jsonl")
 
 
 def _parquet_pieces(i: int, source, f: Path) -> list[Piece]:
@@ -241,6 +241,8 @@ def read_piece(piece: Piece, source, *, max_bytes: int = MAX_RECORD_BYTES) -> It
         yield from _read_dataset(piece, source, max_bytes)
     elif source.format == "jsonl":
         yield from _read_jsonl(piece, source, max_bytes)
+    elif source.doc_per in ("file", "lines"):
+        yield from _read_runs(piece, source, max_bytes)
     else:
         yield from _read_text(piece, max_bytes)
 
@@ -320,7 +322,8 @@ def _decode_lines(piece: Piece, max_bytes: int) -> Iterator[tuple[int, str | Non
             yield offset, text, raw, complete
 
 
-def _read_text(piece: Piece, max_bytes: int) -> Iterator[Record]:
+def _read_text(piece: Piece, max_bytes: int, *, blank_lines: bool = False) -> Iterator[Record]:
+    """One record per line (blank lines skipped, or given as ``empty`` records with ``blank_lines``)."""
     whole_file = piece.kind == "file"
     bad_line = -1
     found = False
@@ -333,8 +336,51 @@ def _read_text(piece: Piece, max_bytes: int) -> Iterator[Record]:
             continue
         found = True
         if text.strip():
-            yield Record(text, where, len(raw))
-    if whole_file and not found:
+            yield Record(text, f"{piece.path}:{offset}" if blank_lines else where, len(raw))
+        elif blank_lines:
+            yield Record("", where, 0, empty=True)
+    if whole_file and not found and not blank_lines:
+        yield Record("", piece.path, 0, empty=True)
+
+
+def _read_runs(piece: Piece, source, max_bytes: int) -> Iterator[Record]:
+    """Documents of consecutive lines of a text file: the whole file (``doc_per: file``), or runs of lines
+    of at most ``doc_chars`` characters that a blank line also ends (``doc_per: lines``: poems, verses).
+    A document keeps its line breaks; it is named after its first line."""
+    limit = None if source.doc_per == "file" else source.doc_chars
+    lines: list[str] = []
+    size = nbytes = 0
+    where = ""
+
+    def flush() -> Iterator[Record]:
+        nonlocal lines, size, nbytes
+        if lines:
+            text = "\n".join(lines)
+            if len(text.encode("utf-8")) <= max_bytes:
+                yield Record(text, where, nbytes)
+            else:
+                yield from _cut(text, where, max_bytes)
+        lines, size, nbytes = [], 0, 0
+
+    found = False
+    for record in _read_text(piece, max_bytes, blank_lines=True):
+        if record.invalid:
+            yield record
+            continue
+        found = found or not record.empty
+        if record.empty:  # a blank line ends a run of lines (a stanza, a paragraph)
+            if limit is not None:
+                yield from flush()
+            continue
+        if limit is not None and lines and size + 1 + len(record.text) > limit:
+            yield from flush()
+        if not lines:
+            where = record.where if limit is not None else piece.path
+        lines.append(record.text)
+        size += len(record.text) + (1 if size else 0)
+        nbytes += record.nbytes
+    yield from flush()
+    if piece.kind == "file" and not found:
         yield Record("", piece.path, 0, empty=True)
 
 

@@ -60,6 +60,8 @@ def heldout_bpc_rows(recipe, lm, tokenizer, *, model: str, stage: str) -> list[d
 
     rows = []
     for key, text in read_heldout(recipe).items():
+        if key not in ("target", "english"):  # the table's row is line-level; documents stay in bpc.json
+            continue
         lang = recipe.language.code if key == "target" else "en"
         rows.append({"model": model, "stage": stage, "task": "heldout", "language": lang, "metric": "bpc",
                      "value": round(bits_per_char(lm, tokenizer, text), 6), "n": None, "protocol": "original",

@@ -31,7 +31,8 @@ def _start_bpc(ctx, start_from: str) -> dict[str, float] | None:
 def run(ctx) -> dict:
     from langadapt.models import load_model_and_tokenizer
     from langadapt.train.bpc import read_heldout
-    from langadapt.train.core import load_dtype, train_model
+    from langadapt.train import replay
+    from langadapt.train.core import load_dtype, lr_note, train_model
     from langadapt.train.finish import base_vocab_of, finish_stage
     from langadapt.train.freeze import apply_policy, lora_targets, stage_policy
     from langadapt.train.store import corpus_store
@@ -48,10 +49,11 @@ def run(ctx) -> dict:
     targets = lora_targets(model) if lora.targets == "all-linear" else list(lora.targets)
     frozen, counts = apply_policy(model, embeddings=rows, lora=lora, base_vocab=base_vocab_of(model, rows, start),
                                    seed=recipe.seed)
-    corpus = corpus_store(ctx.layout.clean_shards(), tokenizer, out / "tokens", limit=cfg.max_examples)
-    ctx.log(f"pretrain: from {cfg.start_from} ({start}); {corpus.documents:,} sentences ({corpus.total:,} tokens); "
-            f"LoRA r={lora.r} "
-            f"alpha={lora.alpha:g} on {', '.join(targets)}; embeddings/head rows: {rows}; trainable "
+    corpus = corpus_store(ctx.layout.clean_shards(), tokenizer, out / "tokens", limit=cfg.max_examples,
+                          replay=replay.for_stage(recipe, cfg, recipe.seed))
+    ctx.log(f"pretrain: from {cfg.start_from} ({start}); {corpus.documents:,} documents ({corpus.total:,} tokens"
+            f"{replay.describe(corpus.replay)}); LoRA r={lora.r} "
+            f"alpha={lora.alpha:g} on {', '.join(targets)}; embeddings/head rows: {rows}{lr_note(cfg)}; trainable "
             f"{counts.trainable:,} of {counts.total:,} ({counts.percent:.2f}%)")
 
     result = train_model(frozen, tokenizer, corpus, cfg, out, resume=ctx.resume,
@@ -63,7 +65,8 @@ def run(ctx) -> dict:
         "start_from": cfg.start_from,
         "lora_targets": targets,
         "train_rows": rows,
-        "sentences": corpus.documents,
+        "documents": corpus.documents,
+        **({"replay": corpus.replay} if corpus.replay else {}),
         **result.summary(),
         "trainable": counts.trainable,
         "total": counts.total,

@@ -208,10 +208,20 @@ def _section_protocol(results: dict | None) -> str:
             'Summarization is BLEU/100.</p></section>')
 
 
+BPC_TEXTS = ("target", "english", "target_documents", "english_documents")
+"""The held-out texts a bpc.json may hold: lines, then whole documents."""
+
+
+def _bpc_texts(bpc: dict) -> list[str]:
+    """The held-out texts measured in this run: target and English lines always, documents when present."""
+    present = {k for d in bpc.values() if isinstance(d, dict) for k in d}
+    return [k for k in BPC_TEXTS if k in ("target", "english") or k in present]
+
+
 def _bpc_points(bpc: dict) -> tuple[list, dict]:
-    """Checkpoints 'before' and after each training stage, for target and English text."""
+    """Checkpoints 'before' and after each training stage, for each held-out text."""
     labels = {0.0: "before"}
-    series: dict[str, list] = {"target": [], "english": []}
+    series: dict[str, list] = {k: [] for k in _bpc_texts(bpc)}
     x = 0.0
     first = True
     for stage in stages.TRAINING:
@@ -238,17 +248,19 @@ def _section_bpc(data: dict, language: str) -> str:
     if not bpc:
         return '<section id="bpc"><h2>Held-out bits per character</h2>' + _not_run("Training stages (align, pretrain, sft)") + "</section>"
     series, labels = _bpc_points(bpc)
-    names = {"target": f"{lang_name(language)} (target)", "english": "English"}
+    texts = _bpc_texts(bpc)
+    names = {"target": f"{lang_name(language)} (target)", "english": "English",
+             "target_documents": f"{lang_name(language)} documents", "english_documents": "English documents"}
     chart = svg_line_chart([(names.get(k, k), v) for k, v in series], title="Held-out bits per character after each stage",
                            xlabel="checkpoint", ylabel="bits per character", x_labels=labels)
     rows = []
     for stage in stages.TRAINING:
         d = bpc.get(stage)
         if not isinstance(d, dict):
-            rows.append(f'<tr><td class="name">{stage}</td><td colspan="4" class="name not-run">not run</td></tr>')
+            rows.append(f'<tr><td class="name">{stage}</td><td colspan="{2 * len(texts)}" class="name not-run">not run</td></tr>')
             continue
         cells = []
-        for lang in ("target", "english"):
+        for lang in texts:
             v = d.get(lang) if isinstance(d.get(lang), dict) else {}
             cells += [f"<td>{_num(v.get('start'), 3)}</td>", f"<td>{_num(v.get('end'), 3)}</td>"]
         rows.append(f'<tr><td class="name">{stage}</td>{"".join(cells)}</tr>')
@@ -265,9 +277,10 @@ def _section_bpc(data: dict, language: str) -> str:
                                  xlabel="optimizer step (stages and their parts in order)",
                                  ylabel="bits per character") if step_series else ""
     return ('<section id="bpc"><h2>Held-out bits per character</h2><div class="charts">' + chart + steps_chart + "</div>"
-            f'<table><tr><th class="name">stage</th><th>{_e(names["target"])} start</th><th>end</th><th>English start</th>'
-            f'<th>end</th></tr>{"".join(rows)}</table><p class="note">Bits per UTF-8 character on held-out text: '
-            'comparable across tokenizers; lower is better. A rise on English after a stage is forgetting.</p></section>')
+            f'<table><tr><th class="name">stage</th>' + "".join(f"<th>{_e(names[k])} start</th><th>end</th>" for k in texts)
+            + f'</tr>{"".join(rows)}</table><p class="note">Bits per UTF-8 character on held-out text: '
+            'comparable across tokenizers; lower is better. A rise on English after a stage is forgetting. Lines are '
+            'scored one by one; documents whole, later windows seeing the earlier text.</p></section>')
 
 
 def _section_loss(data: dict) -> str:

@@ -32,7 +32,8 @@ def run(ctx) -> dict:
     from langadapt.sft.template import encode, encode_many, ensure_chat_template
     from langadapt.sft.translation import load_phrasings
     from langadapt.train.bpc import read_heldout
-    from langadapt.train.core import load_dtype, train_model
+    from langadapt.train import replay
+    from langadapt.train.core import load_dtype, lr_note, train_model
     from langadapt.train.finish import drop_checkpoints, finish_stage
     from langadapt.train.freeze import apply_policy, stage_policy
 
@@ -81,6 +82,10 @@ def run(ctx) -> dict:
         raise LangadaptError("sft: the training mix is empty after hold-out and protocol filters; "
                              "check data.instructions, sft.sources and sft.holdout_tasks")
     examples = [enc_of(c).example() for c in mix]
+    wanted = replay.for_stage(recipe, sft, recipe.seed)
+    if wanted:  # original-language text, loss on every token, packed with the conversations
+        examples, mix_report["replay"] = replay.mix_examples(examples, tokenizer, wanted[0], wanted[1])
+        ctx.log(f"sft: {replay.describe(mix_report['replay']).lstrip('; ')}")
     truncated = sum(1 for c in mix if enc_of(c).truncated)
     mix_report["truncated_to_seq_len"] = truncated
     mix_report["sources"] = {name: r.to_json() for name, r in reports.items()}
@@ -112,7 +117,7 @@ def run(ctx) -> dict:
     except ValueError as e:
         raise LangadaptError(f"sft: cannot apply the freezing policy (train_rows: {rows}): {e}") from None
     ctx.log(f"sft: trainable {counts.trainable:,} of {counts.total:,} parameters ({counts.percent:.2f}%): "
-            + ("LoRA r=%d + " % lora.r if lora else "no LoRA, ") + f"embeddings/head rows: {rows}")
+            + ("LoRA r=%d + " % lora.r if lora else "no LoRA, ") + f"embeddings/head rows: {rows}{lr_note(sft)}")
 
     # pack: whole conversations per block, never one split across two (its tail would lose its prompt)
     result = train_model(model, tokenizer, examples, sft, out, resume=ctx.resume,
@@ -144,6 +149,7 @@ def run(ctx) -> dict:
         "translation_share": tr["share"],
         "instructions_by_language": mix_report["instructions_by_language"],
         "held_out": mix_report["held_out"],
+        **({"replay": mix_report["replay"]} if "replay" in mix_report else {}),
         "skipped": {n: sum(r.skipped.values()) for n, r in reports.items()},
         "trainable": counts.trainable,
         **result.summary(),

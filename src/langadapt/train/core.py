@@ -143,17 +143,45 @@ def _make_accelerator(precision: str, grad_accum: int):
     return Accelerator(mixed_precision=mp, gradient_accumulation_steps=grad_accum, cpu=not torch.cuda.is_available())
 
 
+def lr_note(settings) -> str:
+    """A log fragment naming the embeddings' own learning rate, when they have one."""
+    lr = settings.embedding_learning_rate()
+    return f", embeddings/head at lr {lr:.2e}" if lr is not None else ""
+
+
+def embedding_parameters(model) -> set[int]:
+    """``id`` of every tensor of the input embeddings and the output head (PEFT copies and deltas included)."""
+    ids: set[int] = set()
+    for getter in ("get_input_embeddings", "get_output_embeddings"):
+        module = getattr(model, getter, lambda: None)()
+        if module is not None:
+            ids |= {id(p) for p in module.parameters()}
+    return ids
+
+
 def _optimizer(model, settings, device):
-    """AdamW over the trainable tensors only (frozen rows behind PEFT trainable tokens have no state)."""
+    """AdamW over the trainable tensors only (frozen rows behind PEFT trainable tokens have no state).
+
+    Matrices decay, vectors do not; with ``embedding_lr`` the embeddings and head form groups of their
+    own at that rate (the schedule scales every group alike), marked ``embeddings`` for the log.
+    """
     import torch
 
-    decay, no_decay = [], []
+    emb_lr = settings.embedding_learning_rate() if hasattr(settings, "embedding_learning_rate") else None
+    emb = embedding_parameters(model) if emb_lr is not None else set()
+    parts: dict[tuple[bool, bool], list] = {}
     for _, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": settings.weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+            parts.setdefault((id(p) in emb, p.ndim >= 2), []).append(p)
+    groups = []
+    for is_emb in (False, True):
+        for decays in (True, False):
+            params = parts.get((is_emb, decays))
+            if params or (not is_emb and decays):
+                group = {"params": params or [], "weight_decay": settings.weight_decay if decays else 0.0}
+                if is_emb:
+                    group.update(lr=emb_lr, embeddings=True)
+                groups.append(group)
     if device.type == "cuda" and getattr(settings, "fused_optimizer", False):
         return torch.optim.AdamW(groups, lr=settings.lr, fused=True)
     return torch.optim.AdamW(groups, lr=settings.lr, foreach=False)
@@ -236,16 +264,17 @@ def _rows(examples, settings, pack: bool | str, pad_id: int) -> tuple[Any, int, 
     from langadapt.train import packing
     from langadapt.train.store import TokenStore
 
+    across = getattr(settings, "pack_across_documents", False)
     if isinstance(examples, TokenStore):  # built with max_examples applied; packed by construction
         if pack is not True:
             raise ValueError("a TokenStore serves packed rows only (pack=True)")
-        return examples.rows(settings.seq_len, pad_id), 0, examples.documents
+        return examples.rows(settings.seq_len, pad_id, across=across), 0, examples.documents
     if settings.max_examples is not None:
         examples = examples[: settings.max_examples]
     if pack == "whole":
         return *packing.pack_whole(examples, settings.seq_len, pad_id), len(examples)
     if pack:
-        return packing.pack(examples, settings.seq_len, pad_id), 0, len(examples)
+        return packing.pack(examples, settings.seq_len, pad_id, across=across), 0, len(examples)
     return *packing.pad(examples, settings.seq_len, pad_id), len(examples)
 
 
@@ -366,6 +395,7 @@ def train_model(
                 toks, window = totals.flush()
                 row = {
                     "name": name, "step": done, "loss": None, "lr": scheduler.get_last_lr()[0], "grad_norm": None,
+                    **_embedding_lr(optimizer, scheduler),
                     "tokens_per_s": round(toks / window, 1) if window > 0 else None, "tokens": totals.tokens,
                     "memory_mb": round(memory_mb(), 1), "elapsed_s": round(elapsed(totals, t_start), 2),
                 }
@@ -424,6 +454,14 @@ def train_model(
         resumed_from=start_step if ckpt is not None else None,
         checkpoint=ckpt_path,
     )
+
+
+def _embedding_lr(optimizer, scheduler) -> dict:
+    """``{"lr_embeddings": ...}`` when the embeddings and head train at a rate of their own, else {}."""
+    for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):
+        if group.get("embeddings"):
+            return {"lr_embeddings": lr}
+    return {}
 
 
 def _micro_batches(rows, order, row_tokens, step: int, bs: int, accum: int, world: int, rank: int, use_fused: bool):

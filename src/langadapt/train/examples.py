@@ -73,9 +73,9 @@ def bilingual_examples(tokenizer, pairs, settings, seed: int = 0) -> list[dict]:
     return document_examples(tokenizer, texts)
 
 
-def iter_sentences(files: list[Path]) -> Iterator[str]:
-    """The sentences of the clean stage's shards (``RunLayout.clean_shards``) one at a time, shard by shard
-    (memory stays flat)."""
+def iter_documents(files: list[Path]) -> Iterator[str]:
+    """The texts of the clean stage's shards (``RunLayout.clean_shards``: documents, or sentences in older
+    runs) one at a time, shard by shard (memory stays flat)."""
     for f in files:
         if f.suffix == ".parquet":
             import pyarrow.parquet as pq

@@ -127,7 +127,7 @@ class MetricsLog:
 class HeldOut:
     """Held-out bits per character of the model being trained, one value per text and measurement."""
 
-    def __init__(self, texts: dict[str, str], tokenizer, history: dict[str, list[dict]] | None = None):
+    def __init__(self, texts: dict[str, str | list[str]], tokenizer, history: dict[str, list[dict]] | None = None):
         self.texts = {k: v for k, v in texts.items() if v}
         self.tokenizer = tokenizer
         self.history: dict[str, list[dict]] = {k: list((history or {}).get(k, [])) for k in self.texts}
@@ -137,12 +137,17 @@ class HeldOut:
 
     def measure(self, model, accelerator, step: int, known: dict[str, float] | None = None) -> dict[str, float]:
         """Bits per character of every text now (``known``: values already measured on this very model)."""
-        from langadapt.train.bpc import bits_per_char
+        from langadapt.train.bpc import bits_per_char, bits_per_char_documents
 
         values = {}
         with accelerator.autocast():
             for lang, text in self.texts.items():
-                values[lang] = float(known[lang]) if known and lang in known else bits_per_char(model, self.tokenizer, text)
+                if known and lang in known:
+                    values[lang] = float(known[lang])
+                elif isinstance(text, list):  # documents, each scored whole
+                    values[lang] = bits_per_char_documents(model, self.tokenizer, text)
+                else:
+                    values[lang] = bits_per_char(model, self.tokenizer, text)
                 self.history[lang].append({"step": step, "bpc": values[lang]})
         return values
 
