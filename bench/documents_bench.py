@@ -114,7 +114,7 @@ def main() -> None:
         sys.exit(f"{DATA} is not present; this benchmark needs ../shared/data")
 
     from langadapt.pretrain.stage import run as pretrain_stage
-    from langadapt.run import StageContext, run_recipe, run_stage
+    from langadapt.run import StageContext, run_stage
 
     work = Path(args.out)
     split_sources(work)

@@ -208,7 +208,6 @@ def test_replay_names_must_be_data_replay_sources(tmp_path):
 def test_the_embedding_group_gets_its_own_rate(tmp_path):
     """One AdamW step moves each trained weight by about its rate (Adam's first step is lr * sign(grad)):
     LoRA weights by lr, embedding rows by embedding_lr."""
-    import torch
 
     from langadapt.recipe import LoraSettings
     from langadapt.train.core import train_model

@@ -277,7 +277,7 @@ def _section_bpc(data: dict, language: str) -> str:
                                  xlabel="optimizer step (stages and their parts in order)",
                                  ylabel="bits per character") if step_series else ""
     return ('<section id="bpc"><h2>Held-out bits per character</h2><div class="charts">' + chart + steps_chart + "</div>"
-            f'<table><tr><th class="name">stage</th>' + "".join(f"<th>{_e(names[k])} start</th><th>end</th>" for k in texts)
+            '<table><tr><th class="name">stage</th>' + "".join(f"<th>{_e(names[k])} start</th><th>end</th>" for k in texts)
             + f'</tr>{"".join(rows)}</table><p class="note">Bits per UTF-8 character on held-out text: '
             'comparable across tokenizers; lower is better. A rise on English after a stage is forgetting. Lines are '
             'scored one by one; documents whole, later windows seeing the earlier text.</p></section>')
