@@ -46,7 +46,9 @@ Public entry point (stable; later additions are keyword arguments only)::
 - ``seed``: seeds torch/numpy/random and the data order.
 
 Works unchanged under ``accelerate launch`` (DDP, FSDP, DeepSpeed): every process builds the
-same rows and takes its own slice of each global batch.
+same rows and takes its own slice of each global batch; every predicted token weighs the same whichever
+process it falls in. Without a GPU, FSDP and DeepSpeed configs still get their engine (``sharding.py``),
+so tests/test_sharded.py runs FSDP2 and ZeRO-2 on two CPU processes.
 
 Fast paths (``settings``; none changes the computation beyond floating-point rounding):
 ``fused_loss`` (on: the head and cross-entropy run ``loss_chunk`` tokens at a time and only on tokens
@@ -79,7 +81,8 @@ from langadapt.train.metrics import HeldOut, MetricsLog, Totals, describe_bpc, e
 class TrainResult:
     """What a call to ``train_model`` produced."""
 
-    model: Any  # the trained model, unwrapped from any distributed wrapper (still PEFT if it was)
+    model: Any  # the trained model, unwrapped from any distributed wrapper (still PEFT if it was); under FSDP
+    # gathered from the shards into a plain copy on the CPU of every process (train/sharding.py)
     steps: int
     final_loss: float | None
     tokens_per_s: float
@@ -141,13 +144,11 @@ def _make_accelerator(precision: str, grad_accum: int):
     GradientState._reset_state()
     mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
     cpu = not torch.cuda.is_available()
-    plugin = None
-    if cpu and sharding.fsdp_requested():  # accelerate alone would run plain data parallel here
-        plugin = sharding.cpu_fsdp_plugin()
+    # accelerate takes FSDP and DeepSpeed settings on GPUs only (plain data parallel on the CPU otherwise)
+    plugins = sharding.cpu_plugins() if cpu else {}
     # cpu=True on a machine without a GPU makes `accelerate launch` (torchrun) processes use gloo.
-    accelerator = Accelerator(mixed_precision=mp, gradient_accumulation_steps=grad_accum, cpu=cpu, fsdp_plugin=plugin)
-    if plugin is not None:
-        sharding.enable_fsdp(accelerator, plugin)
+    accelerator = Accelerator(mixed_precision=mp, gradient_accumulation_steps=grad_accum, cpu=cpu, **plugins)
+    sharding.enable(accelerator, plugins)
     return accelerator
 
 
@@ -312,7 +313,10 @@ def train_model(
     optimizer = _optimizer(model, settings, accelerator.device)
     scheduler = _scheduler(optimizer, settings, total_steps)
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = bs
+        ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
+        ds_config["train_micro_batch_size_per_gpu"] = bs
+        # DeepSpeed clips inside its own step (at 1.0 unless told): the recipe's bound, 0 for none
+        ds_config["gradient_clipping"] = settings.max_grad_norm or 0.0
     skeleton = None
     if accelerator.distributed_type == DistributedType.FSDP:  # FSDP shards the model in place
         sharding.check_precision(accelerator, precision)
