@@ -30,6 +30,9 @@ SftStart = Literal[stages.models_before("sft")]
 EvalStage = Literal[stages.models_before("eval")]
 TranslatorStage = Literal[stages.models_before("translate")]
 
+# Experiment trackers the training core can log to: accelerate's names (train/tracking.py knows their packages).
+TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio")
+
 
 def _value_kinds(annotation: Any) -> set:
     """The plain types a field annotation admits (``int | None`` -> {int, NoneType})."""
@@ -497,6 +500,9 @@ class Recipe(Section):
     language: Language = Language()
     output_dir: str = "runs"
     seed: int = 0
+    report_to: list[Literal[TRACKERS]] = Field(  # type: ignore[valid-type]
+        [], description="experiment trackers every training call (align, pretrain, sft) logs to through accelerate: "
+        "tensorboard (event files in <stage>/tensorboard/<call>/), wandb, mlflow, ...; []: metrics.jsonl only")
     data: Data = Data()
     clean: CleanConfig | None = None
     tokenizer: TokenizerConfig | None = None
