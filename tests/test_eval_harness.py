@@ -94,7 +94,7 @@ def _recipe(tmp_path: Path, model_dir: Path, tasks: list[str], **eval_cfg) -> Pa
     r = tmp_path / "recipe.yaml"
     r.write_text(yaml.safe_dump({
         "name": "t", "base_model": str(model_dir), "output_dir": str(tmp_path / "runs"),
-        "eval": {"tasks": tasks, "batch_size": 4, "max_new_tokens": 4, **eval_cfg}}, allow_unicode=True),
+        "eval": {"tasks": tasks, "batch_size": 4, "max_new_tokens": 4, "device": "cpu", **eval_cfg}}, allow_unicode=True),
         encoding="utf-8")
     return r
 
@@ -194,6 +194,10 @@ def test_lm_eval_recipe_mistakes_are_one_line_errors(tmp_path, tiny_model_dir, h
         load_recipe(_recipe(tmp_path, tiny_model_dir, ["lm_eval:x"], lm_eval_include=[str(f)]))
     with pytest.raises(RecipeError, match=r"eval.tasks: 'lm_eval:' is not lm_eval:<task name>"):
         load_recipe(_recipe(tmp_path, tiny_model_dir, ["demo", "lm_eval:"]))
+    from langadapt.run import preflight
+
+    with pytest.raises(RecipeError, match=r"^eval.select: lm_eval:langadapt_tiny_en is not in eval.tasks$"):
+        preflight(load_recipe(_recipe(tmp_path, tiny_model_dir, ["demo"], select=["lm_eval:langadapt_tiny_en"])))
 
     # data lm-eval cannot read fails before any model is loaded
     (harness_tasks / "langadapt_tiny_en.yaml").write_text(task_yaml("langadapt_tiny_en", tmp_path / "gone.jsonl"),

@@ -125,7 +125,8 @@ def _needs_builtin(names: list[str], includes: list[str]) -> bool:
 
 def check_tasks(recipe) -> None:
     """Refuse, before any stage runs, an ``lm_eval:`` name neither lm-eval nor ``eval.lm_eval_include`` defines
-    (with the closest names), or lm-eval missing."""
+    (with the closest names), an ``eval.select`` entry naming an lm-eval task eval.tasks lacks, or lm-eval missing."""
+    selection(recipe.eval)
     _, names = split_tasks(recipe.eval.tasks)
     if not names:
         return
