@@ -30,6 +30,10 @@ SftStart = Literal[stages.models_before("sft")]
 EvalStage = Literal[stages.models_before("eval")]
 TranslatorStage = Literal[stages.models_before("translate")]
 
+# Experiment trackers the training core can log to: accelerate's names (train/tracking.py knows their packages).
+TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio")
+LM_EVAL_PREFIX = "lm_eval:"
+
 
 def _value_kinds(annotation: Any) -> set:
     """The plain types a field annotation admits (``int | None`` -> {int, NoneType})."""
@@ -417,7 +421,10 @@ class EvalConfig(Section):
     """Stage 6 (paper 5): five tasks in two languages."""
 
     enabled: bool = True
-    tasks: list[str] = Field(["demo"], description="built-in task suite names (demo, parsinlu, paper) or task YAML files")
+    tasks: list[str] = Field(["demo"], description="built-in task suite names (demo, parsinlu, paper), task YAML files, "
+                             "or lm-evaluation-harness tasks as lm_eval:<task> (e.g. lm_eval:belebele_pes_Arab)")
+    lm_eval_include: list[str] = Field([], description="folders of lm-evaluation-harness task YAML files for lm_eval: "
+                                       "tasks (its TaskManager include_path); relative to the recipe")
     select: list[str] | None = Field(None, description="keep only these tasks: names (sentiment) or ids (fa/sentiment)")
     mode: Literal["loglik", "generate"] = Field("loglik", description="classification by option log-likelihood or by generating and parsing")
     batch_size: int = Field(8, ge=1, le=4096, description="prompts per model call (API models send eval.models[].concurrency at once)")
@@ -445,6 +452,12 @@ class EvalConfig(Section):
         names = [m if isinstance(m, str) else m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError("eval.models: model names must be unique")
+        for t in self.tasks:
+            if t.startswith(LM_EVAL_PREFIX) and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", t[len(LM_EVAL_PREFIX):]):
+                raise ValueError(f"eval.tasks: '{t}' is not lm_eval:<task name> (for example lm_eval:belebele_pes_Arab)")
+        dup = sorted({t for t in self.tasks if self.tasks.count(t) > 1})
+        if dup:
+            raise ValueError(f"eval.tasks: {', '.join(dup)} listed twice")
         return self
 
 
@@ -497,6 +510,9 @@ class Recipe(Section):
     language: Language = Language()
     output_dir: str = "runs"
     seed: int = 0
+    report_to: list[Literal[TRACKERS]] = Field(  # type: ignore[valid-type]
+        [], description="experiment trackers every training call (align, pretrain, sft) logs to through accelerate: "
+        "tensorboard (event files in <stage>/tensorboard/<call>/), wandb, mlflow, ...; []: metrics.jsonl only")
     data: Data = Data()
     clean: CleanConfig | None = None
     tokenizer: TokenizerConfig | None = None
@@ -834,6 +850,12 @@ def check_inputs_exist(recipe: Recipe, *, path: str, lines: dict[tuple, int]) ->
             need(("data", "heldout", key), v, file=True)
     if recipe.base_config is not None:
         need(("base_config",), recipe.base_config, file=True)
+    if recipe.eval is not None:
+        for i, folder in enumerate(recipe.eval.lm_eval_include):
+            need(("eval", "lm_eval_include", i), folder)
+            if not recipe.resolve(folder).is_dir():
+                raise RecipeError(f"eval.lm_eval_include: expected a folder of lm-eval task YAML files, found a file: "
+                                  f"{folder}", path=path, line=lines.get(("eval", "lm_eval_include", i)))
 
 
 def check_output_dir(recipe: Recipe, *, path: str, lines: dict[tuple, int]) -> None:

@@ -65,15 +65,23 @@ class StageContext:
 
 def preflight(recipe: Recipe) -> None:
     """Checks that need the base model's config or the first records of the inputs, done before any
-    stage starts: the vocabulary size against the recipe, the replay sources' languages.
+    stage starts: the vocabulary size against the recipe, the replay sources' languages, the packages of
+    the ``report_to`` trackers and the names of ``lm_eval:`` evaluation tasks.
 
     The config comes from ``base_config`` or a local model (a GGUF header, a config.json); a hub
     id without ``base_config`` is checked when the first stage loads it.
     """
     from langadapt.models import load_config, resolve_model
     from langadapt.train.replay import check_sources
+    from langadapt.train.tracking import check_installed
 
     check_sources(recipe)
+    if any(recipe.enabled(s) for s in stages.TRAINING):
+        check_installed(recipe.report_to)
+    if recipe.enabled("eval"):
+        from langadapt.eval.harness import check_tasks
+
+        check_tasks(recipe)
     if recipe.base_config is None:
         src = resolve_model(recipe.base_model)  # raises ModelNotFoundError with what to do
         if src.kind == "hub":

@@ -3,7 +3,8 @@
 Public entry point (stable; later additions are keyword arguments only)::
 
     train_model(model, tokenizer, examples, settings, out_dir, *, resume=False, pack=True,
-                heldout=None, log=None, name="train", seed=0, bpc_start=None, callback=None)
+                heldout=None, log=None, name="train", seed=0, bpc_start=None, callback=None,
+                report_to=(), project=None)
         -> TrainResult
 
 - ``model``: already frozen by ``langadapt.train.freeze.apply_policy`` (a plain transformers
@@ -31,7 +32,7 @@ Public entry point (stable; later additions are keyword arguments only)::
   per-process RNG via ``Accelerator.save_state``; ``trainer_state.json`` = data position and
   history), built under ``.tmp-step-N`` and renamed when complete, only the newest kept;
   ``metrics.jsonl`` (one row per logged step: loss, lr, grad norm, tokens/s, memory);
-  ``bpc.json``; ``tensorboard/<name>/`` when TensorBoard is installed.
+  ``bpc.json``; ``tensorboard/<name>/`` with ``report_to=["tensorboard"]``.
 - ``resume=True``: continue from the newest complete checkpoint of ``name`` (none: start
   fresh). Data order, RNG, optimizer and schedule are restored, so a killed and resumed run
   ends with the same weights as an uninterrupted one. ``resume=False`` deletes old ones.
@@ -43,6 +44,10 @@ Public entry point (stable; later additions are keyword arguments only)::
   comes from the first call, ``end`` from the last (``steps`` entries carry their ``name``).
 - ``log``: called with human-readable lines (default: ``print``); ``callback(step, metrics)``
   after every optimizer step (tests use it to kill a run at a chosen step).
+- ``report_to``: accelerate trackers (the recipe's ``report_to``: tensorboard, wandb, mlflow, ...) that
+  receive each logged step's figures and the held-out bits per character, one tracker run per call
+  named ``name`` in project ``project`` (the recipe's name); see ``tracking.py``. A tracker whose
+  package is missing is refused before anything else happens.
 - ``seed``: seeds torch/numpy/random and the data order.
 
 Works unchanged under ``accelerate launch`` (DDP, FSDP, DeepSpeed): every process builds the
@@ -133,7 +138,7 @@ def load_dtype(precision: str):
 # --------------------------------------------------------------------------- parts of the loop
 
 
-def _make_accelerator(precision: str, grad_accum: int):
+def _make_accelerator(precision: str, grad_accum: int, log_with: list | None = None):
     import torch
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
@@ -147,7 +152,8 @@ def _make_accelerator(precision: str, grad_accum: int):
     # accelerate takes FSDP and DeepSpeed settings on GPUs only (plain data parallel on the CPU otherwise)
     plugins = sharding.cpu_plugins() if cpu else {}
     # cpu=True on a machine without a GPU makes `accelerate launch` (torchrun) processes use gloo.
-    accelerator = Accelerator(mixed_precision=mp, gradient_accumulation_steps=grad_accum, cpu=cpu, **plugins)
+    accelerator = Accelerator(mixed_precision=mp, gradient_accumulation_steps=grad_accum, cpu=cpu,
+                              log_with=log_with or None, **plugins)
     sharding.enable(accelerator, plugins)
     return accelerator
 
@@ -304,6 +310,8 @@ def train_model(
     seed: int = 0,
     bpc_start: dict[str, float] | None = None,
     callback: Callable[[int, dict], None] | None = None,
+    report_to: Sequence[str] = (),
+    project: str | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``examples`` as ``settings`` say; see the module docstring for the contract."""
     import torch
@@ -311,10 +319,12 @@ def train_model(
     from tqdm.auto import tqdm
 
     from langadapt.train.freeze import count_parameters
+    from langadapt.train.tracking import Trackers
 
     out_dir = Path(out_dir)
+    trackers = Trackers(report_to, out_dir=out_dir, name=name, project=project, resume=resume)
     precision = resolve_precision(settings.precision)
-    accelerator = _make_accelerator(precision, settings.grad_accum)
+    accelerator = _make_accelerator(precision, settings.grad_accum, trackers.log_with)
     main = accelerator.is_main_process
     say = (log or (lambda m: print(m, flush=True))) if main else (lambda m: None)
 
@@ -376,7 +386,8 @@ def train_model(
         checkpoints.clear()
     held = HeldOut(heldout or {}, tokenizer, history)
     metrics = MetricsLog(out_dir, name, main=main, cuda=accelerator.device.type == "cuda",
-                         resumed_at=start_step if ckpt is not None else None)
+                         resumed_at=start_step if ckpt is not None else None,
+                         trackers=trackers.start(accelerator, {"name": name, **settings.model_dump(mode="json")}))
     accelerator.wait_for_everyone()
 
     layout = {"whole": "blocks of whole examples", True: "packed blocks", False: "rows"}[pack]
@@ -446,8 +457,8 @@ def train_model(
     finally:
         for undo in reversed(undo_fast):
             undo()
+        metrics.close()
     bar.close()
-    metrics.close()
 
     # ---- the result
     final_loss = metrics.last_loss
