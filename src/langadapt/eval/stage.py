@@ -101,7 +101,7 @@ def run(ctx) -> dict:
     t0 = time.time()
     recipe_dir = recipe.source_path.parent if recipe.source_path else None
     tasks = load_tasks(cfg.tasks, recipe_dir=recipe_dir, paths=cfg.paths, target_language=recipe.language.code,
-                       select=cfg.select)
+                       select=cfg.select, tokens_with=recipe.base_model)
     check_languages(tasks, recipe.language.code)
     for t in tasks:  # read every data file before loading any model: bad data fails in seconds
         t.examples()

@@ -66,7 +66,8 @@ def read_heldout(recipe) -> dict[str, str]:
     """The recipe's held-out texts, ``{"target": ..., "english": ...}`` (keys absent when not set).
 
     Each file is read up to ``data.heldout.max_chars`` characters, cut at the last line break
-    inside that limit so no sentence is scored half.
+    inside that limit so no sentence is scored half; a dataset gives the lines of its records'
+    ``text_field`` up to that limit.
     """
     h = recipe.data.heldout
     out: dict[str, str] = {}
@@ -74,7 +75,13 @@ def read_heldout(recipe) -> dict[str, str]:
         path = getattr(h, key)
         if path is None:
             continue
-        out[key] = read_text_prefix(recipe.resolve(path), h.max_chars)
+        if isinstance(path, str):
+            out[key] = read_text_prefix(recipe.resolve(path), h.max_chars)
+        else:  # a dataset: the first records' text (a seeded sample with shuffle_buffer)
+            from langadapt.data.hub import dataset_lines
+
+            out[key] = "\n".join(dataset_lines(path, recipe.resolve(path.path), max_chars=h.max_chars,
+                                               what=f"data.heldout.{key}", seed=recipe.seed))
     return out
 
 
