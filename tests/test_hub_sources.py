@@ -252,6 +252,15 @@ def test_parallel_instructions_heldout_and_eval_data_read_datasets_by_config(tmp
     assert len(examples) == 10 and {e.label for e in examples} == {"positive", "negative"}
 
 
+def test_a_long_document_in_another_script_is_cut_between_sentences():
+    from langadapt.data.corpus import cut_document
+
+    for sentence in ("मेरी माँ हर सुबह हम सबके लिए गरम चाय बनाती हैं। ", "ትናንት ወደ ትልቁ ገበያ ሄድኩ። "):
+        parts = list(cut_document(sentence * 300, 4096))
+        assert len(parts) > 3 and all(len(p.encode()) <= 4096 for p in parts)
+        assert all(p.endswith(sentence) for p in parts)  # never half a sentence on either side of a cut
+
+
 def test_hub_only_settings_are_refused_on_local_files_and_sizes_read_as_bytes(tmp_path):
     from langadapt.recipe import parse_recipe
 

@@ -42,10 +42,10 @@ MAX_JSON_LINE_BYTES = 64 << 20
 JSONL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
 PARQUET_SUFFIXES = (".parquet",)
 
-# Where a long line may be cut: after a sentence end (the clean stage's terminators, any
-# script, with closing quotes or brackets) and the spaces after it. Cutting at any space left a
+# Where a long line may be cut: after a sentence end (terminators of the scripts corpora come in,
+# with closing quotes or brackets) and the spaces after it. Cutting at any space left a
 # half sentence on each side of every cut (12% of the sentences of a 50 MB single-line file).
-_TERMINATORS = ".!?…؟؛۔"
+_TERMINATORS = ".!?…؟؛۔।॥።。！？"  # Latin, Arabic script, Devanagari dandas, Ethiopic, CJK
 _CLOSERS = "\"'»”’)]}›"
 
 

@@ -283,6 +283,12 @@ def _get(raw: dict, fields: dict[str, str], ours: str, where: str, *, required: 
     key = fields.get(ours, ours)
     if key == "":
         return None
+    if key not in raw and "." in key:  # a dotted path into nested records: translation.fa (OPUS sets)
+        value = raw
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is not None:
+            return value
     if key not in raw:
         if required:
             have = ", ".join(sorted(map(str, raw)))[:200]
