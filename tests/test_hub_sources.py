@@ -209,6 +209,19 @@ def test_clean_counts_documents_without_text_and_refuses_a_bad_config_before_sta
     assert not (tmp_path / "b" / "runs" / "t" / "clean" / "work").exists()
 
 
+def test_clean_reads_a_saved_dataset_dict_split_in_two_workers(tmp_path):
+    import datasets
+
+    folder = tmp_path / "saved"
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(docs(40)),
+                          "test": datasets.Dataset.from_list(docs(5, "en"))}).save_to_disk(str(folder))
+    out, _ = _clean(tmp_path / "run", [{"name": "web", "format": "hf", "path": str(folder), "split": "train"}])
+    texts = [json.loads(line)["text"] for f in (out / "sentences").glob("*.jsonl") for line in f.open(encoding="utf-8")]
+    assert sum("(fa " in t for t in texts) == 40 and not any("(en " in t for t in texts)
+    with pytest.raises(LangadaptError, match=r"has no split 'validation' \(splits: train, test\)"):
+        _clean(tmp_path / "bad", [{"name": "web", "format": "hf", "path": str(folder), "split": "validation"}])
+
+
 def test_parallel_instructions_heldout_and_eval_data_read_datasets_by_config(tmp_path):
     from langadapt.data.instructions import read_instructions
     from langadapt.data.parallel import read_source

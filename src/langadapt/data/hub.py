@@ -110,6 +110,13 @@ def open_dataset(source, path: str | os.PathLike, *, what: str, streaming: bool 
     options = {k: v for k, v in options.items() if v is not None}
     if p.exists():
         if is_saved_dataset(p):
+            if (p / "dataset_dict.json").is_file():  # one folder per split: readers load the split's alone
+                import json
+
+                splits = json.loads((p / "dataset_dict.json").read_text(encoding="utf-8")).get("splits", [])
+                if split not in splits:
+                    raise DataError(f"{what}: dataset '{name}' has no split '{split}' (splits: {', '.join(splits)})")
+                p = p / split
             opened = Opened(name, str(p), {"split": split}, want_stream, saved=True)
         elif p.is_file():
             suffix = next((s for s in FILE_BUILDERS if p.name.endswith(s)), None)
