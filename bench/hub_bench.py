@@ -4,6 +4,7 @@ built by N tokenizer processes.
     python bench/hub_bench.py repo /tmp/fa-repo --mb 200          # build the local dataset repository once
     python bench/hub_bench.py clean /tmp/fa-repo --workers 1 2 --max-mb 50
     python bench/hub_bench.py store /tmp/fa-repo --workers 1 2 --mb 200
+    python bench/hub_bench.py store /tmp/fa-repo --workers 1 2 --mb 10 --alternate 3   # scaling, runs in turn
 
 ``repo``: ``../shared/data`` poems and Persian Quran, ten lines to a document, repeated to ``--mb`` MB,
 written as 16 Parquet files of config ``fa`` with a README whose ``configs:`` maps them, as a dataset
@@ -79,12 +80,14 @@ def load() -> float:
     return round(os.getloadavg()[0], 1)
 
 
-def cpu_seconds() -> float:
-    """CPU time of this process and its finished children (workers are waited for before this is read)."""
+def cpu_seconds(who: str = "all") -> float:
+    """CPU time of this process ("self"), of its finished children ("children": workers are waited for
+    before this is read), or both."""
     import resource
 
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+    own, theirs = me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
+    return {"self": own, "children": theirs}.get(who, own + theirs)
 
 
 def make_repo(root: Path, mb: float) -> dict:
@@ -167,7 +170,7 @@ def shards(repo: Path, mb: float, folder: Path) -> list[Path]:
     return sorted(folder.glob("*.jsonl"))
 
 
-def store_once(files: list[Path], mode: str, workers: int, out: Path) -> dict:
+def store_once(files: list[Path], mode: str, workers: int, out: Path, tag: str = "") -> dict:
     from langadapt.models import load_tokenizer
     from langadapt.train import store
     from langadapt.train.examples import iter_sentences
@@ -175,16 +178,16 @@ def store_once(files: list[Path], mode: str, workers: int, out: Path) -> dict:
     tok = load_tokenizer("smollm2-135m-instruct")
     mb = sum(len(t.encode()) for t in iter_sentences(files)) / 1e6
     before = load()
-    t0, c0 = time.time(), cpu_seconds()
+    t0, c0, k0 = time.time(), cpu_seconds(), cpu_seconds("children")
     with Memory() as mem:
-        name = f"{mode}-{workers}-{os.environ.get('TOKENIZERS_PARALLELISM', 'threads')}"
+        name = f"{mode}-{workers}-{os.environ.get('TOKENIZERS_PARALLELISM', 'threads')}{tag}"
         if mode == "build":
             s = store.build(iter_sentences(files), tok, out / name)
         else:
             s = store.corpus_store(files, tok, out / name, workers=workers)
-    wall, cpu = time.time() - t0, cpu_seconds() - c0
+    wall, cpu, kids = time.time() - t0, cpu_seconds() - c0, cpu_seconds("children") - k0
     return {"mode": mode, "workers": workers, "mb": round(mb, 1), "wall_s": round(wall, 1),
-            "cpu_s": round(cpu, 1), "mb_per_cpu_s": round(mb / cpu, 2),
+            "cpu_s": round(cpu, 1), "workers_cpu_s": round(kids, 1), "mb_per_cpu_s": round(mb / cpu, 2),
             "mb_s": round(mb / wall, 2), "mb_s_per_process": round(mb / wall / workers, 2),
             "tokens": s.total, "documents": s.documents, "peak_rss_mb": round(mem.total / 2**20),
             "largest_rss_mb": round(mem.largest / 2**20), "load_before": before, "load_after": load(),
@@ -208,6 +211,8 @@ def main() -> None:
     ap.add_argument("--max-mb", type=float, default=50)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--mode", default="parallel")
+    ap.add_argument("--alternate", type=int, default=0, help="store: N rounds of parallel builds, worker counts in turn")
+    ap.add_argument("--name", default="")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
@@ -218,7 +223,8 @@ def main() -> None:
     elif args.what == "clean-one":
         print(json.dumps(clean_once(args.repo, args.workers[0], args.max_mb, args.out)))
     elif args.what == "store-one":
-        print(json.dumps(store_once(sorted(args.out.glob("clean/*.jsonl")), args.mode, args.workers[0], args.out)))
+        print(json.dumps(store_once(sorted(args.out.glob("clean/*.jsonl")), args.mode, args.workers[0], args.out,
+                                    args.name)))
     elif args.what == "clean":
         with tempfile.TemporaryDirectory(prefix="hub-bench-") as tmp:
             for w in args.workers:
@@ -228,11 +234,15 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="store-bench-") as tmp:
             files = shards(args.repo, args.mb, Path(tmp) / "clean")
             print(json.dumps({"shards_mb": round(sum(f.stat().st_size for f in files) / 1e6, 1)}), flush=True)
-            runs = [("build", 1, {}), ("build", 1, {"TOKENIZERS_PARALLELISM": "false"})]
-            runs += [("parallel", w, {}) for w in args.workers]
+            if args.alternate:  # N rounds of each worker count in turn: load on a shared machine comes and goes
+                runs = [("parallel", w, {}) for _ in range(args.alternate) for w in args.workers]
+            else:
+                runs = [("build", 1, {}), ("build", 1, {"TOKENIZERS_PARALLELISM": "false"})]
+                runs += [("parallel", w, {}) for w in args.workers]
             results = []
-            for mode, w, env in runs:
-                r = _child(["store-one", str(args.repo), "--mode", mode, "--workers", str(w), "--out", tmp], env)
+            for n, (mode, w, env) in enumerate(runs):
+                r = _child(["store-one", str(args.repo), "--mode", mode, "--workers", str(w), "--out", tmp,
+                            "--name", str(n)], env)
                 r["env"] = env
                 results.append(r)
                 print(json.dumps(r), flush=True)
