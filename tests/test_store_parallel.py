@@ -86,11 +86,13 @@ if __name__ == "__main__":
 
 
 def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(c) for c in text.split()]
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):  # any of its threads may have started one
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
 
 
 def _alive(pid: int) -> bool:
