@@ -18,7 +18,7 @@ tokenized by SmolLM2-135M-Instruct's tokenizer into a token store: ``store.build
 (as before issue 19, with the tokenizers library's own threads, and with them off) and
 ``corpus_store`` with N worker processes; the stores are checked to be identical.
 
-Each measurement runs in a fresh process; a thread samples the memory of the process and its
+Needs ``psutil`` (for memory; not a langadapt dependency). Each measurement runs in a fresh process; a thread samples the memory of the process and its
 children every 0.2 s: the peak of their summed proportional set sizes (forked workers share pages,
 counted once) and the largest resident set of one process. The load average is printed
 beside every number: the machine is shared. Nothing here is a pass/fail test; the numbers go to
