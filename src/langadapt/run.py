@@ -110,7 +110,8 @@ def stage_hash(recipe: Recipe, stage: str) -> str:
         for item in value if isinstance(value, list) else [value]:
             for key in ("path", "target", "english"):
                 v = getattr(item, key, None)
-                if v is not None and recipe.resolve(v).exists():
+                v = getattr(v, "path", v)  # a held-out dataset: its folder, when local
+                if isinstance(v, str) and recipe.resolve(v).exists():
                     files.append(fingerprint_path(recipe.resolve(v)))
         parts["data"][kind] = {"settings": dumped, "files": files}
     if spec is not None and spec.files:

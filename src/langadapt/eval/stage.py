@@ -108,7 +108,7 @@ def run(ctx) -> dict:
     recipe_dir = recipe.source_path.parent if recipe.source_path else None
     native, select, harness_names = harness.selection(cfg)
     tasks = load_tasks(native, recipe_dir=recipe_dir, paths=cfg.paths, target_language=recipe.language.code,
-                       select=select)
+                       select=select, tokens_with=recipe.base_model)
     check_languages(tasks, recipe.language.code)
     for t in tasks:  # read every data file before loading any model: bad data fails in seconds
         t.examples()

@@ -170,7 +170,7 @@ def read_sources(recipe) -> tuple[list[Conversation], dict]:
         # The translate stage's machine-translated copies of the selected sources (paper 3.2).
         sources += translated_sources(recipe, only=sft.sources)
     for s in sources:
-        convs, report = read_instructions(s, path=recipe.resolve(s.path))
+        convs, report = read_instructions(s, path=recipe.resolve(s.path), seed=recipe.seed)
         conversations.extend(convs)
         reports[s.name] = report
     return conversations, reports
