@@ -182,6 +182,40 @@ def _harness_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n\nScored by lm-evaluation-harness on its own prompts (± standard error)."
 
 
+def classification_table(results: dict) -> list[dict] | None:
+    """Beside each classification task's accuracy: macro-F1 over the gold labels, the share of the most common
+    gold label (what always answering it scores) and of the most common answer (near 1: one label for
+    everything). One row per task and model, original protocol; None when no task has them."""
+    idx = _index(results.get("rows", []))
+    out = []
+    for t in results.get("tasks", []):
+        if t["kind"] != "choice":
+            continue
+        for m in _model_names(results):
+            key = (m, t["language"], t["name"])
+            got = {k: idx.get((*key, k, "original")) for k in ("accuracy", "macro_f1", "majority_gold",
+                                                              "majority_predicted")}
+            if got["macro_f1"] is None or got["accuracy"] is None:
+                continue
+            out.append({"task": f"{t['language']}/{t['name']}", "model": m, "n": got["accuracy"].get("n"),
+                        **{k: (r or {}).get("value") for k, r in got.items()}})
+    return out or None
+
+
+def _classification_markdown(results: dict) -> str:
+    rows = classification_table(results)
+    if not rows:
+        return ""
+    lines = ["**Classification beyond accuracy**", "",
+             "| Task | Model | n | Accuracy | Macro-F1 | Majority label (gold) | Most common answer |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['task']} | {r['model']} | {r['n']} | " + " | ".join(
+            fmt(r[k], digits=3) for k in ("accuracy", "macro_f1", "majority_gold", "majority_predicted")) + " |")
+    return "\n".join(lines) + ("\n\nMajority label: the share of the most common gold label (what answering it always "
+                               "scores); most common answer: the share of the model's most frequent answer (near 1: "
+                               "one label for nearly everything).")
+
+
 def markdown_tables(results: dict) -> str:
     """The main table as Markdown, one table per language block, then the lm-evaluation-harness tasks."""
     out = []
@@ -201,7 +235,8 @@ def markdown_tables(results: dict) -> str:
         return harness or "_no evaluation results_"
     note = ("Accuracy for classification, BLEU/100 for generation; * = held out of instruction tuning; "
             "- = most answers did not follow the instruction; n/a = not evaluated.")
-    return "\n\n".join(out) + "\n\n" + note + ("\n\n" + harness if harness else "")
+    extra = [x for x in (_classification_markdown(results), harness) if x]
+    return "\n\n".join(out) + "\n\n" + note + "".join("\n\n" + x for x in extra)
 
 
 def summary_table(results: dict) -> dict:

@@ -9,7 +9,7 @@ import math
 import time
 
 from langadapt import stages
-from langadapt.eval.results import HARNESS_PREFIX, category_table, fmt, harness_table, lang_name, main_table, protocol_table
+from langadapt.eval.results import HARNESS_PREFIX, category_table, classification_table, fmt, harness_table, lang_name, main_table, protocol_table
 from langadapt.report.charts import _downsample, _in_sequence, svg_line_chart
 
 CSS = """
@@ -123,6 +123,24 @@ def _section_harness(results: dict) -> str:
             'the task\'s prompts. Best model of each row in bold.</p>')
 
 
+def _section_classification(results: dict) -> str:
+    """Accuracy's companions for each classification task: macro-F1 and the majority shares."""
+    rows = classification_table(results)
+    if not rows:
+        return ""
+    body = "".join(
+        f'<tr><td class="name">{_e(r["task"])}</td><td class="name">{_e(r["model"])}</td><td>{_num(r["n"])}</td>'
+        + "".join(f"<td>{'' if r[k] is None else f'{r[k]:.3f}'}</td>"
+                  for k in ("accuracy", "macro_f1", "majority_gold", "majority_predicted")) + "</tr>"
+        for r in rows)
+    return ('<h3 id="classification">Classification beyond accuracy</h3><table><tr><th class="name">task</th>'
+            '<th class="name">model</th><th>n</th><th>accuracy</th><th>macro-F1</th><th>majority label (gold)</th>'
+            f'<th>most common answer</th></tr>{body}</table><p class="note">Macro-F1 averages F1 over the gold labels, '
+            'each weighing the same. Majority label: the share of the most common gold label (what answering it always '
+            'scores). Most common answer: the share of the model\'s most frequent answer; near 1 means one label for '
+            'nearly every example, whatever the accuracy.</p>')
+
+
 def _section_tasks(results: dict | None) -> str:
     if not results or "_error" in results:
         return '<section id="tasks"><h2>Task scores</h2>' + _not_run("Evaluation") + "</section>"
@@ -162,8 +180,8 @@ def _section_tasks(results: dict | None) -> str:
             "as 0 in the averages). n/a = not evaluated. Best model of each row in bold. "
             f"Translation directions: {directions}.")
     return (f'<section id="tasks"><h2>Task scores (paper Table 5 layout)</h2><table class="main">{head1}{head2}'
-            f'{"".join(body)}</table><p class="note">{_e(note)}</p>{_section_harness(results)}'
-            f'{_section_details(results)}</section>')
+            f'{"".join(body)}</table><p class="note">{_e(note)}</p>{_section_classification(results)}'
+            f'{_section_harness(results)}{_section_details(results)}</section>')
 
 
 def _section_details(results: dict) -> str:
