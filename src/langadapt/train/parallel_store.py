@@ -101,6 +101,26 @@ def part_texts(part: Part) -> Iterator[str]:
                 yield text
 
 
+def write_documents(encoded: list[list[int]], ft, fs, offset: int, *, start: int, eos: int) -> int:
+    """Append documents to a store's open files as ``[start] + ids + [eos]`` (``tokens.bin``) and their
+    starts counted from ``offset`` (``starts.bin``); returns the tokens written. One writer for
+    ``store.build`` and the parallel parts, so their files agree byte for byte."""
+    import numpy as np
+
+    lengths = np.fromiter((len(ids) + 2 for ids in encoded), dtype=np.int64, count=len(encoded))
+    starts = offset + np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    flat = np.empty(int(lengths.sum()), dtype=np.uint32)
+    at = 0
+    for ids in encoded:
+        flat[at] = start
+        flat[at + 1 : at + 1 + len(ids)] = ids
+        flat[at + 1 + len(ids)] = eos
+        at += len(ids) + 2
+    flat.tofile(ft)
+    starts.tofile(fs)
+    return len(flat)
+
+
 # --------------------------------------------------------------------------- one part, in a worker
 
 _WORKER: dict = {}
@@ -133,7 +153,6 @@ def _init_worker(tokenizer_json: str, start: int, eos: int, parent: int | None) 
 
 def tokenize_part(part: Part, out: str, limit: int | None) -> tuple[int, int]:
     """Tokenize ``part`` (at most ``limit`` documents) into the part folder ``out``; (documents, tokens)."""
-    import numpy as np
 
     tk, start, eos = _WORKER["tokenizer"], _WORKER["start"], _WORKER["eos"]
     encode = getattr(tk, "encode_batch_fast", tk.encode_batch)
@@ -146,19 +165,8 @@ def tokenize_part(part: Part, out: str, limit: int | None) -> tuple[int, int]:
         def flush(batch: list[str]) -> None:
             nonlocal docs, tokens
             encoded = [e.ids for e in encode(batch, add_special_tokens=False)]
-            lengths = np.fromiter((len(ids) + 2 for ids in encoded), dtype=np.int64, count=len(encoded))
-            starts = tokens + np.concatenate(([0], np.cumsum(lengths)[:-1]))
-            flat = np.empty(int(lengths.sum()), dtype=np.uint32)
-            at = 0
-            for ids in encoded:
-                flat[at] = start
-                flat[at + 1: at + 1 + len(ids)] = ids
-                flat[at + 1 + len(ids)] = eos
-                at += len(ids) + 2
-            flat.tofile(ft)
-            starts.tofile(fs)
             docs += len(batch)
-            tokens += len(flat)
+            tokens += write_documents(encoded, ft, fs, tokens, start=start, eos=eos)
 
         batch: list[str] = []
         for text in part_texts(part):

@@ -52,6 +52,7 @@ def build(
     ``replay``: (replay documents, share of the tokens they are to hold), interleaved as written."""
     from collections import deque
 
+    from langadapt.train.parallel_store import write_documents
     from langadapt.train.replay import Mixer
 
     folder = Path(folder)
@@ -96,18 +97,7 @@ def build(
                         mixer.add_replay(len(r) + 2)
                         replay_docs += 1
                 encoded = mixed
-            lengths = np.fromiter((len(ids) + 2 for ids in encoded), dtype=np.int64, count=len(encoded))
-            starts = tokens + np.concatenate(([0], np.cumsum(lengths)[:-1]))
-            flat = np.empty(int(lengths.sum()), dtype=np.uint32)
-            at = 0
-            for ids in encoded:
-                flat[at] = start
-                flat[at + 1 : at + 1 + len(ids)] = ids
-                flat[at + 1 + len(ids)] = eos
-                at += len(ids) + 2
-            flat.tofile(ft)
-            starts.tofile(fs)
-            tokens += len(flat)
+            tokens += write_documents(encoded, ft, fs, tokens, start=start, eos=eos)
             if progress:
                 progress(docs, tokens)
 
