@@ -66,6 +66,8 @@ def make_stage_command(stage: str) -> Callable:
     def handler(args) -> int:
         from langadapt.run import preflight, run_stage, stage_status
 
+        if args.resume and args.restart:
+            raise LangadaptError("--resume and --restart contradict each other; give one (resuming is the default)")
         recipe = _load(args)
         console = _console()
         if not recipe.enabled(stage):
@@ -74,7 +76,7 @@ def make_stage_command(stage: str) -> Callable:
         if stage_status(recipe, stage) == "done" and not args.force:
             console.print(f"[green]✓[/green] {stage}: up to date with the recipe (use --force to run it again)")
             return 0
-        run_stage(recipe, stage, resume=args.resume, console=console)
+        run_stage(recipe, stage, resume=not args.restart, console=console)
         console.print(f"[bold green]done[/bold green]: {recipe.layout.stage_dir(stage)}/")
         return 0
 
@@ -125,8 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
                            " Reads the outputs of the earlier stages of the same run and writes "
                            f"<output_dir>/<name>/{stage}/.")
         recipe_arg(p)
-        p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint of an interrupted run")
-        p.add_argument("--force", action="store_true", help="run even if the stage is up to date")
+        p.add_argument("--resume", action="store_true",
+                       help="continue an interrupted run from its last complete checkpoint (the default)")
+        p.add_argument("--restart", action="store_true",
+                       help="discard an interrupted run's checkpoints and start the stage over")
+        p.add_argument("--force", action="store_true", help="run even if the stage is up to date (from the start)")
         p.set_defaults(func=make_stage_command(stage))
 
     for register in EXTRA_COMMANDS:

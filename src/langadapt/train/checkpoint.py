@@ -108,7 +108,7 @@ class Checkpoints:
         got = {k: state.get(k) for k in expect}
         if got != expect:
             raise LangadaptError(f"checkpoint {ckpt} was made with other data or settings ({got} != {expect}); "
-                                 "run without --resume to start over")
+                                 "run the stage with --restart to start over")
         if not self.sharded:
             load_trained_weights(unwrapped, ckpt / "model")
         self.accelerator.load_state(str(ckpt / "state"))
