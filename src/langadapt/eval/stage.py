@@ -107,6 +107,8 @@ def run(ctx) -> dict:
     check_languages(tasks, recipe.language.code)
     for t in tasks:  # read every data file before loading any model: bad data fails in seconds
         t.examples()
+        if t.unlabeled:
+            ctx.log(f"  eval: {t.id}: {t.unlabeled:,} rows without a gold label skipped (counted as 'unlabeled')")
     entries = model_entries(recipe)
     settings = eval_settings(recipe)
     file_map = None
