@@ -62,6 +62,25 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_check(args) -> int:
+    from langadapt.check import run_checks
+    from langadapt.run import stage_status
+
+    recipe = _load(args)
+    console = _console()
+    checked, seconds = run_checks(recipe, log=lambda line: console.print(f"[green]✓[/green] {line}", highlight=False))
+    plan = {"done": "runs again (an earlier stage runs)", "stale": "runs again (settings or inputs changed)",
+            "partial": "interrupted: resumes from its checkpoint if its settings are unchanged", "new": "runs (not run yet)"}
+    cascade = False
+    for stage in recipe.enabled_stages():
+        status = stage_status(recipe, stage)
+        cascade = cascade or status != "done"
+        console.print(f"  {stage}: {plan[status] if cascade else 'up to date (skipped)'}", highlight=False)
+    console.print(f"[bold green]ready[/bold green]: {len(checked)} inputs read and checked, and the base model's "
+                  f"vocabulary against the recipe ({seconds:.1f} s)")
+    return 0
+
+
 def make_stage_command(stage: str) -> Callable:
     def handler(args) -> int:
         from langadapt.run import preflight, run_stage, stage_status
@@ -120,6 +139,16 @@ def build_parser() -> argparse.ArgumentParser:
     recipe_arg(p)
     p.add_argument("--force", action="store_true", help="rerun every stage even if it is up to date")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check", help="read every input of the recipe's enabled stages now (first records), before a run",
+                       description="Check a recipe before running it: besides the recipe itself, read the first records "
+                       "of every input the enabled stages use (corpora, parallel text with its alignment checks, "
+                       "instructions, held-out text), every evaluation suite and task file, and resolve Hugging Face hub "
+                       "ids (one quick call each; with HF_HUB_OFFLINE=1 the local cache). `run` does the same before its "
+                       "first stage. Prints one line per input and what `run` would do with each stage; any problem is "
+                       "one line naming the file and line, exit status 2.")
+    recipe_arg(p)
+    p.set_defaults(func=cmd_check)
 
     for spec in stages.TABLE:
         stage = spec.name

@@ -63,23 +63,28 @@ class StageContext:
             print(message, flush=True)
 
 
-def preflight(recipe: Recipe) -> None:
+def preflight(recipe: Recipe, *, log: Callable | None = None) -> list:
     """Checks that need the base model's config or the first records of the inputs, done before any
-    stage starts: the vocabulary size against the recipe, the replay sources' languages.
+    stage starts: every input of the enabled stages read on its first records and hub ids resolved
+    (``langadapt.check``), the replay sources' languages, the vocabulary size against the recipe.
+    Returns what ``check.check_inputs`` read (``log`` sees each entry as it is read).
 
-    The config comes from ``base_config`` or a local model (a GGUF header, a config.json); a hub
-    id without ``base_config`` is checked when the first stage loads it.
+    The config comes from ``base_config`` or a local model (a GGUF header, a config.json); the
+    vocabulary of a hub model without ``base_config`` is checked when the first stage loads it.
     """
+    from langadapt.check import check_inputs
     from langadapt.models import load_config, resolve_model
     from langadapt.train.replay import check_sources
 
+    checked = check_inputs(recipe, log=log)
     check_sources(recipe)
     if recipe.base_config is None:
         src = resolve_model(recipe.base_model)  # raises ModelNotFoundError with what to do
         if src.kind == "hub":
-            return
+            return checked
     config = load_config(recipe.base_model, recipe.resolve(recipe.base_config) if recipe.base_config else None)
     check_against_base(recipe, config.vocab_size)
+    return checked
 
 
 def stage_hash(recipe: Recipe, stage: str) -> str:
@@ -213,7 +218,11 @@ def run_stage(recipe: Recipe, stage: str, *, resume: bool, console=None, extra: 
 
 def run_recipe(recipe: Recipe, *, console=None, force: bool = False) -> list[tuple[str, str]]:
     """Run every enabled stage in order; return (stage, 'skipped'|'ran') pairs."""
-    preflight(recipe)
+    t0 = time.time()
+    checked = preflight(recipe)
+    if checked:
+        _say(console, f"[green]✓[/green] inputs: {len(checked)} read and checked in {time.time() - t0:.1f} s "
+             "(langadapt check RECIPE lists them)")
     done: list[tuple[str, str]] = []
     cascade = force
     for stage in recipe.enabled_stages():
