@@ -127,7 +127,11 @@ def stage_status(recipe: Recipe, stage: str) -> str:
 
 
 def _checkpoint_names(recipe: Recipe, stage: str) -> str:
-    return ", ".join(f"{c.parent.name} {c.name}" for c in recipe.layout.checkpoints(stage))
+    """The newest checkpoint of each training call of the stage: ``monolingual step-40``."""
+    newest: dict[str, int] = {}
+    for c in recipe.layout.checkpoints(stage):
+        newest[c.parent.name] = max(newest.get(c.parent.name, 0), int(c.name[5:]))
+    return ", ".join(f"{name} step-{step}" for name, step in newest.items())
 
 
 def _prepare(recipe: Recipe, stage: str, h: str, *, resume: bool, console=None) -> bool:
