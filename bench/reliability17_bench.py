@@ -176,7 +176,7 @@ def resume(tmp: Path) -> None:
         secs = time.time() - t0
         got = weights(r.parent / "runs" / "t" / "align" / "model") if p.returncode == 0 else {}
         identical = bool(got) and all(got[n].equal(expect[n]) for n in expect)
-        used = f"resuming from" in p.stdout and f"step {k}" in p.stdout
+        used = "resuming from" in p.stdout and f"step {k}" in p.stdout
         resumed += used
         same += identical
         line = next((x for x in p.stdout.splitlines() if "checkpoint" in x), "(no line about the checkpoint)")

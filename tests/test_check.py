@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import DEMO, tiny_llama
-from langadapt import run as runmod, stages
+from langadapt import stages
 from langadapt.cli import main
 from langadapt.errors import LangadaptError
 

@@ -25,6 +25,7 @@ from itertools import islice
 from pathlib import Path
 
 from langadapt import stages
+from langadapt.data.hub import looks_like_hub_id
 from langadapt.errors import DataError, LangadaptError
 
 CORPUS_RECORDS = 1000
@@ -43,11 +44,6 @@ class Checked:
 
     what: str
     found: str
-
-
-def _looks_like_hub_id(s: str) -> bool:
-    parts = s.split("/")
-    return len(parts) == 2 and all(parts) and not s.startswith((".", "/", "~"))
 
 
 def _uses(recipe, kind: str) -> bool:
@@ -153,7 +149,7 @@ def _where(kind: str, i: int, name: str) -> str:
 
 def _hub_dataset(recipe, path: str) -> str | None:
     """``path`` as a hub dataset id when it is one (nothing local by that name), else None."""
-    return path if not recipe.resolve(path).exists() and _looks_like_hub_id(path) else None
+    return path if not recipe.resolve(path).exists() and looks_like_hub_id(path) else None
 
 
 def _corpus(recipe, i: int, src) -> Checked:
@@ -196,7 +192,7 @@ def _parallel(recipe, i: int, src) -> Checked:
     hub = _hub_dataset(recipe, src.path) if src.format == "hf" and src.path else None
     if hub:
         return Checked(where, f"dataset {check_hub(hub, kind='dataset', where=where)}")
-    _, report = read_source(src, recipe.resolve, lang=recipe.language.code, limit=PARALLEL_LINES)
+    _, report = read_source(src, recipe.resolve, lang=recipe.language.code, limit=PARALLEL_LINES, seed=recipe.seed)
     first = "the first " if report.lines >= PARALLEL_LINES else ""
     return Checked(where, f"{src.format}, {first}{report.summary().split(': ', 1)[1]}")
 
@@ -206,10 +202,11 @@ def _instructions(recipe, i: int, src) -> Checked:
 
     where = _where("instructions", i, src.name)
     path = recipe.resolve(src.path)
-    if not path.exists() and _looks_like_hub_id(src.path):
+    if not path.exists() and looks_like_hub_id(src.path):
         return Checked(where, f"dataset {check_hub(src.path, kind='dataset', where=where)}")
     cap = min(src.max_records or INSTRUCTION_RECORDS, INSTRUCTION_RECORDS)
-    conversations, report = read_instructions(src.model_copy(update={"max_records": cap}), path=path)
+    conversations, report = read_instructions(src.model_copy(update={"max_records": cap}), path=path,
+                                              seed=recipe.seed)
     if not conversations:
         why = report.summary().split(": ", 1)[-1]
         raise DataError(f"{where}: no record read is a usable '{src.format}' record ({why}); is the format right?",
@@ -231,13 +228,14 @@ def _heldout(recipe) -> Checked:
 
 
 def _eval(recipe) -> list[Checked]:
-    from langadapt.eval import formats
+    from langadapt.eval import formats, harness
     from langadapt.eval.tasks import check_languages, load_tasks
 
     cfg = recipe.eval
     recipe_dir = recipe.source_path.parent if recipe.source_path else None
-    tasks = load_tasks(cfg.tasks, recipe_dir=recipe_dir, paths=cfg.paths, target_language=recipe.language.code,
-                       select=cfg.select)
+    native, select, _ = harness.selection(cfg)  # lm_eval: tasks are checked by harness.check_tasks
+    tasks = load_tasks(native, recipe_dir=recipe_dir, paths=cfg.paths, target_language=recipe.language.code,
+                       select=select, tokens_with=recipe.base_model)
     check_languages(tasks, recipe.language.code)
     out = []
     for t in tasks:

@@ -66,7 +66,8 @@ class StageContext:
 def preflight(recipe: Recipe, *, log: Callable | None = None) -> list:
     """Checks that need the base model's config or the first records of the inputs, done before any
     stage starts: every input of the enabled stages read on its first records and hub ids resolved
-    (``langadapt.check``), the replay sources' languages, the vocabulary size against the recipe.
+    (``langadapt.check``), the replay sources' languages, the packages of the ``report_to`` trackers,
+    the names of ``lm_eval:`` evaluation tasks, the vocabulary size against the recipe.
     Returns what ``check.check_inputs`` read (``log`` sees each entry as it is read).
 
     The config comes from ``base_config`` or a local model (a GGUF header, a config.json); the
@@ -75,9 +76,16 @@ def preflight(recipe: Recipe, *, log: Callable | None = None) -> list:
     from langadapt.check import check_inputs
     from langadapt.models import load_config, resolve_model
     from langadapt.train.replay import check_sources
+    from langadapt.train.tracking import check_installed
 
     checked = check_inputs(recipe, log=log)
     check_sources(recipe)
+    if any(recipe.enabled(s) for s in stages.TRAINING):
+        check_installed(recipe.report_to)
+    if recipe.enabled("eval"):
+        from langadapt.eval.harness import check_tasks
+
+        check_tasks(recipe)
     if recipe.base_config is None:
         src = resolve_model(recipe.base_model)  # raises ModelNotFoundError with what to do
         if src.kind == "hub":
@@ -107,7 +115,8 @@ def stage_hash(recipe: Recipe, stage: str) -> str:
         for item in value if isinstance(value, list) else [value]:
             for key in ("path", "target", "english"):
                 v = getattr(item, key, None)
-                if v is not None and recipe.resolve(v).exists():
+                v = getattr(v, "path", v)  # a held-out dataset: its folder, when local
+                if isinstance(v, str) and recipe.resolve(v).exists():
                     files.append(fingerprint_path(recipe.resolve(v)))
         parts["data"][kind] = {"settings": dumped, "files": files}
     if spec is not None and spec.files:

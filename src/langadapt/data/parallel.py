@@ -4,9 +4,11 @@ and sft's translation instructions.
 Three formats (a ``data.parallel`` entry of the recipe):
 - ``tsv``: one pair per line, the sides in columns ``target_column`` and ``english_column``;
 - ``pair``: two line-aligned files, line i of ``english`` translating line i of ``target``;
-- ``hf``: a dataset id, a ``save_to_disk`` folder, or a local JSON/JSONL/Parquet/CSV file,
-  with ``target_field`` / ``english_field`` (dotted paths such as ``translation.fa`` reach
-  into nested records).
+- ``hf``: a Hugging Face dataset (a hub id with its ``config``, ``split``, ``data_files``,
+  ``revision``, caps and ``shuffle_buffer``, see :mod:`langadapt.data.hub`), a local dataset
+  repository or ``save_to_disk`` folder, or a local JSON/JSONL/Parquet/CSV file, with
+  ``target_field`` / ``english_field`` (dotted paths such as ``translation.fa`` reach into nested
+  records, as in the OPUS sets).
 
 Nothing misaligned is trained on silently. Two files with different line counts are refused
 (their alignment is unknowable). Lines with an empty side, and TSV lines with fewer or more
@@ -165,32 +167,19 @@ def _field(row: Any, dotted: str):
     return value
 
 
-def _load_dataset(src, resolve):
-    import datasets
+def _read_hf(src, resolve, limit: int | None = None, seed: int = 0) -> tuple[list[Pair], ParallelReport]:
+    from langadapt.data.hub import rows
 
-    p = resolve(src.path)
-    try:
-        if p.is_dir() and ((p / "dataset_info.json").is_file() or (p / "state.json").is_file() or (p / "dataset_dict.json").is_file()):
-            ds = datasets.load_from_disk(str(p))
-            return ds[src.split] if isinstance(ds, datasets.DatasetDict) else ds
-        if p.is_file():
-            kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(p.suffix)
-            if kind is None:
-                raise DataError(f"format hf: cannot read a '{p.suffix}' file; give JSON, JSONL, Parquet or CSV", path=str(p))
-            return datasets.load_dataset(kind, data_files=str(p), split="train")
-        return datasets.load_dataset(str(p) if p.exists() else src.path, split=src.split)
-    except DataError:
-        raise
-    except Exception as e:  # datasets raises many kinds; all mean "cannot read this source"
-        raise DataError(f"cannot load parallel dataset '{src.path}' (split {src.split}): {type(e).__name__}: {e}",
-                        path=str(p)) from None
-
-
-def _read_hf(src, resolve, limit: int | None = None) -> tuple[list[Pair], ParallelReport]:
-    ds = _load_dataset(src, resolve)
     report = ParallelReport(src.name, src.path)
     out: list[Pair] = []
-    for n, row in enumerate(islice(ds, limit), 1):
+
+    def sides(row: dict) -> str | None:
+        t, e = _field(row, src.target_field), _field(row, src.english_field)
+        return None if t is None or e is None else f"{t}\n{e}"
+
+    records = rows(src, resolve(src.path), what=f"parallel source '{src.name}'", seed=seed,
+                   fields=(src.target_field, src.english_field), text_of=sides)
+    for n, (_, row) in enumerate(islice(records, limit), 1):
         report.lines = n
         t, e = _field(row, src.target_field), _field(row, src.english_field)
         if t is None or e is None:
@@ -201,7 +190,7 @@ def _read_hf(src, resolve, limit: int | None = None) -> tuple[list[Pair], Parall
     return out, report
 
 
-def read_source(src, resolve=Path, *, lang: str | None = None, limit: int | None = None
+def read_source(src, resolve=Path, *, lang: str | None = None, limit: int | None = None, seed: int = 0
                 ) -> tuple[list[Pair], ParallelReport]:
     """Every usable pair of one ``ParallelSource``, and the report of what was skipped.
 
@@ -213,8 +202,10 @@ def read_source(src, resolve=Path, *, lang: str | None = None, limit: int | None
     """
     from langadapt.data.alignment import check_pairs
 
-    reader = {"pair": _read_pair, "tsv": _read_tsv, "hf": _read_hf}[src.format]
-    pairs, report = reader(src, resolve, limit)
+    if src.format == "hf":
+        pairs, report = _read_hf(src, resolve, limit, seed)
+    else:
+        pairs, report = {"pair": _read_pair, "tsv": _read_tsv}[src.format](src, resolve, limit)
     if src.format == "pair":
         t, e = resolve(src.target), resolve(src.english)
         path, sides = str(t), (f"text in {t.name}", f"text in {e.name}")
@@ -245,7 +236,7 @@ def read_parallel(recipe, names: list[str] | None = None) -> tuple[list[Pair], l
     for src in recipe.data.parallel:
         if names is not None and src.name not in names:
             continue
-        p, r = read_source(src, recipe.resolve, lang=recipe.language.code)
+        p, r = read_source(src, recipe.resolve, lang=recipe.language.code, seed=recipe.seed)
         pairs.extend(p)
         reports.append(r)
     return pairs, reports

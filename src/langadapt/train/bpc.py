@@ -124,7 +124,8 @@ def read_heldout(recipe) -> dict[str, str | list[str]]:
     ``english_documents`` (lists of documents); keys absent when not set.
 
     Each file is read up to ``data.heldout.max_chars`` characters, cut at a line break (lines) or between
-    documents inside that limit, so nothing is scored half.
+    documents inside that limit, so nothing is scored half; a dataset (``target``/``english``) gives the
+    lines of its records' ``text_field`` up to that limit.
     """
     h = recipe.data.heldout
     out: dict[str, str | list[str]] = {}
@@ -132,7 +133,13 @@ def read_heldout(recipe) -> dict[str, str | list[str]]:
         path = getattr(h, key)
         if path is None:
             continue
-        out[key] = read_text_prefix(recipe.resolve(path), h.max_chars)
+        if isinstance(path, str):
+            out[key] = read_text_prefix(recipe.resolve(path), h.max_chars)
+        else:  # a dataset: the first records' text (a seeded sample with shuffle_buffer)
+            from langadapt.data.hub import dataset_lines
+
+            out[key] = "\n".join(dataset_lines(path, recipe.resolve(path.path), max_chars=h.max_chars,
+                                               what=f"data.heldout.{key}", seed=recipe.seed))
     for key in ("target_documents", "english_documents"):
         path = getattr(h, key)
         if path is not None:

@@ -1,6 +1,6 @@
-"""What a training call records: one ``metrics.jsonl`` row per logged step (and TensorBoard scalars
-when it is installed), held-out bits per character (``bpc.json``), and the running totals of tokens
-and time.
+"""What a training call records: one ``metrics.jsonl`` row per logged step (and the same figures to the
+recipe's experiment trackers, ``tracking.py``), held-out bits per character (``bpc.json``), and the
+running totals of tokens and time.
 
 On a GPU the loop never waits for the device to log: a logged step's loss and gradient norm are
 copied to pinned host memory without blocking, and the row is written one logged step later
@@ -55,19 +55,25 @@ class Totals:
         return toks, secs
 
 
+TRACKED = ("loss", "lr", "lr_embeddings", "grad_norm", "tokens_per_s", "memory_mb")
+"""The figures of a logged step sent to the trackers, as ``train/<figure>``."""
+
+
 class MetricsLog:
-    """The ``metrics.jsonl`` rows of one training call (``name``), written by the main process only.
+    """The ``metrics.jsonl`` rows of one training call (``name``), written by the main process only, and the
+    same figures sent to ``trackers`` (a started ``tracking.Trackers``; None: none).
 
     A resumed call first drops the rows of its name past the step it resumes from (a fresh call: all
     of them), so the file reads as one uninterrupted run.
     """
 
-    def __init__(self, out_dir: Path, name: str, *, main: bool, cuda: bool, resumed_at: int | None, bar=None):
+    def __init__(self, out_dir: Path, name: str, *, main: bool, cuda: bool, resumed_at: int | None, bar=None,
+                 trackers=None):
         self.path = out_dir / METRICS
         self.name, self.main, self.cuda, self.bar = name, main, cuda, bar
         self.last_loss: float | None = None
         self.pending: list[tuple[dict, Any, Any]] = []  # (row, pinned host copy, CUDA event)
-        self.writer = None
+        self.trackers = trackers
         if not main:
             return
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -75,12 +81,6 @@ class MetricsLog:
             keep = [r for r in iter_jsonl(self.path)
                     if not (r.get("name") == name and (resumed_at is None or r.get("step", 0) > resumed_at))]
             write_jsonl(self.path, keep)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(out_dir / "tensorboard" / name))
-        except ImportError:
-            self.writer = None
 
     def step(self, row: dict, values) -> None:
         """A logged step: ``row`` without its loss and gradient norm, ``values`` = [loss, grad norm, steps with a
@@ -118,10 +118,8 @@ class MetricsLog:
         if not self.main:
             return
         append_jsonl(self.path, row)
-        if self.writer is not None:
-            for k in ("loss", "lr", "grad_norm", "tokens_per_s"):
-                if row[k] is not None:
-                    self.writer.add_scalar(f"{self.name}/{k}", row[k], row["step"])
+        if self.trackers is not None:
+            self.trackers.log({f"train/{k}": row[k] for k in TRACKED if row.get(k) is not None}, row["step"])
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s'] or 0:.0f}")
 
@@ -129,10 +127,12 @@ class MetricsLog:
         if self.main and values:
             append_jsonl(self.path, {"name": self.name, "step": step,
                                      **{f"bpc_{k}": round(v, 5) for k, v in values.items()}})
+            if self.trackers is not None:
+                self.trackers.log({f"heldout/bpc_{k}": float(v) for k, v in values.items()}, step)
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        if self.trackers is not None:
+            self.trackers.finish()
 
 
 class HeldOut:

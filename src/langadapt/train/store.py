@@ -190,12 +190,14 @@ class TokenStore:
 
 
 def corpus_store(files: list[Path], tokenizer, folder: str | os.PathLike, *, limit: int | None = None,
-                 log: Callable[[str], None] | None = None,
+                 log: Callable[[str], None] | None = None, workers: int | None = None,
                  replay: tuple[Iterable[str], float, str] | None = None) -> TokenStore:
-    """The clean stage's sentences (its shards, ``RunLayout.clean_shards``) as a ``TokenStore`` in ``folder``:
-    built once by the main process (the others wait and open it), reused while the shards, the tokenizer
-    and ``limit`` are unchanged. ``replay``: (replay documents, their share of the tokens, a description of
-    them for the store's key), see `build`."""
+    """The clean stage's documents (its shards, ``RunLayout.clean_shards``) as a ``TokenStore`` in ``folder``:
+    built once by the main process (the others wait and open it), reused while the shards, the tokenizer,
+    ``limit`` and ``replay`` are unchanged. A fast tokenizer tokenizes in ``workers`` processes (None: one per
+    CPU core; see ``parallel_store``: the same store, restartable part by part); any other in this one.
+    ``replay``: (replay documents, their share of the tokens, a description of them for the store's key),
+    interleaved as `build` writes (in this process: the interleave follows the corpus's order)."""
     import hashlib
 
     from tqdm.auto import tqdm
@@ -227,8 +229,25 @@ def corpus_store(files: list[Path], tokenizer, folder: str | os.PathLike, *, lim
         bar.set_postfix(documents=f"{docs:,}", tokens=f"{tokens:,}", refresh=False)
         bar.refresh()
 
-    store = build(texts(), tokenizer, folder, key=key, limit=limit, progress=progress,
-                  replay=(replay[0], replay[1]) if replay else None)
+    from langadapt.train import parallel_store
+
+    meta = Path(folder) / "meta.json"
+    if replay or not parallel_store.can_build(tokenizer):
+        store = build(texts(), tokenizer, folder, key=key, limit=limit, progress=progress,
+                      replay=(replay[0], replay[1]) if replay else None)
+    elif meta.is_file() and json.loads(meta.read_text(encoding="utf-8")).get("key") == key:
+        store = TokenStore(folder)
+    else:
+        def parts_done(nbytes: int, docs: int, tokens: int) -> None:
+            nonlocal seen
+            seen = nbytes
+            progress(docs, tokens)
+
+        start = boundary_id(tokenizer)
+        parallel_store.build_parallel(files, tokenizer, folder, key=key, start=start, limit=limit, workers=workers,
+                                      eos=tokenizer.eos_token_id if tokenizer.eos_token_id is not None else start,
+                                      progress=parts_done)
+        store = TokenStore(folder)
     bar.n = bar.total
     bar.close()
     wait_for_everyone()
