@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from itertools import zip_longest
+from itertools import islice, zip_longest
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -117,11 +117,11 @@ def _keep(report: ParallelReport, out: list[Pair], target: str, english: str, li
         report.kept += 1
 
 
-def _read_pair(src, resolve) -> tuple[list[Pair], ParallelReport]:
+def _read_pair(src, resolve, limit: int | None = None) -> tuple[list[Pair], ParallelReport]:
     tpath, epath = resolve(src.target), resolve(src.english)
     report = ParallelReport(src.name, f"{tpath} + {epath}")
     out: list[Pair] = []
-    for (nt, t), (ne, e) in zip_longest(_lines(tpath), _lines(epath), fillvalue=(None, None)):
+    for (nt, t), (ne, e) in islice(zip_longest(_lines(tpath), _lines(epath), fillvalue=(None, None)), limit):
         if t is None or e is None:
             nt_all, ne_all = _count_lines(tpath), _count_lines(epath)
             raise DataError(
@@ -133,16 +133,16 @@ def _read_pair(src, resolve) -> tuple[list[Pair], ParallelReport]:
     return out, report
 
 
-def _read_tsv(src, resolve) -> tuple[list[Pair], ParallelReport]:
+def _read_tsv(src, resolve, limit: int | None = None) -> tuple[list[Pair], ParallelReport]:
     path = resolve(src.path)
     report = ParallelReport(src.name, str(path))
     out: list[Pair] = []
     need = max(src.target_column, src.english_column) + 1
     # A stray tab inside a sentence cut its side short ("Please wash"); the file's most common
     # column count (a first pass) tells such lines apart from files that have more columns.
-    widths = Counter(line.count("\t") + 1 for _, line in _lines(path) if line.strip())
+    widths = Counter(line.count("\t") + 1 for _, line in islice(_lines(path), limit) if line.strip())
     usual = max(widths, key=lambda w: (widths[w], -w)) if widths else need
-    for n, line in _lines(path):
+    for n, line in islice(_lines(path), limit):
         report.lines = n
         if not line.strip():
             report.skip("blank", n)
@@ -167,7 +167,7 @@ def _field(row: Any, dotted: str):
     return value
 
 
-def _read_hf(src, resolve, seed: int = 0) -> tuple[list[Pair], ParallelReport]:
+def _read_hf(src, resolve, limit: int | None = None, seed: int = 0) -> tuple[list[Pair], ParallelReport]:
     from langadapt.data.hub import rows
 
     report = ParallelReport(src.name, src.path)
@@ -177,8 +177,9 @@ def _read_hf(src, resolve, seed: int = 0) -> tuple[list[Pair], ParallelReport]:
         t, e = _field(row, src.target_field), _field(row, src.english_field)
         return None if t is None or e is None else f"{t}\n{e}"
 
-    for n, (_, row) in enumerate(rows(src, resolve(src.path), what=f"parallel source '{src.name}'", seed=seed,
-                                      fields=(src.target_field, src.english_field), text_of=sides), 1):
+    records = rows(src, resolve(src.path), what=f"parallel source '{src.name}'", seed=seed,
+                   fields=(src.target_field, src.english_field), text_of=sides)
+    for n, (_, row) in enumerate(islice(records, limit), 1):
         report.lines = n
         t, e = _field(row, src.target_field), _field(row, src.english_field)
         if t is None or e is None:
@@ -189,20 +190,22 @@ def _read_hf(src, resolve, seed: int = 0) -> tuple[list[Pair], ParallelReport]:
     return out, report
 
 
-def read_source(src, resolve=Path, *, lang: str | None = None, seed: int = 0) -> tuple[list[Pair], ParallelReport]:
+def read_source(src, resolve=Path, *, lang: str | None = None, limit: int | None = None, seed: int = 0
+                ) -> tuple[list[Pair], ParallelReport]:
     """Every usable pair of one ``ParallelSource``, and the report of what was skipped.
 
     ``resolve`` turns the recipe's paths into files (``recipe.resolve``); ``lang`` is the target
     language (``language.code``), whose side is checked to be in it (None: the languages are not
-    checked). Raises ``DataError`` for files of different lengths, undecodable lines, a shift
+    checked); ``limit``: read only the first lines (rows), and judge the source by them (the checks
+    before a run). Raises ``DataError`` for files of different lengths, undecodable lines, a shift
     between the sides, or a source with too many bad lines.
     """
     from langadapt.data.alignment import check_pairs
 
     if src.format == "hf":
-        pairs, report = _read_hf(src, resolve, seed)
+        pairs, report = _read_hf(src, resolve, limit, seed)
     else:
-        pairs, report = {"pair": _read_pair, "tsv": _read_tsv}[src.format](src, resolve)
+        pairs, report = {"pair": _read_pair, "tsv": _read_tsv}[src.format](src, resolve, limit)
     if src.format == "pair":
         t, e = resolve(src.target), resolve(src.english)
         path, sides = str(t), (f"text in {t.name}", f"text in {e.name}")

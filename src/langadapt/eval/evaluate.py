@@ -214,7 +214,7 @@ def task_info(task: Task, settings: EvalSettings) -> dict:
             "metrics": task.metrics, "suite": task.suite, "n": len(selected_examples(task, settings)),
             "random": random_baseline(task, settings), "direction": f"{task.source_lang}-{task.target_lang}"
             if task.family == "translation" else None,
-            "labels": task.label_set() if task.kind == "choice" else None}
+            "labels": task.label_set() if task.kind == "choice" else None, "unlabeled": task.unlabeled}
     return info
 
 

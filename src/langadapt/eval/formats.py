@@ -47,6 +47,14 @@ _HEADER_WORDS = {"source", "target", "reference", "src", "tgt", "ref", "english"
                  "input", "output", "translation"}
 
 
+NO_LABEL = ("", "-")
+"""Gold labels that mean "not labeled" (the official ParsiNLU entailment test file has two ``-`` rows)."""
+
+
+class Unlabeled(Exception):
+    """A row of a labeled task without a gold label: skipped and counted, not an error."""
+
+
 @dataclass
 class Example:
     """One evaluation item, normalised across formats."""
@@ -299,12 +307,15 @@ def _get(raw: dict, fields: dict[str, str], ours: str, where: str, *, required: 
 
 def to_example(family: str, row: RawRow, fields: dict[str, str], label_map: dict[str, str | None] | None,
                *, drop_unmapped: bool) -> Example | None:
-    """Normalise one raw row; ``None`` means the row is dropped by the label mapping."""
+    """Normalise one raw row; ``None`` means the row is dropped by the label mapping. Raises ``Unlabeled``
+    for a row of a labeled task whose gold label is empty or ``-``."""
     raw, where = row.values, row.where
     rid = _get(raw, fields, "id", where, required=False)
     rid = str(rid) if rid not in (None, "") else where.rsplit("/", 1)[-1]
 
     def label_of(value) -> str | None:
+        if value is None or (isinstance(value, str) and value.strip() in NO_LABEL):
+            raise Unlabeled(where)
         lab = _text(value, fields.get("label", "label"), where)
         if label_map is None:
             return lab
@@ -334,6 +345,8 @@ def to_example(family: str, row: RawRow, fields: dict[str, str], label_map: dict
             raise DataError("'candidates' must hold at least two non-empty options", path=where)
         cands = [_text(c, "candidates", where) for c in cands]
         ans = _get(raw, fields, "answer", where)
+        if ans is None or (isinstance(ans, str) and ans.strip() in NO_LABEL):
+            raise Unlabeled(where)
         try:
             idx = int(str(ans).strip())
         except ValueError:

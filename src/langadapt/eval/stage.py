@@ -112,6 +112,8 @@ def run(ctx) -> dict:
     check_languages(tasks, recipe.language.code)
     for t in tasks:  # read every data file before loading any model: bad data fails in seconds
         t.examples()
+        if t.unlabeled:
+            ctx.log(f"  eval: {t.id}: {t.unlabeled:,} rows without a gold label skipped (counted as 'unlabeled')")
     lm_tasks = harness.Harness.load(recipe, harness_names) if harness_names else None
     entries = model_entries(recipe)
     settings = eval_settings(recipe)

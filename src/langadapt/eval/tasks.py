@@ -125,6 +125,7 @@ class Task:
     output_lang: str
     suite: str
     max_examples: int | None = None
+    unlabeled: int = 0  # rows without a gold label ("-", empty), skipped when the examples were read
     _examples: list[Example] | None = field(default=None, repr=False)
 
     @property
@@ -389,10 +390,15 @@ def load_examples(task: Task) -> list[Example]:
                              header=spec.header, reference=task.reference_path, source=spec, what=f"task '{task.id}'")
     out: list[Example] = []
     definition = None
+    task.unlabeled = 0
     for row in rows:
         if spec.where and not all(str(row.values.get(k, "")).strip() in v for k, v in spec.where.items()):
             continue
-        ex = formats.to_example(family, row, fields, label_map, drop_unmapped=drop)
+        try:
+            ex = formats.to_example(family, row, fields, label_map, drop_unmapped=drop)
+        except formats.Unlabeled:
+            task.unlabeled += 1
+            continue
         if ex is None:
             continue
         if family == "sni":
@@ -408,7 +414,8 @@ def load_examples(task: Task) -> list[Example]:
                     ex.fields[k] = ex.fields[k][: task.max_input_chars].rsplit(" ", 1)[0]
         out.append(ex)
     if not out:
-        raise DataError(f"task '{task.id}' has no usable examples (after label mapping and filters)",
+        why = f"{task.unlabeled:,} rows without a label; " if task.unlabeled else ""
+        raise DataError(f"task '{task.id}' has no usable examples ({why}after label mapping and filters)",
                         path=str(task.paths[0]))
     if task.kind == "choice" and task.family != "multiple_choice" and not (family == "sni"):
         known = set(task.labels)

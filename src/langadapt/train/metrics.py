@@ -15,8 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from langadapt.errors import DivergedError
 from langadapt.files import append_jsonl, iter_jsonl, read_json, write_json, write_jsonl
 from langadapt.layout import METRICS
+
+DIVERGED_HINT = ("Lower lr (or embedding_lr), train in fp32 or bf16 rather than fp16, or look for broken data; "
+                 "--restart starts the stage over")
 
 
 def memory_mb() -> float:
@@ -79,13 +83,15 @@ class MetricsLog:
             write_jsonl(self.path, keep)
 
     def step(self, row: dict, values) -> None:
-        """A logged step: ``row`` without its loss and gradient norm, ``values`` = [loss, grad norm] on the device."""
+        """A logged step: ``row`` without its loss and gradient norm, ``values`` = [loss, grad norm, steps with a
+        non-finite loss so far] on the device. A non-finite loss stops training (``DivergedError``) when the
+        values reach the host."""
         if not self.cuda:
             self._write(row, values.tolist())
             return
         import torch
 
-        host = torch.empty(2, dtype=torch.float32, pin_memory=True)
+        host = torch.empty(values.numel(), dtype=torch.float32, pin_memory=True)
         host.copy_(values, non_blocking=True)
         event = torch.cuda.Event()
         event.record()
@@ -100,7 +106,12 @@ class MetricsLog:
             self._write(row, host.tolist())
 
     def _write(self, row: dict, values) -> None:
-        loss, norm = values
+        loss, norm, *bad = values
+        if not math.isfinite(loss) or (bad and bad[0] > 0):
+            what = f"the training loss is {loss} at step {row['step']:,}" if not math.isfinite(loss) else \
+                f"a loss or gradient was NaN or infinite at step {row['step']:,} or before"
+            raise DivergedError(f"{self.name}: {what} (lr {row['lr']:.3g}); stopped before saving anything of it. "
+                                f"{DIVERGED_HINT}")
         row["loss"] = round(loss, 5)
         row["grad_norm"] = None if math.isnan(norm) else round(norm, 5)
         self.last_loss = loss
