@@ -162,7 +162,7 @@ def hewitt_bpc(tokenizer_model: str, heldout: dict[str, str], khayyam_chars: int
         head = model.get_output_embeddings().weight
         if head.data_ptr() != emb.data_ptr():
             head[base:] = head[:base].mean(0)
-    res = {k: round(bits_per_char(model, tok, v), 4) for k, v in heldout.items()}
+    res = {k: round(bits_per_char(model, tok, v), 4) for k, v in heldout.items() if isinstance(v, str)}
     res["khayyam"] = round(bits_per_char(model, tok, read_text_prefix(DATA / "poems" / f"{HELD_OUT_POET}.txt",
                                                                       khayyam_chars)), 4)
     return res
@@ -232,7 +232,6 @@ def trained_numbers(recipe, args, *, khayyam: bool = True) -> dict:
     """Bits per character after align (and after its monolingual step) and after pretrain (their bpc.json,
     plus Khayyam), stage seconds and training tokens."""
     from langadapt.files import read_json
-    from langadapt.run import stage_model
 
     res = {}
     for stage in ("align", "pretrain"):
@@ -243,7 +242,7 @@ def trained_numbers(recipe, args, *, khayyam: bool = True) -> dict:
         m = marker(recipe, stage)
         res[stage] = {"target": bpc["target"]["end"], "english": bpc["english"]["end"], "seconds": m["seconds"]}
         if khayyam:
-            res[stage]["khayyam"] = khayyam_bpc(stage_model(recipe, stage), args.khayyam_chars)
+            res[stage]["khayyam"] = khayyam_bpc(recipe.model_path(stage), args.khayyam_chars)
         if stage == "align":
             res[stage]["monolingual"] = {k: v["monolingual"]["end"] for k, v in bpc.items() if "monolingual" in v}
         for part in ("monolingual", "bilingual"):

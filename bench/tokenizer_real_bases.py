@@ -184,7 +184,7 @@ def fertility(tok, lines) -> float:
 def check(name, base, rows, pieces, english_lines, persian_lines, tmp: Path, tf4: str | None) -> dict:
     from transformers import AutoTokenizer
 
-    from langadapt.clean.normalize import char_map
+    from langadapt.clean import normalize
     from langadapt.tokenizer import merge as m
     from langadapt.tokenizer.stage import save_tokenizer
 
@@ -192,7 +192,7 @@ def check(name, base, rows, pieces, english_lines, persian_lines, tmp: Path, tf4
     merged = m.merge_pieces(json.loads(base.backend_tokenizer.to_str()), pieces, base_rows=rows)
     rewrites = {}
     if hasattr(m, "add_normalizer"):  # absent before issue 13
-        rewrites = m.add_normalizer(merged.tokenizer_json, char_map("fa"), m.target_characters(pieces)[0])
+        rewrites = m.add_normalizer(merged.tokenizer_json, normalize.char_map("fa"), m.target_characters(pieces)[0])
     seconds = time.perf_counter() - t0
     out = tmp / ("merged-" + "".join(c for c in name if c.isalnum()))
     out.mkdir()
@@ -206,8 +206,8 @@ def check(name, base, rows, pieces, english_lines, persian_lines, tmp: Path, tf4
     r["added_tokens_moved"] = sum(after.get(c) != i for i, c in before.items())
     vocab = tok.get_vocab()
     strings = tok.convert_ids_to_tokens(list(range(len(tok))))
-    r["ids_shared_or_not_mapping_back"] = (len(tok) - len(set(vocab.values())) + sum(
-        i != j for i, j in enumerate(tok.convert_tokens_to_ids(strings))))
+    back = [tok.convert_tokens_to_ids(t) if t is not None else None for t in strings]
+    r["ids_shared_or_not_mapping_back"] = (len(tok) - len(set(vocab.values())) + sum(i != j for i, j in enumerate(back)))
     r["base_tokens_moved"] = sum(vocab.get(t) != i for t, i in base.get_vocab().items())
     r["english_lines_changed"] = sum(a != b for a, b in zip(base(english_lines)["input_ids"],
                                                             tok(english_lines)["input_ids"]))

@@ -12,13 +12,15 @@ from test_tokenizer import EN, ENGLISH_PROBES, FA, byte_level_base
 
 from langadapt.errors import LangadaptError
 from langadapt.recipe import parse_recipe
-from langadapt.run import STAGES, StageContext
+from langadapt.run import StageContext
+from langadapt.tokenizer.stage import run as tokenizer_stage
 
 
-def make_recipe(tmp_path, base, **tokenizer):
+def make_recipe(tmp_path, base, heldout=None, **tokenizer):
     recipe = parse_recipe({
         "name": "tiny", "base_model": str(base), "output_dir": str(tmp_path / "runs"),
-        "data": {"heldout": {"target": str(tmp_path / "held_fa.txt"), "english": str(tmp_path / "held_en.txt")}},
+        "data": {"heldout": {"target": str(tmp_path / "held_fa.txt"), "english": str(tmp_path / "held_en.txt"),
+                             **(heldout or {})}},
         "tokenizer": {"new_pieces": 300, "character_coverage": 1.0, "pad_to_multiple_of": 64, "add_pad_token": True,
                       **tokenizer},
     })
@@ -52,7 +54,7 @@ def test_tokenizer_stage_writes_a_loadable_model_with_merged_tokenizer(workspace
 
     tmp_path, base = workspace
     recipe, out = make_recipe(tmp_path, base, new_pieces=5000)
-    summary = STAGES["tokenizer"].function()(StageContext(recipe=recipe, stage="tokenizer", out_dir=out))
+    summary = tokenizer_stage(StageContext(recipe=recipe, stage="tokenizer", out_dir=out))
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert summary == report and (out / "sp.model").is_file()
     assert "supports only" in capsys.readouterr().out  # 5,000 pieces asked of 20 sentences: lowered, with a warning
@@ -85,7 +87,7 @@ def test_tokenizer_stage_writes_a_loadable_model_with_merged_tokenizer(workspace
     assert vocab_plan(recipe, len(base_tok)).merged == rows
 
     # Killed after SentencePiece: a resumed run reuses sp.model and gives the same result.
-    again = STAGES["tokenizer"].function()(StageContext(recipe=recipe, stage="tokenizer", out_dir=out, resume=True))
+    again = tokenizer_stage(StageContext(recipe=recipe, stage="tokenizer", out_dir=out, resume=True))
     assert "reusing" in capsys.readouterr().out
     assert again["merged_vocab_size"] == rows and again["new_pieces"] == report["new_pieces"]
 
@@ -96,7 +98,7 @@ def test_tokenizer_stage_reports_missing_clean_output(workspace):
     for f in (tmp_path / "runs" / "tiny" / "clean" / "sentences").glob("*.jsonl"):
         f.unlink()
     with pytest.raises(LangadaptError, match="run the clean stage first"):
-        STAGES["tokenizer"].function()(StageContext(recipe=recipe, stage="tokenizer", out_dir=out))
+        tokenizer_stage(StageContext(recipe=recipe, stage="tokenizer", out_dir=out))
 
 
 def test_smollm2_merge_keeps_english_ids_and_shortens_persian(tmp_path):
@@ -135,7 +137,7 @@ def test_smollm2_merge_keeps_english_ids_and_shortens_persian(tmp_path):
 def test_tokenizer_stage_warns_when_the_declared_merged_size_differs(workspace, capsys):
     tmp_path, base = workspace
     recipe, out = make_recipe(tmp_path, base, merged_vocab_size=70_000)
-    report = STAGES["tokenizer"].function()(StageContext(recipe=recipe, stage="tokenizer", out_dir=out))
+    report = tokenizer_stage(StageContext(recipe=recipe, stage="tokenizer", out_dir=out))
     said = capsys.readouterr().out
     assert "merged_vocab_size is 70,000" in said and f"gives {report['merged_vocab_size']:,} rows" in said
 
@@ -144,19 +146,23 @@ def test_tokenizer_stage_measures_step0_bits_per_character_of_base_and_resized_m
     """The base model and the resized one, on the recipe's held-out text, before any training (issue 18)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from langadapt.train.bpc import bits_per_char, read_heldout
+    from langadapt.train.bpc import bits_per_char, bits_per_char_documents, read_heldout
 
     tmp_path, base = workspace
-    recipe, out = make_recipe(tmp_path, base, init="mean")
-    report = STAGES["tokenizer"].function()(StageContext(recipe=recipe, stage="tokenizer", out_dir=out))
+    (tmp_path / "held_docs.txt").write_text("\n".join(FA[:3]) + "\n\n" + "\n".join(FA[3:6]) + "\n", encoding="utf-8")
+    recipe, out = make_recipe(tmp_path, base, heldout={"target_documents": str(tmp_path / "held_docs.txt")},
+                              init="mean")
+    report = tokenizer_stage(StageContext(recipe=recipe, stage="tokenizer", out_dir=out))
     said = capsys.readouterr().out
     texts = read_heldout(recipe)
+    assert set(report["bpc"]) == {"target", "english", "target_documents"}
     base_model, base_tok = AutoModelForCausalLM.from_pretrained(base), AutoTokenizer.from_pretrained(base)
     model, tok = AutoModelForCausalLM.from_pretrained(out / "model"), AutoTokenizer.from_pretrained(out / "model")
-    for key in ("target", "english"):
+    for key, measure in (("target", bits_per_char), ("english", bits_per_char),
+                         ("target_documents", bits_per_char_documents)):  # documents scored whole, as training does
         b = report["bpc"][key]
-        assert b["base"] == pytest.approx(bits_per_char(base_model, base_tok, texts[key]), abs=1e-4)
-        assert b["init"] == pytest.approx(bits_per_char(model, tok, texts[key]), abs=1e-4)
+        assert b["base"] == pytest.approx(measure(base_model, base_tok, texts[key]), abs=1e-4)
+        assert b["init"] == pytest.approx(measure(model, tok, texts[key]), abs=1e-4)
         assert b["change"] == pytest.approx(b["init"] / b["base"] - 1, abs=1e-4)
     assert "held-out bits per character, base model -> after the merge and init (mean)" in said
     assert f"{report['bpc']['english']['base']:.3f} -> {report['bpc']['english']['init']:.3f}" in said
@@ -187,10 +193,10 @@ def test_tokenizer_stage_calibrated_init_starts_lower_than_mean_on_the_target_la
     tmp_path, base = workspace
     base = _anisotropic(base, tmp_path / "aniso")
     recipe, out = make_recipe(tmp_path, base, init="mean")
-    mean = STAGES["tokenizer"].function()(StageContext(recipe=recipe, stage="tokenizer", out_dir=out))
+    mean = tokenizer_stage(StageContext(recipe=recipe, stage="tokenizer", out_dir=out))
     shutil.rmtree(out)
     recipe, out = make_recipe(tmp_path, base, init="calibrated")
-    cal = STAGES["tokenizer"].function()(StageContext(recipe=recipe, stage="tokenizer", out_dir=out))
+    cal = tokenizer_stage(StageContext(recipe=recipe, stage="tokenizer", out_dir=out))
     assert "calibrated init: new tokens are" in capsys.readouterr().out
     c = cal["calibration"]
     assert c["applied"] and c["contexts"] > 100 and 0.3 < c["new_token_share"] < 1 and c["direction_spread"] < 0.1
@@ -199,7 +205,7 @@ def test_tokenizer_stage_calibrated_init_starts_lower_than_mean_on_the_target_la
     assert not (out / ".work").exists()
     # resumed after the SentencePiece step (the sample was removed): drawn again, same rows
     first = AutoModelForCausalLM.from_pretrained(out / "model").get_input_embeddings().weight.detach().clone()
-    again = STAGES["tokenizer"].function()(StageContext(recipe=recipe, stage="tokenizer", out_dir=out, resume=True))
+    again = tokenizer_stage(StageContext(recipe=recipe, stage="tokenizer", out_dir=out, resume=True))
     assert again["bpc"] == cal["bpc"]
     assert torch.equal(AutoModelForCausalLM.from_pretrained(out / "model").get_input_embeddings().weight, first)
 
@@ -212,11 +218,11 @@ def test_tokenizer_stage_calibrated_init_keeps_the_mean_when_the_base_has_no_com
 
     tmp_path, base = workspace
     recipe, out = make_recipe(tmp_path, base, init="mean")
-    STAGES["tokenizer"].function()(StageContext(recipe=recipe, stage="tokenizer", out_dir=out))
+    tokenizer_stage(StageContext(recipe=recipe, stage="tokenizer", out_dir=out))
     mean_rows = AutoModelForCausalLM.from_pretrained(out / "model").get_input_embeddings().weight.detach().clone()
     shutil.rmtree(out)
     recipe, out = make_recipe(tmp_path, base, init="calibrated")
-    cal = STAGES["tokenizer"].function()(StageContext(recipe=recipe, stage="tokenizer", out_dir=out))
+    cal = tokenizer_stage(StageContext(recipe=recipe, stage="tokenizer", out_dir=out))
     assert "share no common direction" in capsys.readouterr().out
     assert not cal["calibration"]["applied"] and cal["calibration"]["direction_spread"] > 0.1
     assert torch.equal(AutoModelForCausalLM.from_pretrained(out / "model").get_input_embeddings().weight, mean_rows)

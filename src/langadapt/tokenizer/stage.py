@@ -17,6 +17,7 @@ from pathlib import Path
 
 from langadapt.errors import LangadaptError
 from langadapt.files import atomic_path, read_json, write_json
+from langadapt.layout import REPORT
 
 ENGLISH_CHECK = [
     "The quick brown fox jumps over the lazy dog. It's 3:45 p.m.; isn't it?",
@@ -84,15 +85,12 @@ def run(ctx) -> dict:
     from langadapt.clean.normalize import char_map
     from langadapt.tokenizer.merge import add_normalizer, merge_pieces, read_sentencepiece, target_characters
     from langadapt.tokenizer.train import train_sentencepiece
-    from langadapt.train.bpc import bits_per_char, read_heldout
+    from langadapt.train.bpc import read_heldout
 
     recipe, cfg, out = ctx.recipe, ctx.recipe.tokenizer, ctx.out_dir
     seed = cfg.seed if cfg.seed is not None else recipe.seed
     timings: dict[str, float] = {}
-    sentences = ctx.stage_dir("clean") / "sentences"
-    files = sorted(sentences.glob("*.jsonl")) + sorted(sentences.glob("*.parquet"))
-    if not files:
-        raise LangadaptError(f"no cleaned sentences in {sentences}/; run the clean stage first (langadapt clean RECIPE)")
+    files = ctx.layout.clean_shards()
 
     # 1. SentencePiece on a reservoir sample (reused when resuming after a later step was killed).
     sp_model, sp_info = out / "sp.model", out / "sp.json"
@@ -153,6 +151,12 @@ def run(ctx) -> dict:
     texts = {}
     for which in ("target", "english"):
         path = getattr(heldout, which)
+        if path is not None and not isinstance(path, str):  # a dataset
+            from langadapt.data.hub import dataset_lines
+
+            texts[which] = dataset_lines(path, recipe.resolve(path.path), max_chars=heldout.max_chars,
+                                         what=f"data.heldout.{which}", seed=recipe.seed)
+            continue
         texts[which] = read_lines(recipe.resolve(path), heldout.max_chars) if path else None
     english = ENGLISH_CHECK + (texts["english"] or [])
     heldout_text = read_heldout(recipe)
@@ -172,7 +176,7 @@ def run(ctx) -> dict:
                                "this is a bug in langadapt")
         if heldout_text:
             t0 = time.perf_counter()
-            bpc = {k: {"base": round(bits_per_char(model, base_tok, v), 4)} for k, v in heldout_text.items()}
+            bpc = {k: {"base": round(_bpc(model, base_tok, v), 4)} for k, v in heldout_text.items()}
             timings["bpc_base"] = round(time.perf_counter() - t0, 2)
         spellings = {merged.first_new_id + i: s for i, s in enumerate(merged.spellings)}
         prior = None
@@ -189,7 +193,7 @@ def run(ctx) -> dict:
         if heldout_text:  # the same text under the merged tokenizer and the new rows, before any training
             t0 = time.perf_counter()
             for k, v in heldout_text.items():
-                bpc[k]["init"] = round(bits_per_char(model, tok, v), 4)
+                bpc[k]["init"] = round(_bpc(model, tok, v), 4)
                 bpc[k]["change"] = round(bpc[k]["init"] / bpc[k]["base"] - 1, 4)
             timings["bpc_init"] = round(time.perf_counter() - t0, 2)
         model.config.langadapt_base_vocab_size = base_rows
@@ -236,7 +240,7 @@ def run(ctx) -> dict:
         "bpc": bpc,
         "seconds": timings,
     }
-    write_json(out / "report.json", report)
+    write_json(out / REPORT, report)
     summary = f"{report['new_pieces']:,} new pieces, vocabulary {base_rows:,} -> {rows:,}"
     if "target" in fert:
         summary += (f"; target tokens/word {fert['target']['base']['tokens_per_word']} -> "
@@ -248,9 +252,16 @@ def run(ctx) -> dict:
     return report
 
 
+def _bpc(model, tok, text: str | list[str]) -> float:
+    """Held-out bits per character as the training stages measure them: lines as one text, documents whole."""
+    from langadapt.train.bpc import bits_per_char, bits_per_char_documents
+
+    return bits_per_char_documents(model, tok, text) if isinstance(text, list) else bits_per_char(model, tok, text)
+
+
 def describe_step0(bpc: dict) -> str:
     """One line per held-out text: base -> init (change)."""
-    return "\n".join(f"  {k:8s} {v['base']:.3f} -> {v['init']:.3f} ({v['change']:+.1%})" for k, v in bpc.items())
+    return "\n".join(f"  {k:18s} {v['base']:.3f} -> {v['init']:.3f} ({v['change']:+.1%})" for k, v in bpc.items())
 
 
 def _prior(model, base_tok, tok, files, sample_path: Path, cfg, seed: int, first_new: int, rows: int, ctx):
