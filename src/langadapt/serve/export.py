@@ -7,7 +7,7 @@ no PEFT). A ``README.md`` model card lists the recipe, the data and the evaluati
 the run has them, with a front matter the Hugging Face hub reads.
 
 ``--format gguf`` writes the same merged model as one GGUF file for llama.cpp and Ollama instead
-(``serve/gguf.py``).
+(``serve/gguf.py``); ``--push-to-hub`` uploads the folder written (``serve/hub.py``).
 """
 
 from __future__ import annotations
@@ -373,6 +373,14 @@ def run_export(args) -> int:
         raise LangadaptError("--dtype is for --format hf; a GGUF export takes --quant (f32, f16, q8_0)")
     if fmt == "hf" and getattr(args, "quant", None) is not None:
         raise LangadaptError("--quant is for --format gguf; a transformers export takes --dtype")
+    push = getattr(args, "push_to_hub", None)
+    if getattr(args, "private", False) and not push:
+        raise LangadaptError("--private applies to --push-to-hub USER/NAME, which was not given")
+    token = None
+    if push:
+        from langadapt.serve.hub import check_push
+
+        token = check_push(push)  # before the export: a missing token should not cost a merge
     log = lambda m: console.print(m, highlight=False)  # noqa: E731
     out = export_model(args.source, stage=args.stage, out=args.out, dtype=args.dtype, card=not args.no_card,
                        recipe=args.recipe, force=args.force, fmt=fmt, quant=getattr(args, "quant", None) or "f16",
@@ -382,6 +390,11 @@ def run_export(args) -> int:
         console.print(f"run it with: llama-cli -m {out / name}", highlight=False)
     else:
         console.print(f"load it with: AutoModelForCausalLM.from_pretrained(\"{out}\")", highlight=False)
+    if push:
+        from langadapt.serve.hub import push_folder
+
+        url = push_folder(out, push, token=token, private=args.private, log=log)
+        console.print(f"uploaded to {url}", highlight=False)
     return 0
 
 
@@ -395,10 +408,11 @@ def add_parser(sub) -> None:
         "With --format gguf the merged model is written instead as one GGUF file that llama.cpp, Ollama and "
         "LM Studio run (Llama, Mistral, Qwen2 and Gemma models). "
         "A README.md model card lists the recipe, data sizes and the evaluation table (when eval/results.json "
-        "exists). SOURCE is a run folder or recipe with --stage, a stage "
+        "exists); --push-to-hub uploads the folder. SOURCE is a run folder or recipe with --stage, a stage "
         "folder (runs/NAME/STAGE), or a model/adapter folder with --out.",
         epilog="Examples: `langadapt export runs/demo --stage sft` writes runs/demo/export/sft/; "
-        "`langadapt export runs/demo --stage sft --format gguf --quant q8_0` writes runs/demo/export/sft-gguf/.")
+        "`langadapt export runs/demo --stage sft --format gguf --quant q8_0` writes runs/demo/export/sft-gguf/; "
+        "`langadapt export runs/demo --stage sft --push-to-hub me/smollm2-fa --private` also uploads it.")
     p.add_argument("source", metavar="SOURCE", help="run folder (runs/NAME), recipe file, stage folder, or model/adapter folder")
     p.add_argument("--stage", help="which stage's model to export (align, pretrain, sft)")
     p.add_argument("--out", help="output folder (default: RUN/export/STAGE, or RUN/export/STAGE-gguf)")
@@ -408,6 +422,9 @@ def add_parser(sub) -> None:
                    help="hf: a transformers folder (default); gguf: one GGUF file for llama.cpp / Ollama")
     p.add_argument("--quant", choices=("f32", "f16", "q8_0"),
                    help="GGUF weight type (default f16; q8_0 is about half the size)")
+    p.add_argument("--push-to-hub", metavar="USER/NAME",
+                   help="upload the exported folder to this Hugging Face model repository (needs HF_TOKEN or a login)")
+    p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository as private")
     p.add_argument("--no-card", action="store_true", help="do not write README.md")
     p.add_argument("--force", action="store_true", help="replace the output folder if it exists")
     p.set_defaults(func=run_export)
