@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_export import PROMPTS, logits_of, make_run
+from test_export import logits_of, make_run
 from test_tokenizer import EN, ENGLISH_PROBES, FA, MIXED, byte_level_base, sentencepiece_base
 
 from conftest import tiny_llama
@@ -199,8 +199,8 @@ def test_a_merged_byte_level_tokenizer_with_the_base_pre_tokenizer_survives_exac
     report = export_tokenizer(tok, tmp_path / "g")
     assert report.pre == ("gpt-2" if kind == "gpt2" else "llama-bpe") and report.dropped_word_pattern is None
     _, gguf_tok = read_back(tmp_path / "g")
-    differ = [x for x in LINES if gguf_tok(x, add_special_tokens=False)["input_ids"] != tok(x, add_special_tokens=False)["input_ids"]]
-    assert differ == []
+    for line in LINES:
+        assert gguf_tok(line, add_special_tokens=False)["input_ids"] == tok(line, add_special_tokens=False)["input_ids"]
 
 
 def test_the_target_word_pre_tokenizer_is_named_as_the_base_and_its_loss_predicted(tmp_path, persian_sp):
@@ -257,7 +257,8 @@ def test_a_merged_sentencepiece_tokenizer_is_written_with_scores_that_replay_its
     assert f["tokenizer.ggml.add_space_prefix"] is True and f["tokenizer.ggml.add_bos_token"] is True
     _, gguf_tok = read_back(tmp_path / "g")
     assert [gguf_tok(x)["input_ids"] for x in FA + EN] == [tok(x)["input_ids"] for x in FA + EN]
-    assert len(tok("کتاب‌های زیادی در کتابخانه")["input_ids"]) < len(base("کتاب‌های زیادی در کتابخانه")["input_ids"])
+    phrase = "کتاب‌های زیادی در کتابخانه"
+    assert len(tok(phrase)["input_ids"]) < len(base(phrase)["input_ids"]), "the merged pieces are in use"
 
 
 # ---------------------------------------------------------------------------- refusals

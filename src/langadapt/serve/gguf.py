@@ -296,6 +296,7 @@ def permute_for_llama_cpp(w, n_head: int):
 
 
 def _rope(cfg) -> dict:
+    """Rope settings of a transformers 5 config (``rope_parameters``) or a 4.x one (``rope_scaling``)."""
     params = getattr(cfg, "rope_parameters", None) or {}
     if not params:
         params = dict(getattr(cfg, "rope_scaling", None) or {})
@@ -308,12 +309,11 @@ def _rope(cfg) -> dict:
 def _llama3_rope_factors(cfg):
     """Per-frequency divisors llama.cpp applies for Llama-3.1-style rope scaling (``rope_freqs``),
     taken from transformers' own computation so both readers agree."""
+    import torch
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     theta = _rope(cfg)["rope_theta"]
-    import torch
-
     plain = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
     scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](cfg, "cpu")
     return (plain / scaled.float()).numpy()
@@ -354,8 +354,8 @@ def _plan_tensors(model, arch: Arch, quant: str) -> list[_Tensor]:
     rope = _rope(cfg)
     if rope["rope_type"] == "llama3":
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        plan.append(_Tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", None, gguf.GGMLQuantizationType.F32,
-                            (head_dim // 2,), "llama3_factors"))
+        plan.append(_Tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", None,
+                            gguf.GGMLQuantizationType.F32, (head_dim // 2,), "llama3_factors"))
     for key, t in state.items():
         if key.endswith("rotary_emb.inv_freq"):
             continue
@@ -436,6 +436,9 @@ def write_gguf(model, tokenizer, path: str | os.PathLike, *, quant: str = "f16",
     arch = check_architecture(model)
     cfg = model.config
     rows = model.get_input_embeddings().weight.shape[0]
+    if getattr(tokenizer, "backend_tokenizer", None) is None:
+        raise LangadaptError("GGUF export needs a tokenizer with a tokenizer.json (a fast tokenizer); "
+                             f"this one is {type(tokenizer).__name__}")
     tj = json.loads(tokenizer.backend_tokenizer.to_str())
     vocab = gguf_vocab(tj, rows)
     rope = _rope(cfg)
@@ -474,7 +477,8 @@ def write_gguf(model, tokenizer, path: str | os.PathLike, *, quant: str = "f16",
         elif rope["rope_type"] == "yarn":
             w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
             w.add_rope_scaling_factor(float(rope["factor"]))
-            w.add_rope_scaling_orig_ctx_len(int(rope["original_max_position_embeddings"]))
+            w.add_rope_scaling_orig_ctx_len(int(rope.get("original_max_position_embeddings",
+                                                         cfg.max_position_embeddings)))
         w.add_file_type(int(ftype))
         if quant == "q8_0":
             w.add_quantization_version(gguf.GGML_QUANT_VERSION)
