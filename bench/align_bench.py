@@ -124,7 +124,7 @@ def run_bench(doc: str, stage: str, *, pretrain: bool, describe) -> dict:
 
 
 def main() -> None:
-    from langadapt.train.examples import iter_sentences
+    from langadapt.train.examples import iter_documents
 
     def describe(args, recipe, marker) -> dict:
         vocab = json.loads((recipe.run_dir / "tokenizer" / "model" / "config.json").read_text(encoding="utf-8"))
@@ -134,7 +134,7 @@ def main() -> None:
                          "tokens_per_step_budget": args.steps * args.batch * args.seq_len,
                          "lr": {"monolingual": args.lr_mono, "bilingual": args.lr_bil}, "new_pieces": args.new_pieces},
             "vocabulary": vocab["vocab_size"],
-            "clean_sentences": sum(1 for _ in iter_sentences(recipe.run_dir / "clean")),
+            "clean_sentences": sum(1 for _ in iter_documents(recipe.layout.clean_shards())),
             "align": marker["summary"],
             "bpc": {lang: {"start": v["start"], "end": v["end"],
                            **{n: v[n] for n in ("monolingual", "bilingual") if n in v}} for lang, v in bpc.items()},

@@ -94,7 +94,7 @@ def train(args) -> None:
     from langadapt.models import load_model, load_tokenizer
     from langadapt.recipe import load_recipe
     from langadapt.run import StageContext
-    from langadapt.stages.sft import generate_samples, run
+    from langadapt.sft.stage import generate_samples, run
 
     recipe = load_recipe(REPO / "configs" / "demo.yaml")
     recipe.output_dir = str(Path(args.train).resolve())

@@ -13,7 +13,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "demo"
-SHARED_DATA = REPO.parent / "shared" / "data"
+# beside the repository; LANGADAPT_SHARED_DATA points elsewhere (a git worktree one folder deeper)
+SHARED_DATA = Path(os.environ.get("LANGADAPT_SHARED_DATA") or REPO.parent / "shared" / "data")
 
 
 def tiny_llama(vocab_size: int = 128, *, tied: bool = True, layers: int = 2, hidden: int = 32, seed: int = 0):

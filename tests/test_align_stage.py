@@ -78,7 +78,8 @@ def recipe_for(ws: Path, *, rows: str = "all", stages: tuple[str, ...] = ("align
 def mark_done(recipe, *stages: str) -> None:
     """Completion markers as `langadapt run` writes them, so run_stage accepts the stage's inputs."""
     from langadapt.files import write_json
-    from langadapt.run import COMPLETE, stage_hash
+    from langadapt.layout import COMPLETE
+    from langadapt.run import stage_hash
 
     for stage in stages:
         write_json(recipe.run_dir / stage / COMPLETE, {"stage": stage, "hash": stage_hash(recipe, stage)})
@@ -124,7 +125,7 @@ def test_align_stage_trains_only_embeddings_and_head(tmp_path, capsys):
 
 def test_align_new_rows_only_keeps_old_rows_bit_identical(tmp_path):
     from langadapt.run import StageContext
-    from langadapt.stages.align import run
+    from langadapt.align.stage import run
 
     ws = make_workspace(tmp_path, tied=True)
     recipe = recipe_for(ws, rows="new")
@@ -214,7 +215,7 @@ def test_empty_sides_are_skipped_and_reported_with_line_numbers(tmp_path):
     lines[11] = "\tsentence 12"
     lines[20] = "only one column"
     (tmp_path / "a.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    pairs, report = read_source(source(format="tsv", path=str(tmp_path / "a.tsv")))
+    pairs, report = read_source(source(format="tsv", path=str(tmp_path / "a.tsv"), max_bad_share=0.1))
     assert len(pairs) == 27 and report.lines == 30
     assert report.skipped == {"empty english": [5], "empty target": [12], "fewer than 2 tab-separated columns": [21]}
     assert "empty english: 1 (line 5)" in report.summary()
@@ -222,8 +223,8 @@ def test_empty_sides_are_skipped_and_reported_with_line_numbers(tmp_path):
 
     lines[1] = lines[2] = lines[3] = "\t"
     (tmp_path / "a.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    with pytest.raises(DataError, match=r"refusing parallel source 's'.*lines 2, 3, 4.*probably misaligned"):
-        read_source(source(format="tsv", path=str(tmp_path / "a.tsv")))
+    with pytest.raises(DataError, match=r"a.tsv:2: refusing parallel source 's'.*lines 2, 3, 4.*probably misaligned"):
+        read_source(source(format="tsv", path=str(tmp_path / "a.tsv"), max_bad_share=0.1))
 
 
 def test_undecodable_parallel_line_is_named(tmp_path):
@@ -232,3 +233,19 @@ def test_undecodable_parallel_line_is_named(tmp_path):
     (tmp_path / "a.tsv").write_bytes("یک\tone\n".encode() + b"\xff\xfe\ttwo\n")
     with pytest.raises(DataError, match=r"a.tsv:2: not UTF-8"):
         read_source(source(format="tsv", path=str(tmp_path / "a.tsv")))
+
+
+def test_a_diverging_align_stage_leaves_no_model_and_no_completion_marker(tmp_path):
+    """Issue 17 item 4: a NaN run saved 29 million NaN weights, wrote COMPLETE.json and exited 0."""
+    from langadapt.errors import DivergedError
+    from langadapt.run import run_stage, stage_status
+
+    ws = make_workspace(tmp_path)
+    recipe = recipe_for(ws)
+    recipe.align.monolingual.lr = 1e30
+    mark_done(recipe, "clean", "tokenizer")
+    with pytest.raises(DivergedError, match="monolingual: .*NaN or infinite"):
+        run_stage(recipe, "align", resume=False)
+    out = recipe.run_dir / "align"
+    assert not (out / "COMPLETE.json").exists() and not (out / "model").exists()
+    assert stage_status(recipe, "align") == "partial"

@@ -202,19 +202,47 @@ def test_long_line_comes_in_bounded_records_and_bad_utf8_is_flagged_once(tmp_pat
     assert len([r for r in bad if not r.repeat]) == 2  # two bad lines, the long one in several parts
 
 
+def _numbered_sentences(n: int) -> list[str]:
+    """Distinct Persian sentences of varied length, each ending with its own punctuation."""
+    ends = [".", "!", "؟", "…", ".»", "."]
+    words = "امروز کتاب تازه‌ای درباره‌ی تاریخ شهرهای قدیمی ایران خواندم که بسیار لذت‌بخش بود".split()
+    return [("«" if ends[i % 6] == ".»" else "") + f"جمله‌ی شماره‌ی {i} " + " ".join(words[: 3 + i % 9]) + ends[i % 6]
+            for i in range(n)]
+
+
+@pytest.mark.parametrize("max_bytes", [None, 4096])
+def test_a_single_line_corpus_is_cut_only_between_sentences(tmp_path, max_bytes):
+    from langadapt.data.corpus import MAX_RECORD_BYTES
+
+    limit = max_bytes or MAX_RECORD_BYTES
+    sentences = _numbered_sentences(3 * limit // 90)  # about three records' worth, one line
+    f = tmp_path / "one-line.txt"
+    f.write_text(" ".join(sentences) + "\n", encoding="utf-8")
+    _, records = _read_all(_source(path=str(f)), max_bytes=max_bytes)
+    assert len(records) >= 3 and all(r.nbytes <= limit for r in records)
+    got = [s for r in records for s in split_sentences(r.text, "fa")]
+    assert got == sentences  # no half sentence on either side of a cut
+
+    j = tmp_path / "one-doc.jsonl"  # a huge JSONL document is cut the same way
+    j.write_text(json.dumps({"text": " ".join(sentences)}, ensure_ascii=False) + "\n", encoding="utf-8")
+    _, records = _read_all(_source(path=str(j), format="jsonl"), max_bytes=max_bytes)
+    assert len(records) >= 3 and all(r.nbytes <= limit for r in records)
+    assert [s for r in records for s in split_sentences(r.text, "fa")] == sentences
+
+
 def test_doc_per_file_and_jsonl_field_and_errors_name_file_and_line(tmp_path):
     folder = tmp_path / "docs"
     folder.mkdir()
     (folder / "a.txt").write_text("اول\nدوم\n", encoding="utf-8")
     (folder / "b.txt").write_text("سوم\n", encoding="utf-8")
     _, records = _read_all(_source(path=str(folder), doc_per="file"))
-    assert [(Path(r.where).name, r.text) for r in records] == [("a.txt", "اول"), ("a.txt", "دوم"), ("b.txt", "سوم")]
+    assert [(Path(r.where).name, r.text) for r in records] == [("a.txt", "اول\nدوم"), ("b.txt", "سوم")]  # a file: one document
 
     j = tmp_path / "news.jsonl"
     j.write_text(json.dumps({"id": 1, "body": "متن خبر"}, ensure_ascii=False) + "\n\n"
                  + json.dumps({"id": 2, "body": None}) + "\n", encoding="utf-8")
     _, records = _read_all(_source(path=str(j), format="jsonl", text_field="body"))
-    assert [r.text for r in records] == ["متن خبر"]
+    assert [(r.text, r.empty) for r in records] == [("متن خبر", False), ("", True)]  # the null is counted
     with pytest.raises(DataError, match=r"news.jsonl: line 1: no field 'text' \(fields: id, body\)"):
         _read_all(_source(path=str(j), format="jsonl"))
     j.write_text('{"text": "ok"}\n{"text": broken\n', encoding="utf-8")
@@ -239,3 +267,14 @@ def test_parquet_and_saved_dataset_sources(tmp_path):
     datasets.Dataset.from_dict({"text": ["الف", "ب", "پ"]}).save_to_disk(str(tmp_path / "ds"))
     plan, records = _read_all(_source(path=str(tmp_path / "ds"), format="hf"), tasks=2)
     assert sorted(r.text for r in records) == ["الف", "ب", "پ"]
+
+
+@pytest.mark.parametrize("lang,text,expected", [
+    ("hi", "भारत एक देश है। यहाँ कई भाषाएँ हैं॥ ठीक है", ["भारत एक देश है।", "यहाँ कई भाषाएँ हैं॥", "ठीक है"]),
+    ("mr", "हे घर आहे। ते झाड आहे।", ["हे घर आहे।", "ते झाड आहे।"]),
+    ("am", "ኢትዮጵያ ሀገር ናት። ሰላም ነው፧", ["ኢትዮጵያ ሀገር ናት።", "ሰላም ነው፧"]),
+    ("zh", "我爱北京。天安门很大！「好」。", ["我爱北京。", "天安门很大！", "「好」。"]),
+    ("fa", "متن। ادامه", ["متن। ادامه"]),  # the danda is no Persian sentence end
+])
+def test_sentence_ends_of_other_scripts(lang, text, expected):
+    assert split_sentences(text, lang) == expected

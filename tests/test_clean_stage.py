@@ -37,8 +37,8 @@ def _clean(tmp_path: Path, sources: list[dict], **clean) -> tuple[Path, dict]:
     return recipe.run_dir / "clean", summary
 
 
-def _sentences(out: Path) -> list[dict]:
-    return [json.loads(line) for f in sorted((out / "sentences").glob("*.jsonl")) for line in f.open(encoding="utf-8")]
+def _documents(out: Path) -> list[dict]:
+    return [json.loads(line) for f in sorted((out / "documents").glob("*.jsonl")) for line in f.open(encoding="utf-8")]
 
 
 def _rejects(out: Path) -> list[dict]:
@@ -91,7 +91,7 @@ def test_demo_noisy_lines_are_dropped_for_the_right_reasons_and_real_sentences_k
         sentences = split_sentences(normalize(line, "fa"), "fa")
         assert len(sentences) == 1, f"noisy.txt line {n} should be one sentence: {sentences}"
         by_text[sentences[0]] = n
-    kept_noisy = [s for s in _sentences(out) if s["source"] == "noisy"]
+    kept_noisy = [s for s in _documents(out) if s["source"] == "noisy"]
     for s in kept_noisy:
         outcome[by_text[s["text"]]] = "keep"
 
@@ -111,8 +111,10 @@ def test_demo_noisy_lines_are_dropped_for_the_right_reasons_and_real_sentences_k
         assert rows[name]["sentences_out"] == rows[name]["sentences_in"] > 100
         assert sum(rows[name]["drops"].values()) == 0
     assert rows["noisy"]["sentences_out"] == 6
-    assert summary["sentences_out"] == len(_sentences(out)) == len({s["text"] for s in _sentences(out)})
-    assert all(0.7 <= s["lang_prob"] <= 1.0 and s["type"] in ("other", "news", "web") for s in _sentences(out))
+    docs = _documents(out)  # the kept sentences put back together, a line of the demo files each
+    assert summary["sentences_out"] == sum(d["sentences"] for d in docs)
+    assert summary["documents_out"] == len(docs) == len({d["text"] for d in docs}) < summary["sentences_out"]
+    assert all(0.7 <= s["lang_prob"] <= 1.0 and s["type"] in ("other", "news", "web") for s in _documents(out))
 
 
 # --------------------------------------------------------------------------- dedup across workers
@@ -132,10 +134,10 @@ def test_dedup_is_correct_across_two_shards_processed_by_different_workers(tmp_p
     assert task_of["a.txt"] != task_of["b.txt"] or task_of["a.txt"] != task_of["c.txt"]  # really two workers
 
     out, summary = _clean(tmp_path, sources, workers=2, rejects=True)
-    texts = [s["text"] for s in _sentences(out)]
+    texts = [s["text"] for s in _documents(out)]
     assert sorted(texts) == sorted(S)  # every sentence exactly once
-    assert len(list((out / "sentences").glob("*.jsonl"))) == 2  # written by two tasks
-    kept_from = {s["text"]: s["source"] for s in _sentences(out)}
+    assert len(list((out / "documents").glob("*.jsonl"))) == 2  # written by two tasks
+    kept_from = {s["text"]: s["source"] for s in _documents(out)}
     assert kept_from[S[0]] == "a" and kept_from[S[2]] == "a" and kept_from[S[5]] == "b"  # first-listed source wins
     dups = sorted((r["source"], r["text"]) for r in _rejects(out) if r["reason"] == "duplicate")
     assert dups == sorted([("a", S[1]), ("b", S[0]), ("c", S[5]), ("c", S[2])])
@@ -153,8 +155,8 @@ def test_report_counts_every_sentence_and_rejects_only_when_asked(tmp_path):
     assert not (out / "rejects").exists()
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     row = report["sources"][0]
-    assert row["drops"] == {"invalid_utf8": 0, "too_short": 1, "code": 1, "boilerplate": 1, "language": 1,
-                            "duplicate": 1, "near_duplicate": 0}
+    assert row["drops"] == {"invalid_utf8": 0, "empty_text": 0, "too_short": 1, "code": 1, "boilerplate": 1,
+                            "language": 1, "duplicate": 1, "near_duplicate": 0}
     assert (row["sentences_in"], row["sentences_out"]) == (6, 1)
     assert row["original_bytes"] == sum(len(x.encode()) for x in lines)
     assert row["cleaned_bytes"] == len(S[0].encode())
@@ -176,11 +178,55 @@ def test_invalid_utf8_lines_are_counted_and_skipped_and_empty_files_are_fine(tmp
     (tmp_path / "empty.txt").write_bytes(b"")
     out, summary = _clean(tmp_path, [{"name": "bad", "path": str(bad)}, {"name": "empty", "path": str(tmp_path / "empty.txt")}],
                           rejects=True)
-    assert sorted(s["text"] for s in _sentences(out)) == sorted(S[:2])
+    assert sorted(s["text"] for s in _documents(out)) == sorted(S[:2])
     assert summary["drops"]["invalid_utf8"] == 1
     assert [r["reason"] for r in _rejects(out)] == ["invalid_utf8"]
     rows = {r["source"]: r for r in json.loads((out / "report.json").read_text())["sources"]}
     assert rows["empty"]["original_bytes"] == 0 and rows["empty"]["sentences_in"] == 0
+
+
+def test_records_without_text_are_counted_and_an_empty_result_is_an_error_naming_the_sources(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    j = tmp_path / "web.jsonl"
+    rows = [{"text": S[0]}, {"text": None}, {"text": ""}, {"text": " \t "}, {"text": S[1]}]
+    j.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    pq.write_table(pa.table({"text": [S[2], None, "", S[3]]}), tmp_path / "p.parquet")
+    out, summary = _clean(tmp_path / "a", [{"name": "web", "format": "jsonl", "path": str(j)},
+                                           {"name": "pq", "format": "parquet", "path": str(tmp_path / "p.parquet")}])
+    rows = {r["source"]: r for r in json.loads((out / "report.json").read_text(encoding="utf-8"))["sources"]}
+    assert rows["web"]["drops"]["empty_text"] == 3 and rows["pq"]["drops"]["empty_text"] == 2
+    assert (rows["web"]["sentences_in"], rows["web"]["sentences_out"]) == (2, 2)
+    assert summary["drops"]["empty_text"] == 5 and summary["sentences_out"] == 4
+    assert "empty_text" in (out / "report.csv").read_text(encoding="utf-8").splitlines()[0]
+
+    # only empty and blank files: an error naming the sources, not "done, 0 sentences"
+    from langadapt.cli import main
+
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "empty.txt").write_bytes(b"")
+    (tmp_path / "e" / "blank.txt").write_text("\n   \n\t\n", encoding="utf-8")
+    nulls = tmp_path / "e" / "nulls.jsonl"
+    nulls.write_text('{"text": null}\n{"text": "  "}\n', encoding="utf-8")
+    recipe = _recipe(tmp_path / "e", [{"name": "blank", "path": str(tmp_path / "e" / "blank.txt")},
+                                      {"name": "empty", "path": str(tmp_path / "e" / "empty.txt")},
+                                      {"name": "nulls", "format": "jsonl", "path": str(nulls)}])
+    # a config file instead of reading SmolLM2's (the command's preflight needs only the vocabulary size)
+    (tmp_path / "e" / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 49152}))
+    recipe.write_text(recipe.read_text(encoding="utf-8") + "base_config: config.json\n", encoding="utf-8")
+    capsys.readouterr()
+    assert main(["clean", str(recipe)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no sentences from source(s) 'blank', 'empty', 'nulls'" in err
+    assert "empty_text 2" in err
+    assert not (tmp_path / "e" / "runs" / "t" / "clean" / "COMPLETE.json").exists()
+
+    # text, but every sentence dropped: the error says by which rules
+    with pytest.raises(LangadaptError, match=r"every sentence of source\(s\) 'english' was dropped "
+                                             r"\(2 in; too_short 1, language 1\)"):
+        _clean(tmp_path / "f", [{"name": "english", "path": _write(tmp_path / "en.txt", [
+            "This sentence is plainly written in English, not Persian at all.", "Short one."])}])
 
 
 def test_missing_input_is_one_line_error_before_any_work(tmp_path, capsys):
@@ -219,6 +265,67 @@ def test_a_bad_jsonl_line_found_by_a_worker_stops_the_run_naming_file_and_line(t
     assert len(str(e.value).splitlines()) == 1 and str(e.value).startswith(f"{j}: line 7: not valid JSON")
 
 
+def _descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.add(c)
+            todo.append(c)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")  # a zombie has exited; only its exit status is left
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_die_with_a_killed_clean_process(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    # a corpus that keeps two workers busy for several seconds
+    lines = [f"{S[i % len(S)][:-1]} و این سطر شماره‌ی {i} از متن آزمایشی بلند ماست." for i in range(120_000)]
+    halves = [_write(tmp_path / "a.txt", lines[::2]), _write(tmp_path / "b.txt", lines[1::2])]
+    recipe = _recipe(tmp_path, [{"name": "a", "path": halves[0]}, {"name": "b", "path": halves[1]}], workers=2)
+    proc = subprocess.Popen([sys.executable, "-m", "langadapt", "clean", str(recipe)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    progress = tmp_path / "runs" / "t" / "clean" / "work" / "progress"
+    workers: set[int] = set()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            workers = _descendants(proc.pid)
+            if len(workers) >= 3 and progress.is_dir() and len(list(progress.iterdir())) >= 2:
+                break  # the manager and two workers, both reading
+            time.sleep(0.1)
+        assert proc.poll() is None and len(workers) >= 3, "the clean stage finished or failed before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        time.sleep(5)
+        survivors = [p for p in workers if _alive(p)]
+        assert not survivors, f"{len(survivors)} of {len(workers)} worker processes outlived the killed clean process"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for p in workers:
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
+
+
 def test_near_duplicates_removed_only_with_the_flag_and_parquet_output(tmp_path):
     import pyarrow.parquet as pq
 
@@ -229,8 +336,8 @@ def test_near_duplicates_removed_only_with_the_flag_and_parquet_output(tmp_path)
     assert summary["sentences_out"] == 3
     out, summary = _clean(tmp_path / "on", src, near_dedup=True, rejects=True, output_format="parquet")
     assert summary["sentences_out"] == 2 and summary["drops"]["near_duplicate"] == 1
-    rows = [r for f in sorted((out / "sentences").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
-    assert sorted(rows[0]) == ["lang_prob", "source", "text", "type"] and len(rows) == 2
+    rows = [r for f in sorted((out / "documents").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    assert sorted(rows[0]) == ["lang_prob", "sentences", "source", "text", "type"] and len(rows) == 2
     assert [r["reason"] for r in _rejects(out)] == ["near_duplicate"]
 
 
@@ -309,7 +416,7 @@ def test_slurm_executor_submits_the_same_passes_as_job_arrays(tmp_path, monkeypa
     out, summary = _clean(tmp_path, src, executor="slurm", workers=None, slurm={
         "partition": "cpu", "tasks": 2, "time": "1:00:00", "poll_seconds": 1, "sbatch_args": {"account": "proj"},
         "env_command": f"export PATH={Path(sys.executable).parent}:$PATH"})
-    assert sorted(s["text"] for s in _sentences(out)) == sorted(S)
+    assert sorted(s["text"] for s in _documents(out)) == sorted(S)
     assert summary["drops"]["duplicate"] == 2
     submitted = (tmp_path / "submitted.txt").read_text()
     assert submitted.count("#SBATCH --partition=cpu") >= 3 and "#SBATCH --account=proj" in submitted

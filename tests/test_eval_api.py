@@ -12,7 +12,7 @@ import pytest
 from langadapt.errors import LangadaptError
 from langadapt.eval.backends import ApiBackend
 from langadapt.eval.evaluate import EvalSettings, evaluate_model, task_info
-from langadapt.eval.report import main_table, markdown_tables
+from langadapt.eval.results import main_table, markdown_tables
 from langadapt.eval.tasks import load_tasks
 
 REVIEWS = {  # review -> what the fake hosted model answers

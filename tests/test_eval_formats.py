@@ -166,3 +166,51 @@ def test_demo_suite_reads_all_ten_bundled_sets():
     by = {t.id: t for t in tasks}
     assert by["fa/sentiment"].label_set() == ["positive", "negative"]
     assert by["en/sentiment"].label_set() == ["positive", "negative", "neutral"]
+
+
+def test_files_that_are_not_utf8_are_one_line_errors_naming_file_and_line(tmp_path):
+    ok = json.dumps({"text": "خوب بود", "label": "positive"}, ensure_ascii=False).encode()
+    bad_row = b'{"text": "caf\xe9 ok", "label": "negative"}'  # Latin-1, as exported by an old spreadsheet
+    f = tmp_path / "s.jsonl"
+    f.write_bytes(b"\n".join([ok] * 3000 + [bad_row, ok]) + b"\n")  # far past the decoder's first buffer
+    with pytest.raises(DataError) as e:
+        one_task(tmp_path, {"name": "sentiment", "language": "fa", "data": {"format": "jsonl", "path": str(f)}})
+    assert str(e.value).startswith(f"{f}:3001: not UTF-8 text (invalid continuation byte at byte 13 of the line)")
+    assert "\n" not in str(e.value)
+
+    src = write(tmp_path / "x.en", "one\ntwo\n")
+    ref = tmp_path / "x.fa"
+    ref.write_bytes("یک\n".encode() + b"\xff\xfe\n")
+    with pytest.raises(DataError, match=r"x\.fa:2: not UTF-8"):
+        one_task(tmp_path, {"name": "translation", "language": "en", "direction": "en-fa",
+                            "data": {"format": "pair", "path": str(src), "reference": str(ref)}})
+
+    task_file = tmp_path / "suite.yaml"
+    task_file.write_bytes(b"suite: s\ntasks:\n  - name: sentiment # caf\xe9\n")
+    with pytest.raises(RecipeError, match=r"suite\.yaml:3: not UTF-8 text"):
+        load_tasks([str(task_file)])
+
+
+def test_rows_without_a_gold_label_are_skipped_and_counted(tmp_path):
+    """The official ParsiNLU entailment test file has two rows labelled '-': the eval stage refused the whole file."""
+    from langadapt.eval.evaluate import EvalSettings, task_info
+
+    f = write(tmp_path / "entailment_test.csv", ",sent1,sent2,label,source\n"
+              "1,او آمد.,او رفت.,c,natural-wiki\n"
+              "2,هوا گرم است.,هوا سرد نیست.,-,natural-wiki\n"
+              '3,"کتاب، روی میز.",کتاب هست.,e,natural-wiki\n'
+              "4,باران بارید.,زمین خیس شد.,-,translation-train\n"
+              "5,ما رفتیم.,ما آمدیم.,n,natural-wiki\n")
+    t, ex = one_task(tmp_path, {"name": "entailment", "language": "fa", "data": {"format": "parsinlu_entailment", "path": str(f)}})
+    assert [e.label for e in ex] == ["contradiction", "entailment", "neutral"]
+    assert t.unlabeled == 2 and task_info(t, EvalSettings())["unlabeled"] == 2
+    mc = jsonl(tmp_path / "mc.jsonl", [{"answer": a, "candidates": ["x", "y"], "question": "q"} for a in ("1", "", "2", "-")])
+    t, ex = one_task(tmp_path, {"name": "multiple_choice", "language": "fa", "data": {"format": "parsinlu_mc", "path": str(mc)}})
+    assert [e.label for e in ex] == ["1", "2"] and t.unlabeled == 2
+    # a label that is there but unknown is still the data's mistake, and a file of unlabeled rows has nothing to score
+    bad = write(tmp_path / "bad.csv", ",sent1,sent2,label,source\n1,a,b,x,w\n")
+    with pytest.raises(DataError, match="label 'x' is not in the task's label_map"):
+        one_task(tmp_path, {"name": "entailment", "language": "fa", "data": {"format": "parsinlu_entailment", "path": str(bad)}})
+    none = write(tmp_path / "none.csv", ",sent1,sent2,label,source\n1,a,b,-,w\n2,c,d,,w\n")
+    with pytest.raises(DataError, match=r"no usable examples \(2 rows without a label"):
+        one_task(tmp_path, {"name": "entailment", "language": "fa", "data": {"format": "parsinlu_entailment", "path": str(none)}})

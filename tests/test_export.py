@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from test_serve import save_tiny_model, tiny_tokenizer
 
-from conftest import tiny_llama
 
 PROMPTS = ["سلام، حال شما چطور است؟", "Tell me a short story about a cat."]
 
@@ -55,7 +54,6 @@ def logits_of(model, tok) -> "torch.Tensor":  # noqa: F821
 
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
 def test_export_merges_lora_and_keeps_the_logits(tmp_path, tied):
-    import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -156,6 +154,66 @@ def test_export_refuses_unclear_or_existing_targets(tmp_path):
         export_model(str(run / "align" / "model"), log=lambda m: None)
 
 
+def test_force_replaces_only_an_earlier_export_never_a_run_or_other_folder(tmp_path, monkeypatch):
+    """Issue 17 item 1: --force into the run folder deleted the whole run; into any non-empty folder, its files."""
+    from langadapt.errors import LangadaptError
+    from langadapt.serve.export import EXPORT_MARKER, export_model
+
+    run, adapter = make_run(tmp_path, tied=True)
+    (run / "clean").mkdir()
+    (run / "clean" / "COMPLETE.json").write_text("{}", encoding="utf-8")
+    before = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+
+    with pytest.raises(LangadaptError, match="holds the model being exported"):
+        export_model(str(run), stage="sft", out=run, force=True, log=lambda m: None)
+    with pytest.raises(LangadaptError, match="holds the model being exported"):
+        export_model(str(run), stage="sft", out=run.parent, force=True, log=lambda m: None)
+    other = tmp_path / "elsewhere" / "runs"
+    (other / "x" / "pretrain").mkdir(parents=True)
+    (other / "x" / "pretrain" / "STARTED.json").write_text("{}", encoding="utf-8")
+    for target in (run / "align", other / "x" / "pretrain", other / "x", other):  # stage, run, folder of runs
+        with pytest.raises(LangadaptError, match="holds the outputs of a langadapt run"):
+            export_model(str(run), stage="sft", out=target, force=True, log=lambda m: None)
+    assert (other / "x" / "pretrain" / "STARTED.json").is_file()
+    mine = tmp_path / "my-folder"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me", encoding="utf-8")
+    with pytest.raises(LangadaptError, match=f"not an earlier langadapt export .no {EXPORT_MARKER}"):
+        export_model(str(run), stage="sft", out=mine, force=True, log=lambda m: None)
+    assert (mine / "notes.txt").read_text(encoding="utf-8") == "keep me"
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == before
+
+    # an earlier export is replaced, and a killed export's leftover beside it is removed
+    out = export_model(str(run), stage="sft", out=tmp_path / "exported", log=lambda m: None)
+    assert json.loads((out / EXPORT_MARKER).read_text())["stage"] == "sft"
+    (tmp_path / ".tmp-exported-k1ll3d").mkdir()
+    (out / "config.json").write_text("{}", encoding="utf-8")  # something to see replaced
+    with pytest.raises(LangadaptError, match="already exists; use --force"):
+        export_model(str(run), stage="sft", out=out, log=lambda m: None)
+    export_model(str(run), stage="sft", out=out, force=True, log=lambda m: None)
+    assert json.loads((out / "config.json").read_text())["model_type"] == "llama"
+    assert not (tmp_path / ".tmp-exported-k1ll3d").exists()
+    # a folder made by an export but holding a folder since is not replaced either
+    (out / "extra").mkdir()
+    with pytest.raises(LangadaptError, match="not an earlier langadapt export"):
+        export_model(str(run), stage="sft", out=out, force=True, log=lambda m: None)
+
+
+def test_out_dot_is_a_one_line_error_not_a_traceback(tmp_path, monkeypatch, capsys):
+    from langadapt.cli import main
+
+    run, _ = make_run(tmp_path, tied=True)
+    work = tmp_path / "a" / "work"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    capsys.readouterr()
+    for out in (".", ".."):
+        assert main(["export", str(run), "--stage", "sft", "--out", out, "--force"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: --out ") and "current folder" in err and len(err.splitlines()) == 1
+    assert work.is_dir() and (run / "sft" / "adapter").is_dir()
+
+
 # ---------------------------------------------------------------------------- --push-to-hub
 
 
@@ -174,9 +232,12 @@ class FakeHfApi:
         FakeHfApi.calls.append(("create_repo", repo_id, kw))
         return f"https://huggingface.co/{repo_id}"
 
-    def upload_folder(self, *, repo_id, folder_path, **kw):
+    def upload_folder(self, *, repo_id, folder_path, ignore_patterns=None, **kw):
+        from fnmatch import fnmatch
+
         files = {p.relative_to(folder_path).as_posix(): p.read_bytes()[:200]
-                 for p in Path(folder_path).rglob("*") if p.is_file()}
+                 for p in Path(folder_path).rglob("*") if p.is_file()
+                 and not any(fnmatch(p.relative_to(folder_path).as_posix(), x) for x in ignore_patterns or [])}
         FakeHfApi.calls.append(("upload_folder", repo_id, files, kw))
 
 
@@ -205,7 +266,7 @@ def test_push_to_hub_uploads_the_exported_folder_with_its_card(tmp_path, fake_hu
     _, repo, kw = fake_hub.calls[1]
     assert repo == "someone/smollm2-fa" and kw["private"] is True and kw["exist_ok"] is True
     _, repo, files, _ = fake_hub.calls[2]
-    assert sorted(files) == ["README.md", "demo-sft-q8_0.gguf"]
+    assert sorted(files) == ["README.md", "demo-sft-q8_0.gguf"], "the local --force marker stays here"
     assert files["demo-sft-q8_0.gguf"].startswith(b"GGUF")
     assert b"langadapt" in files["README.md"]
     assert "uploaded to https://huggingface.co/someone/smollm2-fa" in capsys.readouterr().err

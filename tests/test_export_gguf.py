@@ -240,9 +240,9 @@ def test_export_reports_what_llama_cpp_will_tokenize_differently(tmp_path, persi
     out = export_model(str(run), stage="align", fmt="gguf", log=logs.append)
     zwnj = sum("\u200c" in x for x in FA)
     note = next(m for m in logs if m.startswith("note:"))
-    assert f"({zwnj} of {len(FA)} cleaned target sentences get other ids than in training)" in note
+    assert f"({zwnj} of {len(FA)} cleaned target lines get other ids than in training)" in note
     card = (out / "README.md").read_text(encoding="utf-8")
-    assert "**Tokenizer in llama.cpp.**" in card and f"{zwnj} of {len(FA)} cleaned target sentences" in card
+    assert "**Tokenizer in llama.cpp.**" in card and f"{zwnj} of {len(FA)} cleaned target lines" in card
 
 
 @pytest.mark.parametrize("form", ["model", "json"])

@@ -96,8 +96,8 @@ def test_pretrain_changes_only_lora_and_embeddings_and_the_adapter_loads_with_pe
 def test_pretrain_new_rows_only_keeps_old_rows_and_starts_from_align(tmp_path):
     from langadapt.models import load_model
     from langadapt.run import StageContext
-    from langadapt.stages.align import run as align
-    from langadapt.stages.pretrain import run as pretrain
+    from langadapt.align.stage import run as align
+    from langadapt.pretrain.stage import run as pretrain
 
     ws = make_workspace(tmp_path, tied=True)
     recipe = recipe_for(ws, rows="new", stages=("align", "pretrain"))
@@ -116,7 +116,7 @@ def test_pretrain_new_rows_only_keeps_old_rows_and_starts_from_align(tmp_path):
 def test_trainable_counts_equal_plan(tmp_path, rows):
     from langadapt.models import load_config, load_model
     from langadapt.plan import make_plan
-    from langadapt.stages.align import base_vocab_of
+    from langadapt.train.finish import base_vocab_of
     from langadapt.train.freeze import apply_policy, stage_policy
 
     ws = make_workspace(tmp_path, tied=False)

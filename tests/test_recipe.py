@@ -113,3 +113,66 @@ def test_shipped_recipes_are_valid(name):
     root = Path(__file__).resolve().parents[1]
     recipe = load_recipe(root / "configs" / name, check_files=name == "demo.yaml")  # the paper's corpora are not shipped
     assert {"clean", "tokenizer", "align", "pretrain", "sft", "eval"} <= set(recipe.enabled_stages())
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("align: {}", "align: {monolingual: {lr: .inf}}", "align.monolingual.lr: Input should be a finite number (got inf)"),
+    ("align: {}", "align: {bilingual: {epochs: .inf}}", "align.bilingual.epochs: Input should be a finite number (got inf)"),
+    ("  lora: {r: 8}", "  lora: {r: 8}\n  warmup_ratio: .nan", "pretrain.warmup_ratio: Input should be a finite number (got nan)"),
+    ("  lora: {r: 8}", "  lora: {r: 8, alpha: -.inf}", "pretrain.lora.alpha: Input should be a finite number (got -inf)"),
+    ("  lora: {r: 8}", "  lora: {r: 8}\n  max_steps: .inf", "pretrain.max_steps: Input should be a finite number (got inf)"),
+    ("clean: {}", "clean: {min_words: true}", "clean.min_words: Input should be a number, not true/false (got True)"),
+    ("clean: {}", "clean: {lang_threshold: false}", "clean.lang_threshold: Input should be a number, not true/false (got False)"),
+    ("tokenizer: {new_pieces: 100}", "tokenizer: {new_pieces: true}", "tokenizer.new_pieces: Input should be a number, not true/false"),
+])
+def test_non_finite_numbers_and_booleans_for_numbers_are_refused_on_their_line(tmp_path, old, new, message):
+    text = BASE.replace(old, new)
+    e = error_of(tmp_path, text)
+    assert message in str(e)
+    key_line = next(i for i, line in enumerate(text.splitlines(), 1) if new.splitlines()[-1] in line)
+    assert e.line == key_line
+
+
+def test_numbers_yaml_reads_as_text_and_real_booleans_still_parse(tmp_path):
+    # YAML 1.1 reads 1e-4 (no dot) as a string: still a valid learning rate
+    r = load_recipe(write(tmp_path, BASE.replace("align: {}", "align: {monolingual: {lr: 1e-4}, bilingual: {enabled: false}}")
+                          + "eval: {share_prefix: false}\n"))
+    assert r.align.monolingual.lr == 1e-4 and r.align.bilingual.enabled is False and r.eval.share_prefix is False
+
+
+def test_yaml_alias_bomb_and_endless_aliases_are_refused_quickly(tmp_path):
+    import time
+
+    # "billion laughs": six levels of nine aliases, ~650 bytes, 9**6 values once expanded
+    bomb = ['l0: &l0 [' + ", ".join(['"lol"'] * 9) + ']']
+    bomb += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 7)]
+    text = BASE + "\n".join(bomb) + "\n"
+    assert len("\n".join(bomb)) < 700
+    t0 = time.perf_counter()
+    e = error_of(tmp_path, text)
+    assert time.perf_counter() - t0 < 5
+    assert "expands to more than" in str(e) and "aliases" in str(e) and e.line == 18
+
+    e = error_of(tmp_path, BASE + "eval: &e {paths: {x: *e}}\n")
+    assert "alias refers to a mapping or list that contains it" in str(e) and e.line == 13
+    e = error_of(tmp_path, BASE + "seed: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert "nests deeper than" in str(e)
+
+    # an ordinary alias still works
+    r = load_recipe(write(tmp_path, BASE.replace("align: {}", "align: {monolingual: &tr {lr: 0.001, epochs: 2}, bilingual: *tr}")))
+    assert r.align.bilingual.lr == 0.001 and r.align.bilingual.epochs == 2
+
+
+def test_heldout_folder_and_output_dir_file_are_refused_on_their_line(tmp_path):
+    (tmp_path / "held").mkdir()
+    e = error_of(tmp_path, BASE.replace("data:\n", "data:\n  heldout: {target: held}\n"))
+    assert "data.heldout.target: expected a file, found a folder: held" in str(e) and e.line == 4
+    e = error_of(tmp_path, BASE.replace("path: pairs.tsv", "path: held"))
+    assert "data.parallel.0.path: expected a file, found a folder" in str(e)
+
+    (tmp_path / "runs.txt").write_text("not a folder\n")
+    e = error_of(tmp_path, BASE + f"output_dir: {tmp_path / 'runs.txt'}\n")
+    assert "output_dir:" in str(e) and "is a file, not a folder" in str(e) and e.line == 13
+    e = error_of(tmp_path, BASE + f"output_dir: {tmp_path / 'runs.txt' / 'deeper'}\n")
+    assert "runs.txt is a file, not a folder" in str(e)
+    load_recipe(write(tmp_path, BASE + f"output_dir: {tmp_path / 'new' / 'runs'}\n"))  # not there yet: fine

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from langadapt.cli import main
-from langadapt.eval.report import markdown_tables, write_report
+from langadapt.eval.results import markdown_tables
+from langadapt.report import write_report
 
 FAMILIES = [("multiple_choice", "Multiple choice", "choice", True), ("sentiment", "Sentiment", "choice", True),
             ("entailment", "Entailment", "choice", False), ("summarization", "Summarization", "generate", False),

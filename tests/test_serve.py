@@ -277,13 +277,18 @@ def test_client_that_disconnects_mid_stream_frees_the_model(tiny_dir):
 
     chat = ChatModel.load(str(tiny_dir), name="t")
     calls = []
-    handle = chat.model.register_forward_pre_hook(lambda m, a: (calls.append(1), time.sleep(0.02)))
+
+    def slow(module, args):  # returns None: a pre-hook's return value would replace the arguments
+        calls.append(1)
+        time.sleep(0.02)
+
+    handle = chat.model.register_forward_pre_hook(slow)
     server = start_server({"t": chat}, sampling=Sampling(max_new_tokens=400, no_repeat_ngram_size=0), max_queue=0)
     try:
         body = json.dumps({"model": "t", "messages": [{"role": "user", "content": "hi"}], "stream": True,
                            "temperature": 1.0, "seed": 0}).encode()
         sock = socket.create_connection(("127.0.0.1", server.server_port), timeout=10)
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
         head = b""
         while b"data: " not in head:  # the first event: generation has started

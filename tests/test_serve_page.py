@@ -103,6 +103,39 @@ def test_page_compares_two_models_side_by_side(browser, page_server):
     page.close()
 
 
+def test_page_asks_for_the_api_key_of_a_server_that_has_one(browser, tmp_path):
+    from test_serve import save_tiny_model, start_server
+
+    from langadapt.serve.generation import ChatModel, Sampling
+
+    folder = save_tiny_model(tmp_path / "model")
+    server = start_server({"tiny": ChatModel.load(str(folder), name="tiny")}, sampling=Sampling(max_new_tokens=6),
+                          api_key="page-key-123")
+    try:
+        page = browser.new_page()
+        sent = []
+        page.on("request", lambda r: sent.append((r.url, r.headers.get("authorization"))))
+        page.goto(server.url)
+        page.locator("#keyform").wait_for(state="visible")
+        assert "API key" in page.inner_text("#status")
+        page.fill("#apikey", "wrong")
+        page.click("#keyform button")
+        page.wait_for_function("document.querySelector('#status').textContent.includes('refused')")
+        page.fill("#apikey", "page-key-123")
+        page.click("#keyform button")
+        page.wait_for_function("document.querySelectorAll('#model-a option').length == 1")
+        assert page.locator("#keyform").is_hidden()
+        answers = ask(page, "Hello, how are you today?")
+        assert answers[0].get_attribute("class") == "msg" and answers[0].inner_text().strip()
+        # The key went only to this server, in the header, never in a URL.
+        assert all(u.startswith(server.url) and "page-key-123" not in u for u, _ in sent)
+        assert "Bearer page-key-123" in [a for _, a in sent]
+        page.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def main(argv: list[str]) -> int:
     """Serve MODELs, ask the page a Persian and an English question (compare mode if two models), screenshot it."""
     import argparse

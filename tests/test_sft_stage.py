@@ -123,7 +123,7 @@ def test_sft_from_a_pretrain_adapter_merges_it_and_trains_a_fresh_lora(workspace
 
     from langadapt.models import adapter_base, load_model
     from langadapt.run import StageContext
-    from langadapt.stages.sft import run
+    from langadapt.sft.stage import run
 
     # A stand-in for the pretrain stage's output: a LoRA adapter with non-zero B on the tiny base.
     base = load_model(str(workspace / "base"))

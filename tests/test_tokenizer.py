@@ -347,7 +347,8 @@ def _hand_base():
 @pytest.mark.parametrize("tied", [True, False])
 def test_mean_initialisation_matches_a_hand_computed_case(tied):
     """ب is bytes D8 A8 (ids 216, 168); " ب" adds the space (id 32). Row i of the base is i everywhere,
-    row i of an untied head is -i, so the new rows must be 192 and (32+216+168)/3, negated in the head."""
+    row i of an untied head is -i, so the new rows are the position-weighted means (weights 0.9:1.1 and
+    0.9:1.0:1.1, normalized) 0.45*216 + 0.55*168 = 189.6 and 0.3*32 + 216/3 + 1.1*168/3 = 143.2, negated in the head."""
     import torch
 
     from langadapt.tokenizer.embeddings import resize_and_init
@@ -364,14 +365,14 @@ def test_mean_initialisation_matches_a_hand_computed_case(tied):
     resized = resize_and_init(model, 259, spellings, init="mean")
     emb = model.get_input_embeddings().weight
     assert resized.tied == tied and emb.shape[0] == 259 and model.config.vocab_size == 259
-    assert torch.allclose(emb[257], torch.full_like(emb[257], 192.0))
-    assert torch.allclose(emb[258], torch.full_like(emb[258], 416 / 3))
+    assert torch.allclose(emb[257], torch.full_like(emb[257], 189.6))
+    assert torch.allclose(emb[258], torch.full_like(emb[258], 143.2))
     head = model.get_output_embeddings().weight
     if tied:
         assert head.data_ptr() == emb.data_ptr()
     else:
-        assert torch.allclose(head[257], torch.full_like(head[257], -192.0))
-        assert torch.allclose(head[258], torch.full_like(head[258], -416 / 3))
+        assert torch.allclose(head[257], torch.full_like(head[257], -189.6))
+        assert torch.allclose(head[258], torch.full_like(head[258], -143.2))
 
 
 @pytest.mark.parametrize("tied", [True, False])
@@ -389,9 +390,9 @@ def test_resize_keeps_existing_rows_bit_identical(tied, init):
     assert torch.equal(model.get_output_embeddings().weight[:100], head)
     new = model.get_input_embeddings().weight[100]
     if init == "mean":
-        assert torch.allclose(new, emb[[1, 2]].mean(0))
+        assert torch.allclose(new, 0.45 * emb[1] + 0.55 * emb[2])
     else:
-        assert not torch.allclose(new, emb[[1, 2]].mean(0))
+        assert not torch.allclose(new, 0.45 * emb[1] + 0.55 * emb[2])
         assert new.std() < 0.1  # the model's own small-normal initialisation
     assert torch.allclose(model.get_input_embeddings().weight[150], emb.mean(0))  # padding row: no spelling
     out = model(torch.tensor([[1, 100, 191]]))

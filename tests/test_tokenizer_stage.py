@@ -11,7 +11,8 @@ from test_tokenizer import EN, ENGLISH_PROBES, FA, byte_level_base
 
 from langadapt.errors import LangadaptError
 from langadapt.recipe import parse_recipe
-from langadapt.run import STAGES, StageContext
+from langadapt.run import StageContext
+from langadapt.tokenizer.stage import run as tokenizer_stage
 
 
 def make_recipe(tmp_path, base, **tokenizer):
@@ -51,7 +52,7 @@ def test_tokenizer_stage_writes_a_loadable_model_with_merged_tokenizer(workspace
 
     tmp_path, base = workspace
     recipe, out = make_recipe(tmp_path, base, new_pieces=5000)
-    summary = STAGES["tokenizer"].function()(StageContext(recipe=recipe, stage="tokenizer", out_dir=out))
+    summary = tokenizer_stage(StageContext(recipe=recipe, stage="tokenizer", out_dir=out))
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert summary == report and (out / "sp.model").is_file()
     assert "supports only" in capsys.readouterr().out  # 5,000 pieces asked of 20 sentences: lowered, with a warning
@@ -74,6 +75,8 @@ def test_tokenizer_stage_writes_a_loadable_model_with_merged_tokenizer(workspace
     assert fert["english"]["merged"] == fert["english"]["base"]
     assert fert["target"]["merged"]["tokens_per_word"] < fert["target"]["base"]["tokens_per_word"] / 2
     assert report["new_pieces"] > 50 and report["overlap"] >= 0 and report["tied_embeddings"]
+    assert report["new_ids"] == [[report["base_tokenizer_size"], len(tok) - 2]]  # then the pad token, then padding rows
+    assert report["reserved_ids"] == [] and report["normalizer"]["U+064A"] == "U+06CC"  # Arabic yeh -> Persian yeh
     with torch.no_grad():
         logits = model(**tok(FA[0], return_tensors="pt")).logits
     assert logits.shape[-1] == rows and torch.isfinite(logits).all()
@@ -82,7 +85,7 @@ def test_tokenizer_stage_writes_a_loadable_model_with_merged_tokenizer(workspace
     assert vocab_plan(recipe, len(base_tok)).merged == rows
 
     # Killed after SentencePiece: a resumed run reuses sp.model and gives the same result.
-    again = STAGES["tokenizer"].function()(StageContext(recipe=recipe, stage="tokenizer", out_dir=out, resume=True))
+    again = tokenizer_stage(StageContext(recipe=recipe, stage="tokenizer", out_dir=out, resume=True))
     assert "reusing" in capsys.readouterr().out
     assert again["merged_vocab_size"] == rows and again["new_pieces"] == report["new_pieces"]
 
@@ -93,7 +96,7 @@ def test_tokenizer_stage_reports_missing_clean_output(workspace):
     for f in (tmp_path / "runs" / "tiny" / "clean" / "sentences").glob("*.jsonl"):
         f.unlink()
     with pytest.raises(LangadaptError, match="run the clean stage first"):
-        STAGES["tokenizer"].function()(StageContext(recipe=recipe, stage="tokenizer", out_dir=out))
+        tokenizer_stage(StageContext(recipe=recipe, stage="tokenizer", out_dir=out))
 
 
 def test_smollm2_merge_keeps_english_ids_and_shortens_persian(tmp_path):
@@ -127,3 +130,11 @@ def test_smollm2_merge_keeps_english_ids_and_shortens_persian(tmp_path):
     after = sum(len(tok(t)["input_ids"]) for t in FA)
     assert after < before / 3
     assert tok.tokenize(" می\u200cخواهیم")[0] != "ĠÙħÛĮ"  # the ZWNJ no longer ends the word
+
+
+def test_tokenizer_stage_warns_when_the_declared_merged_size_differs(workspace, capsys):
+    tmp_path, base = workspace
+    recipe, out = make_recipe(tmp_path, base, merged_vocab_size=70_000)
+    report = tokenizer_stage(StageContext(recipe=recipe, stage="tokenizer", out_dir=out))
+    said = capsys.readouterr().out
+    assert "merged_vocab_size is 70,000" in said and f"gives {report['merged_vocab_size']:,} rows" in said

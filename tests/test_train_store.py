@@ -75,9 +75,11 @@ MULTI = """
 import json, os, sys
 sys.path.insert(0, sys.argv[2])
 from test_train_core import tiny_tokenizer
+from pathlib import Path
+from langadapt.layout import RunLayout
 from langadapt.train.store import corpus_store
 
-store = corpus_store(sys.argv[1] + "/clean", tiny_tokenizer(), sys.argv[1] + "/tokens")
+store = corpus_store(RunLayout(Path(sys.argv[1])).clean_shards(), tiny_tokenizer(), sys.argv[1] + "/tokens")
 batch = store.rows(8, 2).batch([0, len(store) - 1])
 with open(sys.argv[1] + f"/rank{os.environ['RANK']}.json", "w") as f:
     json.dump({"documents": store.documents, "total": store.total, "ids": batch["input_ids"].tolist()}, f)

@@ -30,7 +30,8 @@ from langadapt.translate.clean import (Duplicates, LengthRatio, ProtectedSpans, 
                                        longest_run)
 from langadapt.translate.records import Item
 from langadapt.translate.rules import wording_rule
-from langadapt.translate.stage import WorkLog, translate_items, translated_sources
+from langadapt.sft.stage import translated_sources
+from langadapt.translate.stage import WorkLog, translate_items
 from langadapt.translate.translators import EndpointTranslator
 
 FA_WORDS = ("کتاب خانه مدرسه دوست شهر باران درخت آب نان روز شب کار زبان خورشید بزرگ کوچک خوب زیبا امروز "

@@ -11,31 +11,17 @@ import os
 import sys
 from collections.abc import Callable
 
-from langadapt import __version__
+from langadapt import __version__, stages
 from langadapt.errors import LangadaptError
 
-EPILOG = """\
-The pipeline, in order (each stage is also its own subcommand):
-  clean      documents -> clean, unique target-language sentences        (paper 3.1)
-  tokenizer  train target-language pieces, merge them, resize embeddings   (paper 4.1)
-  align      embeddings + head only, monolingual then bilingual           (paper 4.2.1)
-  pretrain   LoRA continued pre-training on target-language text          (paper 4.2.2)
-  translate  (optional) machine-translate English instructions            (paper 3.2)
-  sft        bilingual instruction tuning, loss on responses only         (paper 3.2)
-  eval       five tasks in English and the target language                (paper 5)
 
-Start with:  langadapt run configs/demo.yaml     (outputs in runs/demo/)
-"""
 
-STAGE_HELP = {
-    "clean": "Clean the recipe's corpus into unique target-language sentences (paper 3.1).",
-    "tokenizer": "Train target-language pieces, merge them into the base tokenizer, resize and initialise embeddings (paper 4.1).",
-    "align": "Train embeddings and head only, on monolingual then bilingual text (paper 4.2.1).",
-    "pretrain": "Continue pre-training with LoRA on every linear layer plus embeddings/head (paper 4.2.2).",
-    "translate": "Translate English instruction data into the target language and clean the result.",
-    "sft": "Instruction-tune on bilingual instructions, loss on responses only (paper 3.2).",
-    "eval": "Evaluate every stage's model on the five tasks in both languages (paper 5).",
-}
+def _epilog() -> str:
+    lines = ["The pipeline, in order (each stage is also its own subcommand):"]
+    for s in stages.TABLE:
+        paper = f"(paper {s.paper})" if s.paper else ""
+        lines.append(f"  {s.name:<10} {s.summary:<62} {paper}".rstrip())
+    return "\n".join(lines + ["", "Start with:  langadapt run configs/demo.yaml     (outputs in runs/demo/)", ""])
 
 
 def _console():
@@ -76,10 +62,31 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_check(args) -> int:
+    from langadapt.check import run_checks
+    from langadapt.run import stage_status
+
+    recipe = _load(args)
+    console = _console()
+    checked, seconds = run_checks(recipe, log=lambda line: console.print(f"[green]✓[/green] {line}", highlight=False))
+    plan = {"done": "runs again (an earlier stage runs)", "stale": "runs again (settings or inputs changed)",
+            "partial": "interrupted: resumes from its checkpoint if its settings are unchanged", "new": "runs (not run yet)"}
+    cascade = False
+    for stage in recipe.enabled_stages():
+        status = stage_status(recipe, stage)
+        cascade = cascade or status != "done"
+        console.print(f"  {stage}: {plan[status] if cascade else 'up to date (skipped)'}", highlight=False)
+    console.print(f"[bold green]ready[/bold green]: {len(checked)} inputs read and checked, and the base model's "
+                  f"vocabulary against the recipe ({seconds:.1f} s)")
+    return 0
+
+
 def make_stage_command(stage: str) -> Callable:
     def handler(args) -> int:
         from langadapt.run import preflight, run_stage, stage_status
 
+        if args.resume and args.restart:
+            raise LangadaptError("--resume and --restart contradict each other; give one (resuming is the default)")
         recipe = _load(args)
         console = _console()
         if not recipe.enabled(stage):
@@ -88,8 +95,8 @@ def make_stage_command(stage: str) -> Callable:
         if stage_status(recipe, stage) == "done" and not args.force:
             console.print(f"[green]✓[/green] {stage}: up to date with the recipe (use --force to run it again)")
             return 0
-        run_stage(recipe, stage, resume=args.resume, console=console)
-        console.print(f"[bold green]done[/bold green]: {recipe.run_dir / stage}/")
+        run_stage(recipe, stage, resume=not args.restart, console=console)
+        console.print(f"[bold green]done[/bold green]: {recipe.layout.stage_dir(stage)}/")
         return 0
 
     return handler
@@ -100,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="langadapt",
         description="Teach an English-centric causal language model a new language, following the recipe of "
         "'Extending LLMs to New Languages: A Case Study of Llama and Persian Adaptation'.",
-        epilog=EPILOG,
+        epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"langadapt {__version__}")
@@ -133,17 +140,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rerun every stage even if it is up to date")
     p.set_defaults(func=cmd_run)
 
-    from langadapt.run import STAGES
+    p = sub.add_parser("check", help="read every input of the recipe's enabled stages now (first records), before a run",
+                       description="Check a recipe before running it: besides the recipe itself, read the first records "
+                       "of every input the enabled stages use (corpora, parallel text with its alignment checks, "
+                       "instructions, held-out text), every evaluation suite and task file, and resolve Hugging Face hub "
+                       "ids (one quick call each; with HF_HUB_OFFLINE=1 the local cache). `run` does the same before its "
+                       "first stage. Prints one line per input and what `run` would do with each stage; any problem is "
+                       "one line naming the file and line, exit status 2.")
+    recipe_arg(p)
+    p.set_defaults(func=cmd_check)
 
-    for stage, text in STAGE_HELP.items():
-        if stage not in STAGES:
-            continue
-        p = sub.add_parser(stage, help=text.split(" (paper")[0].rstrip("."), description=text +
+    for spec in stages.TABLE:
+        stage = spec.name
+        p = sub.add_parser(stage, help=spec.help.split(" (paper")[0].rstrip("."), description=spec.help +
                            " Reads the outputs of the earlier stages of the same run and writes "
                            f"<output_dir>/<name>/{stage}/.")
         recipe_arg(p)
-        p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint of an interrupted run")
-        p.add_argument("--force", action="store_true", help="run even if the stage is up to date")
+        p.add_argument("--resume", action="store_true",
+                       help="continue an interrupted run from its last complete checkpoint (the default)")
+        p.add_argument("--restart", action="store_true",
+                       help="discard an interrupted run's checkpoints and start the stage over")
+        p.add_argument("--force", action="store_true", help="run even if the stage is up to date (from the start)")
         p.set_defaults(func=make_stage_command(stage))
 
     for register in EXTRA_COMMANDS:
@@ -179,7 +196,7 @@ EXTRA_COMMANDS += [_add_chat, _add_serve, _add_export]
 def cmd_report(args) -> int:
     from pathlib import Path
 
-    from langadapt.eval.report import write_report
+    from langadapt.report import write_report
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():

@@ -202,3 +202,69 @@ def _adapter_vocab_rows(adapter_dir: str) -> int | None:
 def load_model_and_tokenizer(spec: str | os.PathLike, *, dtype=None, device: str | None = None):
     src = resolve_model(spec)
     return load_model(src, dtype=dtype, device=device), load_tokenizer(src)
+
+
+# --------------------------------------------------------------------------- text generation
+
+
+def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple:
+    """Token id rows padded on the left: (ids, attention mask, position ids), on ``device``."""
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s):] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids.to(device), mask.to(device), pos.to(device)
+
+
+def generate_texts(model, tokenizer, prompts: list[str] | list[list[int]], *, max_new_tokens: int, batch_size: int = 8,
+                   repetition_penalty: float = 1.0, add_special_tokens: bool = True, max_length: int | None = None,
+                   eos_token_id=None, from_model_config: bool = False, progress=None, **generate_kwargs) -> list[str]:
+    """Greedy continuations of ``prompts`` (texts, or token ids as they are) by a causal LM, batched longest
+    first with left padding; returns the new text of each (special tokens skipped).
+
+    ``max_length``: prompt tokens kept (the left is cut) so that prompt and answer fit. ``eos_token_id``:
+    where to stop (default: the model's generation config, else the tokenizer's). ``from_model_config``:
+    start from the model's own generation config (its extra settings kept, sampling turned off) rather than
+    from a plain greedy one. The one generation helper of langadapt's batch work (evaluation, translation,
+    the sft stage's samples); the server streams token by token instead (``serve.generation``).
+    """
+    import copy
+
+    import torch
+    from transformers import GenerationConfig
+
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if eos_token_id is None:
+        eos_token_id = getattr(getattr(model, "generation_config", None), "eos_token_id", None) or tokenizer.eos_token_id
+    greedy = dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=pad_id,
+                  eos_token_id=eos_token_id)
+    if from_model_config and getattr(model, "generation_config", None) is not None:
+        config = copy.deepcopy(model.generation_config)
+        config.update(**greedy, temperature=None, top_p=None, top_k=None)
+    else:
+        config = GenerationConfig(**greedy, repetition_penalty=repetition_penalty)
+    room = max(1, max_length - max_new_tokens) if max_length else None
+    enc = [list(p) if not isinstance(p, str) else tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"]
+           for p in prompts]
+    if room:
+        enc = [e[-room:] for e in enc]
+    order = sorted(range(len(enc)), key=lambda i: -len(enc[i]))
+    outs: list[str] = [""] * len(prompts)
+    model.eval()
+    with torch.inference_mode():
+        for b in range(0, len(order), batch_size):
+            idx = order[b: b + batch_size]
+            ids, mask, _ = left_pad([enc[i] for i in idx], pad_id, device)
+            gen = model.generate(input_ids=ids, attention_mask=mask, generation_config=config, **generate_kwargs)
+            new = gen[:, ids.shape[1]:]
+            for r, i in enumerate(idx):
+                outs[i] = tokenizer.decode(new[r], skip_special_tokens=True)
+            if progress:
+                progress(len(idx))
+    return outs

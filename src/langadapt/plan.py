@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from langadapt import stages
 from langadapt.recipe import Recipe, check_against_base
 from langadapt.train.freeze import ParamCounts, apply_policy, stage_policy
 
@@ -63,10 +63,10 @@ def vocab_plan(recipe: Recipe, base_vocab: int) -> VocabPlan:
     """Rows of the embedding matrix after the tokenizer stage (measured, declared or estimated)."""
     if not recipe.enabled("tokenizer"):
         return VocabPlan(base_vocab, base_vocab, "no tokenizer stage: base vocabulary")
-    done = recipe.run_dir / "tokenizer" / "model" / "config.json"
-    if done.is_file() and (recipe.run_dir / "tokenizer" / "COMPLETE.json").is_file():
-        rows = json.loads(done.read_text(encoding="utf-8"))["vocab_size"]
-        return VocabPlan(base_vocab, rows, f"measured: {done}")
+    made = recipe.layout.model("tokenizer")
+    if made is not None and recipe.layout.marker("tokenizer") is not None and (made / "config.json").is_file():
+        rows = json.loads((made / "config.json").read_text(encoding="utf-8"))["vocab_size"]
+        return VocabPlan(base_vocab, rows, f"measured: {made / 'config.json'}")
     tok = recipe.tokenizer
     check_against_base(recipe, base_vocab)
     if tok.merged_vocab_size is not None:
@@ -103,17 +103,18 @@ def make_plan(recipe: Recipe, config) -> tuple[VocabPlan, list[StagePlan]]:
     vocab = vocab_plan(recipe, config.vocab_size)
     vocab.base_params = sum(p.numel() for p in build_meta_model(config, vocab.base).parameters())
     plans: list[StagePlan] = []
-    steps: list[tuple[str, str | None, object]] = []
-    if recipe.enabled("align"):
-        steps.append(("align", "monolingual", recipe.align.monolingual))
-        if recipe.align.bilingual.enabled and recipe.align.bilingual.train_rows != recipe.align.monolingual.train_rows:
-            steps.append(("align (bilingual)", "bilingual", recipe.align.bilingual))
-    if recipe.enabled("pretrain"):
-        steps.append(("pretrain", None, recipe.pretrain))
-    if recipe.enabled("sft"):
-        steps.append(("sft", None, recipe.sft))
-    for label, step, settings in steps:
-        stage = label.split(" ")[0]
+    steps: list[tuple[str, str, str | None, object]] = []
+    for stage in stages.TRAINING:
+        if not recipe.enabled(stage):
+            continue
+        section = getattr(recipe, stage)
+        if hasattr(section, "monolingual"):  # align: two steps, shown apart when they train other rows
+            steps.append((stage, stage, "monolingual", section.monolingual))
+            if section.bilingual.enabled and section.bilingual.train_rows != section.monolingual.train_rows:
+                steps.append((f"{stage} (bilingual)", stage, "bilingual", section.bilingual))
+        else:
+            steps.append((stage, stage, None, section))
+    for label, stage, step, settings in steps:
         rows = vocab.base if stage == "sft" and recipe.sft.start_from == "base" else vocab.merged
         embeddings, lora = stage_policy(recipe, stage, step)
         model = build_meta_model(config, rows)

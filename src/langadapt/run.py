@@ -16,47 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from langadapt import stages
+from langadapt.distributed import is_main_process, wait_for_everyone
 from langadapt.errors import LangadaptError
-from langadapt.files import fingerprint_path, read_json, stable_hash, write_json
-from langadapt.recipe import Recipe, check_against_base, stage_inputs
-
-COMPLETE = "COMPLETE.json"
-STARTED = "STARTED.json"
-
-
-@dataclass(frozen=True)
-class StageSpec:
-    name: str
-    entry: str  # "module:function", imported only when the stage runs (keeps the CLI fast)
-    summary: str
-    data: tuple[str, ...] = ()  # which parts of recipe.data this stage reads
-    files: str | None = None  # "module:function(recipe) -> paths": other input files its output depends on
-    distributed: bool = False  # runs on every process of `accelerate launch`; otherwise on the main one only
-
-    def function(self) -> Callable[[StageContext], dict | None]:
-        return _import(self.entry)
+from langadapt.files import fingerprint_path, read_json, remove_leftovers, stable_hash, write_json
+from langadapt.layout import STARTED
+from langadapt.recipe import Recipe, check_against_base
 
 
 def _import(entry: str) -> Callable:
     module, func = entry.split(":")
     return getattr(importlib.import_module(module), func)
-
-
-STAGES: dict[str, StageSpec] = {}
-
-
-def register(spec: StageSpec) -> None:
-    STAGES[spec.name] = spec
-
-
-# Stages register here as they land (one line each).
-register(StageSpec("clean", "langadapt.clean.stage:run", "documents to clean, unique target-language sentences (datatrove; local or Slurm)", data=("corpus",)))
-register(StageSpec("tokenizer", "langadapt.tokenizer.stage:run", "train target-language pieces, merge them into the base tokenizer, resize and initialise embeddings", data=("heldout",)))
-register(StageSpec("align", "langadapt.stages.align:run", "embeddings and head only: monolingual, then bilingual next-token prediction", data=("parallel", "heldout"), distributed=True))
-register(StageSpec("pretrain", "langadapt.stages.pretrain:run", "LoRA on every linear layer plus embeddings/head, target-language next-token prediction", data=("heldout",), distributed=True))
-register(StageSpec("translate", "langadapt.translate.stage:run", "machine-translate instruction data into the target language, then clean it", data=("instructions",)))
-register(StageSpec("sft", "langadapt.stages.sft:run", "bilingual instruction tuning, loss on responses only", data=("instructions", "parallel", "heldout"), distributed=True))
-register(StageSpec("eval", "langadapt.eval.stage:run", "the five tasks in English and the target language for every stage's model, results and report", data=(), files="langadapt.eval.stage:input_files"))
 
 
 @dataclass
@@ -74,12 +44,17 @@ class StageContext:
     def run_dir(self) -> Path:
         return self.recipe.run_dir
 
+    @property
+    def layout(self):
+        """Where this run's outputs live: read other stages' outputs through it (``langadapt.layout``)."""
+        return self.recipe.layout
+
     def stage_dir(self, stage: str) -> Path:
-        return self.run_dir / stage
+        return self.layout.stage_dir(stage)
 
     def model_path(self, stage: str) -> str:
         """The model a stage produced, as a path `models.resolve_model` understands; 'base': the base model."""
-        return stage_model(self.recipe, stage)
+        return self.recipe.model_path(stage)
 
     def log(self, message: str) -> None:
         if self.console is not None:
@@ -88,44 +63,41 @@ class StageContext:
             print(message, flush=True)
 
 
-def stage_model(recipe: Recipe, stage: str) -> str:
-    """Where a stage's model artefact lives: ``model/`` for full models, ``adapter/`` for PEFT ones."""
-    if stage == "base":
-        return recipe.base_model
-    d = recipe.run_dir / stage
-    for sub in ("adapter", "model"):
-        if (d / sub).is_dir():
-            return str(d / sub)
-    raise LangadaptError(f"stage '{stage}' of run '{recipe.name}' has no model in {d}; run it first (langadapt run)")
+def preflight(recipe: Recipe, *, log: Callable | None = None) -> list:
+    """Checks that need the base model's config or the first records of the inputs, done before any
+    stage starts: every input of the enabled stages read on its first records and hub ids resolved
+    (``langadapt.check``), the replay sources' languages, the packages of the ``report_to`` trackers,
+    the names of ``lm_eval:`` evaluation tasks, the vocabulary size against the recipe.
+    Returns what ``check.check_inputs`` read (``log`` sees each entry as it is read).
 
-
-def preflight(recipe: Recipe) -> None:
-    """Checks that need the base model's config, done before any stage starts.
-
-    The config comes from ``base_config`` or a local model (a GGUF header, a config.json); a hub
-    id without ``base_config`` is checked when the first stage loads it.
+    The config comes from ``base_config`` or a local model (a GGUF header, a config.json); the
+    vocabulary of a hub model without ``base_config`` is checked when the first stage loads it.
     """
+    from langadapt.check import check_inputs
     from langadapt.models import load_config, resolve_model
+    from langadapt.train.replay import check_sources
+    from langadapt.train.tracking import check_installed
 
+    checked = check_inputs(recipe, log=log)
+    check_sources(recipe)
+    if any(recipe.enabled(s) for s in stages.TRAINING):
+        check_installed(recipe.report_to)
+    if recipe.enabled("eval"):
+        from langadapt.eval.harness import check_tasks
+
+        check_tasks(recipe)
     if recipe.base_config is None:
         src = resolve_model(recipe.base_model)  # raises ModelNotFoundError with what to do
         if src.kind == "hub":
-            return
+            return checked
     config = load_config(recipe.base_model, recipe.resolve(recipe.base_config) if recipe.base_config else None)
     check_against_base(recipe, config.vocab_size)
-
-
-def read_marker(out_dir: Path) -> dict | None:
-    f = out_dir / COMPLETE
-    try:
-        return read_json(f) if f.is_file() else None
-    except ValueError:
-        return None  # a torn or hand-edited marker counts as missing
+    return checked
 
 
 def stage_hash(recipe: Recipe, stage: str) -> str:
     """Hash of everything a stage's output depends on: its settings, inputs and upstream markers."""
-    spec = STAGES.get(stage)
+    spec = stages.BY_NAME.get(stage)
     section = getattr(recipe, stage)
     parts: dict[str, Any] = {
         "stage": stage,
@@ -143,55 +115,79 @@ def stage_hash(recipe: Recipe, stage: str) -> str:
         for item in value if isinstance(value, list) else [value]:
             for key in ("path", "target", "english"):
                 v = getattr(item, key, None)
-                if v is not None and recipe.resolve(v).exists():
+                v = getattr(v, "path", v)  # a held-out dataset: its folder, when local
+                if isinstance(v, str) and recipe.resolve(v).exists():
                     files.append(fingerprint_path(recipe.resolve(v)))
         parts["data"][kind] = {"settings": dumped, "files": files}
     if spec is not None and spec.files:
         parts["files"] = sorted(fingerprint_path(p) for p in _import(spec.files)(recipe))
-    for up in stage_inputs(recipe, stage):
-        marker = read_marker(recipe.run_dir / up)
-        parts["upstream"][up] = marker["hash"] if marker else None
+    for up in recipe.inputs_of(stage):
+        marker = recipe.layout.marker(up)
+        parts["upstream"][up] = marker.get("hash") if marker else None
     return stable_hash(parts)
 
 
 def stage_status(recipe: Recipe, stage: str) -> str:
     """'done' (marker matches the recipe), 'stale' (marker from other settings), 'partial', or 'new'."""
-    out = recipe.run_dir / stage
-    marker = read_marker(out)
+    marker = recipe.layout.marker(stage)
     if marker is not None:
         return "done" if marker.get("hash") == stage_hash(recipe, stage) else "stale"
-    return "partial" if (out / STARTED).is_file() else "new"
+    return "partial" if recipe.layout.started_path(stage).is_file() else "new"
 
 
-def _prepare(recipe: Recipe, stage: str, h: str, *, resume: bool) -> bool:
+def _checkpoint_names(recipe: Recipe, stage: str) -> str:
+    """The newest checkpoint of each training call of the stage: ``monolingual step-40``."""
+    newest: dict[str, int] = {}
+    for c in recipe.layout.checkpoints(stage):
+        newest[c.parent.name] = max(newest.get(c.parent.name, 0), int(c.name[5:]))
+    return ", ".join(f"{name} step-{step}" for name, step in newest.items())
+
+
+def _prepare(recipe: Recipe, stage: str, h: str, *, resume: bool, console=None) -> bool:
     """Make the stage folder ready; return whether the stage should resume from its checkpoints.
 
-    The decision is written into STARTED.json, so the other processes of a multi-process run
-    read it instead of racing the main process over the folder.
+    An interrupted run with the same settings is resumed unless ``resume`` is false (``--restart``);
+    one line says whether checkpoints were found and used or discarded. A resumed folder loses the
+    leftovers of writes that a kill interrupted (``.tmp-*``, ``.old-*``). The decision is written into
+    STARTED.json, so the other processes of a multi-process run read it instead of racing the main
+    process over the folder.
     """
-    out = recipe.run_dir / stage
-    (out / COMPLETE).unlink(missing_ok=True)
-    started = out / STARTED
+    layout = recipe.layout
+    out = layout.stage_dir(stage)
+    had_marker = layout.marker(stage) is not None
+    layout.marker_path(stage).unlink(missing_ok=True)
+    started = layout.started_path(stage)
     can_resume = False
     if started.is_file():
         try:
             can_resume = read_json(started).get("hash") == h
         except ValueError:
             can_resume = False
-    resuming = resume and can_resume
+    resuming = resume and can_resume and not had_marker  # a finished stage run again starts over
+    found = _checkpoint_names(recipe, stage) if started.is_file() and not had_marker else ""
+    if found and resuming:
+        _say(console, f"{stage}: resuming from the interrupted run's checkpoint ({found}); --restart discards it")
+    elif found:
+        why = "--restart" if can_resume else "the settings or inputs changed since it was made"
+        _say(console, f"{stage}: discarding the interrupted run's checkpoint ({found}): {why}")
     if out.exists() and not resuming:
         shutil.rmtree(out)
+    elif resuming:
+        left = remove_leftovers(out)
+        if left:
+            _say(console, f"{stage}: removed {len(left)} leftover{'s' if len(left) > 1 else ''} of writes a kill "
+                 f"interrupted ({', '.join(str(p.relative_to(out)) for p in left[:3])}{', ...' if len(left) > 3 else ''})")
     out.mkdir(parents=True, exist_ok=True)
     write_json(started, {"stage": stage, "hash": h, "resume": resuming,
                          "started_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return resuming
 
 
-def _wait_for_marker(out: Path, h: str, poll: float = 5.0) -> dict:
+def _wait_for_marker(recipe: Recipe, stage: str, h: str, poll: float = 5.0) -> dict:
     """Other processes wait for the main one to finish a single-process stage (no collective
     timeout, however long cleaning a corpus takes)."""
     while True:
-        marker = read_marker(out)
+        marker = recipe.layout.marker(stage)
         if marker is not None and marker.get("hash") == h:
             return marker
         time.sleep(poll)
@@ -199,31 +195,29 @@ def _wait_for_marker(out: Path, h: str, poll: float = 5.0) -> dict:
 
 def run_stage(recipe: Recipe, stage: str, *, resume: bool, console=None, extra: dict | None = None) -> dict:
     """Run one stage now (its inputs must be complete) and write its completion marker."""
-    if stage not in STAGES:
+    spec = stages.BY_NAME.get(stage)
+    if spec is None:
         raise LangadaptError(f"stage '{stage}' is not available in this version of langadapt")
-    for up in stage_inputs(recipe, stage):
+    for up in recipe.inputs_of(stage):
         if stage_status(recipe, up) != "done":
             raise LangadaptError(f"stage '{stage}' needs stage '{up}' to be finished with the current recipe; "
                                  f"run `langadapt {up} RECIPE` or `langadapt run RECIPE` first")
-    from langadapt.stages import is_main_process, wait_for_everyone
-
     h = stage_hash(recipe, stage)
-    out = recipe.run_dir / stage
-    spec = STAGES[stage]
+    out = recipe.layout.stage_dir(stage)
     main = is_main_process()
     if not main and not spec.distributed:
-        return _wait_for_marker(out, h).get("summary", {})
+        return _wait_for_marker(recipe, stage, h).get("summary", {})
     if main:
-        resuming = _prepare(recipe, stage, h, resume=resume)
+        resuming = _prepare(recipe, stage, h, resume=resume, console=console)
     if spec.distributed:
         wait_for_everyone()
         if not main:
             resuming = bool(read_json(out / STARTED).get("resume"))
     ctx = StageContext(recipe=recipe, stage=stage, out_dir=out, resume=resuming, console=console, extra=extra or {})
     t0 = time.time()
-    summary = spec.function()(ctx) or {}
+    summary = _import(spec.entry)(ctx) or {}
     if main:
-        write_json(out / COMPLETE, {
+        write_json(recipe.layout.marker_path(stage), {
             "stage": stage,
             "hash": h,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -237,7 +231,11 @@ def run_stage(recipe: Recipe, stage: str, *, resume: bool, console=None, extra: 
 
 def run_recipe(recipe: Recipe, *, console=None, force: bool = False) -> list[tuple[str, str]]:
     """Run every enabled stage in order; return (stage, 'skipped'|'ran') pairs."""
-    preflight(recipe)
+    t0 = time.time()
+    checked = preflight(recipe)
+    if checked:
+        _say(console, f"[green]✓[/green] inputs: {len(checked)} read and checked in {time.time() - t0:.1f} s "
+             "(langadapt check RECIPE lists them)")
     done: list[tuple[str, str]] = []
     cascade = force
     for stage in recipe.enabled_stages():
@@ -247,7 +245,7 @@ def run_recipe(recipe: Recipe, *, console=None, force: bool = False) -> list[tup
             done.append((stage, "skipped"))
             continue
         cascade = True
-        why = {"stale": "settings or inputs changed", "partial": "resuming an interrupted run", "new": "not run yet", "done": "an earlier stage reran"}[status]
+        why = {"stale": "settings or inputs changed", "partial": "interrupted before it finished", "new": "not run yet", "done": "an earlier stage reran"}[status]
         _say(console, f"[bold]▶ {stage}[/bold]: {why}")
         run_stage(recipe, stage, resume=True, console=console)
         done.append((stage, "ran"))

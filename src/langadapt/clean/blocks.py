@@ -1,9 +1,17 @@
-"""datatrove pipeline blocks of the clean stage that are not filters: reading, sentences, counting, writing.
+"""datatrove pipeline blocks of the clean stage that are not filters: reading, sentences, documents,
+counting, writing.
 
 Every block counts per corpus source in its datatrove statistics, under labels
 ``"<source>|<metric>"``; :mod:`langadapt.clean.report` adds them up over all tasks into the
 report. Documents carry ``source`` (name), ``type`` and ``src`` (index of the source in the
 recipe, which decides which copy of a duplicate is kept) in their metadata.
+
+The rules judge sentences (paper 3.1); what the stage writes is documents (C4's way, which the
+paper follows): `SplitSentences` cuts each source document into sentences with ids
+``<document id>/<k>`` and the line each was on, the filters and dedup drop sentences, and
+`JoinDocuments` puts the kept sentences of each document back together in order (a dropped
+sentence leaves a gap, not a split), a space between sentences of one line, a line break
+between lines.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from datatrove.pipeline.writers.jsonl import JsonlWriter
 from datatrove.utils.typeshelper import StatHints
 
 from langadapt.clean.normalize import normalize
-from langadapt.clean.split import split_sentences
+from langadapt.clean.split import sentences_by_line
 from langadapt.data.corpus import Piece, read_piece
 
 
@@ -33,17 +41,18 @@ def flush_counts(step: PipelineStep, counts: Counter) -> None:
 # --------------------------------------------------------------------------- rows on disk
 
 
-def sentence_row(writer, doc: Document) -> dict:
-    """A line of ``sentences/*.jsonl``: the contract later stages read."""
+def document_row(writer, doc: Document) -> dict:
+    """A line of ``documents/*.jsonl``: the contract later stages read (``layout.clean_shards``)."""
     m = doc.metadata
-    return {"text": doc.text, "source": m["source"], "type": m["type"], "lang_prob": round(m.get("lang_prob", 0.0), 4)}
+    return {"text": doc.text, "source": m["source"], "type": m["type"], "sentences": m.get("sentences", 1),
+            "lang_prob": round(m.get("lang_prob", 0.0), 4)}
 
 
 def work_row(writer, doc: Document) -> dict:
-    """A line of an intermediate shard: a sentence row plus what the next pass needs."""
+    """A line of an intermediate shard: a sentence plus what the next pass needs."""
     m = doc.metadata
     return {"text": doc.text, "source": m["source"], "type": m["type"], "lang_prob": m.get("lang_prob", 0.0),
-            "src": m["src"], "doc": doc.id}
+            "src": m["src"], "doc": doc.id, "line": m.get("line", 0)}
 
 
 class RejectRow:
@@ -103,7 +112,8 @@ def rejects_writer(folder: str | os.PathLike | None, reason: str) -> JsonlWriter
 class CorpusReader(PipelineStep):
     """Reads this task's pieces of the corpus (see :func:`langadapt.data.corpus.plan_pieces`).
 
-    Lines that are not valid UTF-8 are counted (``invalid_utf8``, once per line) and skipped.
+    Lines that are not valid UTF-8 are counted (``invalid_utf8``, once per line) and skipped, and so
+    are documents without text (``empty_text``: a JSONL ``null``, an empty or blank field or cell).
     Bytes read are written to ``progress_dir/<rank>`` about once a second for the progress bar.
     """
 
@@ -131,6 +141,9 @@ class CorpusReader(PipelineStep):
                 for rec in read_piece(piece, source):
                     counts[f"{name}|bytes_in"] += rec.nbytes
                     done += rec.nbytes
+                    if rec.empty:
+                        counts[f"{name}|empty_text"] += 1
+                        continue
                     if rec.invalid:
                         if not rec.repeat:
                             counts[f"{name}|invalid_utf8"] += 1
@@ -182,14 +195,16 @@ class ShardReader(PipelineStep):
             for line in f:
                 r = orjson.loads(line)
                 yield Document(r["text"], r["doc"], metadata={
-                    "source": r["source"], "type": r["type"], "src": r["src"], "lang_prob": r["lang_prob"]})
+                    "source": r["source"], "type": r["type"], "src": r["src"], "lang_prob": r["lang_prob"],
+                    "line": r.get("line", 0)})
 
 
 # --------------------------------------------------------------------------- documents to sentences
 
 
 class SplitSentences(PipelineStep):
-    """Normalizes each document for the target language and splits it into sentences, one document each."""
+    """Normalizes each document for the target language and splits it into sentences, one datatrove
+    document each (id ``<document>/<k>``, metadata ``line``: the line of the document it was on)."""
 
     type = "✂️ - SPLITTER"
     name = "normalize + split"
@@ -205,14 +220,51 @@ class SplitSentences(PipelineStep):
         try:
             for doc in data:
                 m = doc.metadata
-                sentences = split_sentences(normalize(doc.text, lang, digits), lang)
+                sentences = sentences_by_line(normalize(doc.text, lang, digits), lang)
                 counts[f"{m['source']}|sentences_in"] += len(sentences)
-                if len(sentences) == 1:  # a line that is one sentence (poetry, most short docs): reuse it
-                    doc.text, doc.id = sentences[0], f"{doc.id}/0"
+                if len(sentences) == 1:  # a document that is one sentence (a verse, a short line): reuse it
+                    doc.text, doc.id = sentences[0][0], f"{doc.id}/0"
+                    m["line"] = 0
                     yield doc
                     continue
-                for k, s in enumerate(sentences):
-                    yield Document(s, f"{doc.id}/{k}", metadata={"source": m["source"], "type": m["type"], "src": m["src"]})
+                for k, (s, line) in enumerate(sentences):
+                    yield Document(s, f"{doc.id}/{k}", metadata={"source": m["source"], "type": m["type"], "src": m["src"],
+                                                                 "line": line})
+        finally:
+            flush_counts(self, counts)
+
+
+class JoinDocuments(PipelineStep):
+    """Puts the kept sentences of each source document back together, in order: consecutive sentences whose
+    ids share the document part (``<document>/<k>``) become one document, joined by a space within a line
+    and a line break across lines. Metadata: ``sentences`` (how many were kept), ``lang_prob`` (their mean)."""
+
+    type = "🧩 - JOIN"
+    name = "sentences -> documents"
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        counts: Counter = Counter()
+        group: list[Document] = []
+
+        def joined() -> Document:
+            first = group[0].metadata
+            parts = [group[0].text]
+            for prev, doc in zip(group, group[1:]):
+                parts.append(("\n" if doc.metadata.get("line", 0) != prev.metadata.get("line", 0) else " ") + doc.text)
+            probs = [d.metadata.get("lang_prob", 0.0) for d in group]
+            counts[f"{first['source']}|documents_out"] += 1
+            return Document("".join(parts), group[0].id.rsplit("/", 1)[0], metadata={
+                "source": first["source"], "type": first["type"], "src": first["src"],
+                "sentences": len(group), "lang_prob": sum(probs) / len(probs)})
+
+        try:
+            for doc in data:
+                if group and doc.id.rsplit("/", 1)[0] != group[-1].id.rsplit("/", 1)[0]:
+                    yield joined()
+                    group = []
+                group.append(doc)
+            if group:
+                yield joined()
         finally:
             flush_counts(self, counts)
 
@@ -240,11 +292,11 @@ class Tally(PipelineStep):
             flush_counts(self, counts)
 
 
-def sentence_writer(folder: str, output_format: str, *, work: bool = False):
-    """The writer of final (or, with ``work``, intermediate) sentence shards, one file per rank."""
+def shard_writer(folder: str, output_format: str, *, work: bool = False):
+    """The writer of the final document shards (or, with ``work``, of intermediate sentence shards), one file per rank."""
     if output_format == "parquet" and not work:
         from datatrove.pipeline.writers.parquet import ParquetWriter
 
-        return ParquetWriter(folder, output_filename="${rank}.parquet", adapter=sentence_row)
+        return ParquetWriter(folder, output_filename="${rank}.parquet", adapter=document_row)
     return ShardWriter(folder, output_filename="${rank}.jsonl", compression=None,
-                       adapter=work_row if work else sentence_row)
+                       adapter=work_row if work else document_row)

@@ -31,8 +31,12 @@ from langadapt.clean.blocks import flush_counts
 from langadapt.clean.langid import probability
 from langadapt.clean.normalize import ZWNJ, normalize
 
-REASONS = ("invalid_utf8", "too_short", "code", "boilerplate", "language", "duplicate", "near_duplicate")
-"""Every drop reason, in the order the pipeline applies them (``invalid_utf8`` counts lines, the others sentences)."""
+REASONS = ("invalid_utf8", "empty_text", "too_short", "code", "boilerplate", "language", "duplicate", "near_duplicate")
+"""Every drop reason, in the order the pipeline applies them (``invalid_utf8`` counts lines, ``empty_text``
+documents without text, the others sentences)."""
+
+RECORD_REASONS = ("invalid_utf8", "empty_text")
+"""Reasons that count lines or documents dropped before sentence splitting, not sentences."""
 
 DEFAULT_BOILERPLATE = (
     # English, after C4's list of policy-notice lines plus account and call-to-action phrases

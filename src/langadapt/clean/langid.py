@@ -83,3 +83,14 @@ def language_probabilities(texts: list[str], lang: str) -> list[float]:
     """For each text, the model's probability that it is in language ``lang`` (0.0 to 1.0)."""
     check_language(lang)
     return [probability(t, lang) for t in texts]
+
+
+def probabilities(text: str, langs: tuple[str, ...], floor: float = _FLOOR) -> tuple[float, ...]:
+    """The model's probabilities that ``text`` is in each of ``langs``, from one prediction.
+
+    Probabilities under ``floor`` come back as 0.0; a higher floor lets the model's search skip
+    more labels (0.05: twice as fast as the default on sentence-long lines).
+    """
+    line = text.replace("\n", " ") + "\n"
+    scores = {lab: min(1.0, float(p)) for p, lab in _model().f.predict(line, -1, floor, "replace")}
+    return tuple(scores.get(f"__label__{lang}", 0.0) for lang in langs)

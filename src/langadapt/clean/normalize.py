@@ -55,6 +55,12 @@ def _table(lang: str, digits: str) -> dict[int, str | None]:
     return table
 
 
+def char_map(lang: str, digits: str = "keep") -> dict[str, str]:
+    """The one-for-one character rewrites of `normalize` ("" for a deletion): what a merged tokenizer
+    applies to its input so raw text meets the pieces trained on normalized text."""
+    return {chr(k): v or "" for k, v in _table(lang, digits).items()}
+
+
 def _is_persian(lang: str) -> bool:
     return lang in ("fa", "fas", "pes")
 

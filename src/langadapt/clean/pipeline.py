@@ -13,7 +13,8 @@ Passes (each a datatrove pipeline, each task writing its own files):
 Everything lives in ``<out>/work/`` until the last pass has finished; then ``sentences/`` (and
 ``rejects/``) move into place in one rename each, the report is written, and the work folder
 goes (the datatrove logs stay in ``<out>/logs/``). A killed run resumes: datatrove skips the
-tasks whose completion files exist.
+tasks whose completion files exist. The worker processes die with the process that started them,
+even when it is killed with SIGKILL (see :func:`die_with_parent`).
 """
 
 from __future__ import annotations
@@ -25,13 +26,71 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from datatrove.executor.local import LocalPipelineExecutor
 from loguru import logger
 
 from langadapt.errors import LangadaptError
+from langadapt.layout import DOCUMENTS
+
+# --------------------------------------------------------------------------- workers die with the parent
+
+
+def die_with_parent(parent: int) -> None:
+    """Make this (forked) process end when ``parent`` does, however the parent ends.
+
+    datatrove's pool workers and its manager process are plain forks: a SIGKILL of the clean
+    process left them running (one for two minutes, 252 MB). Linux kills the child for us
+    (PR_SET_PDEATHSIG, checked again after setting it in case the parent was already gone);
+    elsewhere a thread polls the parent's pid.
+    """
+    import signal
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, int(signal.SIGKILL), 0, 0, 0) == 0:  # 1: PR_SET_PDEATHSIG
+            if os.getppid() != parent:
+                os._exit(1)
+            return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="die-with-parent").start()
+
+
+class _ForksDieWithParent:
+    """While on, every process forked from this one (and from those, in turn) dies with its parent.
+
+    datatrove forks its manager and pool inside ``run()`` with no initializer to hook, so the
+    hook is a fork handler; handlers cannot be removed, so it is registered once and switched.
+    """
+
+    on = False
+    registered = False
+    parent = 0
+
+    @classmethod
+    def switch(cls, on: bool) -> None:
+        if on and not cls.registered and hasattr(os, "register_at_fork"):
+            os.register_at_fork(before=cls._before, after_in_child=cls._after_in_child)
+            cls.registered = True
+        cls.on = on
+
+    @classmethod
+    def _before(cls) -> None:
+        cls.parent = os.getpid()
+
+    @classmethod
+    def _after_in_child(cls) -> None:
+        if cls.on:
+            die_with_parent(cls.parent)
 
 
 class _Discard:
@@ -64,9 +123,11 @@ class QuietLocalExecutor(LocalPipelineExecutor):
 
     def run(self):
         logger.disable("datatrove")
+        _ForksDieWithParent.switch(True)
         try:
             return super().run()
         finally:
+            _ForksDieWithParent.switch(False)
             logger.enable("datatrove")
 
 
@@ -79,6 +140,8 @@ class Job:
     lang: str
     cfg: object  # CleanConfig
     out_dir: Path
+    datasets: list = field(default_factory=list)  # (index, source, data.hub.Opened) of the format hf sources
+    seed: int = 0
 
     @property
     def work(self) -> Path:
@@ -124,26 +187,32 @@ def _build_passes(job: Job, plan: list) -> list[Pass]:
     from datatrove.pipeline.dedup.exact_dedup import ExactDedupFilter, ExactFindDedups
 
     from langadapt.clean import filters as F
-    from langadapt.clean.blocks import (CorpusReader, ShardReader, SplitSentences, Tally, rejects_writer,
-                                        sentence_writer)
+    from langadapt.clean.blocks import (CorpusReader, JoinDocuments, ShardReader, SplitSentences, Tally,
+                                        rejects_writer, shard_writer)
     from langadapt.clean.dedup import MINHASH_BUCKETS, SentenceSignature, exact_config
 
     cfg, w = job.cfg, job.work
     rej = str(w / "rejects") if cfg.rejects else None
     n, workers = job.tasks, (min(job.workers, job.tasks) if not job.slurm else job.workers)
-    final_out = str(w / "sentences")
+    final_out = str(w / DOCUMENTS)
     boiler = F.DEFAULT_BOILERPLATE if cfg.boilerplate_keywords is None else cfg.boilerplate_keywords
     markers = F.DEFAULT_CODE_MARKERS if cfg.code_markers is None else cfg.code_markers
     dedup_cfg = exact_config()
 
+    from langadapt.clean.hub import HubCorpusReader
+
+    # the local files' pieces, then each Hugging Face dataset read by datatrove's reader, in every task
+    readers = [CorpusReader(list(job.sources), plan, progress_dir=str(w / "progress"), rejects_dir=rej)]
+    readers += [HubCorpusReader(source, i, opened, seed=job.seed, progress_dir=str(w / "progress"))
+                for i, source, opened in job.datasets]
     passes = [Pass("filter", "read, split, filter", [
-        CorpusReader(list(job.sources), plan, progress_dir=str(w / "progress"), rejects_dir=rej),
+        *readers,
         SplitSentences(job.lang, cfg.digits),
         F.MinWordsFilter(cfg.min_words, exclusion_writer=rejects_writer(rej, "too_short")),
         F.CodeFilter(markers, exclusion_writer=rejects_writer(rej, "code")),
         F.BoilerplateFilter(job.lang, boiler, urls=cfg.boilerplate_urls, exclusion_writer=rejects_writer(rej, "boilerplate")),
         F.LanguageFilter(job.lang, cfg.lang_threshold, exclusion_writer=rejects_writer(rej, "language")),
-        sentence_writer(str(w / "filtered"), "jsonl", work=True),
+        shard_writer(str(w / "filtered"), "jsonl", work=True),
         SentenceSignature(str(w / "sigs"), dedup_cfg, finder_workers=n),
     ], n, workers)]
     passes.append(Pass("dups", "find duplicates", [ExactFindDedups(str(w / "sigs"), str(w / "dups"), dedup_cfg)],
@@ -155,7 +224,7 @@ def _build_passes(job: Job, plan: list) -> list[Pass]:
         Tally("exact_out"),
     ]
     if not cfg.near_dedup:
-        passes.append(Pass("dedup", "drop duplicates", dedup + [Tally("out"), sentence_writer(final_out, cfg.output_format)],
+        passes.append(Pass("dedup", "drop duplicates", dedup + [Tally("out"), JoinDocuments(), shard_writer(final_out, cfg.output_format)],
                            n, workers))
         return passes
 
@@ -166,7 +235,7 @@ def _build_passes(job: Job, plan: list) -> list[Pass]:
 
     mh = minhash_config(cfg.near_dedup_ngrams)
     passes.append(Pass("dedup", "drop duplicates", dedup + [
-        sentence_writer(str(w / "exact"), "jsonl", work=True),
+        shard_writer(str(w / "exact"), "jsonl", work=True),
         MinhashDedupSignature(str(w / "mh_sigs"), config=mh, language=SpaceWordTokenizer()),
     ], n, workers))
     passes.append(Pass("buckets", "near duplicates: buckets",
@@ -179,7 +248,8 @@ def _build_passes(job: Job, plan: list) -> list[Pass]:
         Tally("near_in"),
         MinhashDedupFilter(str(w / "mh_remove"), exclusion_writer=rejects_writer(rej, "near_duplicate")),
         Tally("out"),
-        sentence_writer(final_out, cfg.output_format),
+        JoinDocuments(),
+        shard_writer(final_out, cfg.output_format),
     ], n, workers))
     return passes
 
@@ -218,7 +288,7 @@ class _Watcher:
     """Polls task completions (and bytes read in the first pass) and moves a rich progress bar."""
 
     def __init__(self, job: Job, passes: list[Pass], total_bytes: int, console=None):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.job, self.passes, self.total_bytes = job, passes, max(1, total_bytes)
         self.progress = Progress(TextColumn("[bold]clean[/bold] {task.description}"), BarColumn(),
@@ -326,7 +396,7 @@ def finish(job: Job) -> None:
     """Move the outputs into place (one rename each), keep the logs, drop the intermediates."""
     from langadapt.files import atomic_path
 
-    for name in ("sentences", "rejects"):
+    for name in (DOCUMENTS, "rejects"):
         src, dst = job.work / name, job.out_dir / name
         if name == "rejects" and not job.cfg.rejects:
             continue

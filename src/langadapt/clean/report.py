@@ -2,7 +2,8 @@
 
 Blocks count under ``"<source>|<metric>"`` labels (see :mod:`langadapt.clean.blocks`); the
 executors save every task's statistics as JSON; this module adds them up. Sentence drops add up:
-``sentences_in - sum(drops except invalid_utf8) == sentences_out`` for every source, and the
+``sentences_in - sum(drops except invalid_utf8 and empty_text) == sentences_out`` for every source
+(those two count lines and documents dropped before splitting), and the
 report refuses to be written otherwise (a count was lost, which would be a bug).
 
 Bytes are UTF-8 bytes of text: ``original_bytes`` counts the lines (or text fields) as read,
@@ -17,11 +18,12 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from langadapt.clean.filters import REASONS
+from langadapt.clean.filters import REASONS, RECORD_REASONS
+from langadapt.layout import REPORT
 
-SENTENCE_REASONS = tuple(r for r in REASONS if r != "invalid_utf8")
+SENTENCE_REASONS = tuple(r for r in REASONS if r not in RECORD_REASONS)
 COLUMNS = ("source", "type", "original_bytes", "cleaned_bytes", "kept_bytes_pct", "sentences_in", "sentences_out",
-           *REASONS)
+           "documents_out", *REASONS)
 
 
 def collect_counts(logs_dir: Path) -> Counter:
@@ -42,6 +44,7 @@ def build_report(sources, counts: Counter, *, near_dedup: bool) -> dict:
         c = {k.split("|", 1)[1]: v for k, v in counts.items() if k.split("|", 1)[0] == s.name}
         drops = {
             "invalid_utf8": c.get("invalid_utf8", 0),
+            "empty_text": c.get("empty_text", 0),
             "too_short": c.get("too_short", 0),
             "code": c.get("code", 0),
             "boilerplate": c.get("boilerplate", 0),
@@ -56,6 +59,7 @@ def build_report(sources, counts: Counter, *, near_dedup: bool) -> dict:
             "cleaned_bytes": int(c.get("out_bytes", 0)),
             "sentences_in": int(c.get("sentences_in", 0)),
             "sentences_out": int(c.get("out", 0)),
+            "documents_out": int(c.get("documents_out", 0)),  # the kept sentences, put back together
             "drops": {k: int(v) for k, v in drops.items()},
         }
         lost = row["sentences_in"] - sum(row["drops"][r] for r in SENTENCE_REASONS) - row["sentences_out"]
@@ -69,9 +73,26 @@ def build_report(sources, counts: Counter, *, near_dedup: bool) -> dict:
         "cleaned_bytes": sum(r["cleaned_bytes"] for r in rows),
         "sentences_in": sum(r["sentences_in"] for r in rows),
         "sentences_out": sum(r["sentences_out"] for r in rows),
+        "documents_out": sum(r["documents_out"] for r in rows),
         "drops": {k: sum(r["drops"][k] for r in rows) for k in REASONS},
     }
     return {"sources": rows, "totals": totals}
+
+
+def empty_result(report: dict) -> str | None:
+    """Why no sentence came out of any source (one line naming the sources), or None when some did."""
+    rows = report["sources"]
+    if report["totals"]["sentences_out"] or not rows:
+        return None
+    names = ", ".join(f"'{r['source']}'" for r in rows)
+    t = report["totals"]
+    drops = {k: v for k, v in t["drops"].items() if v}
+    dropped = ", ".join(f"{k} {v:,}" for k, v in sorted(drops.items(), key=lambda kv: -kv[1]))
+    if not t["sentences_in"]:
+        what = "no text in them: every file is empty or blank" if not drops else f"no text read from them ({dropped})"
+        return f"clean: no sentences from source(s) {names}: {what}; check the paths and formats"
+    return (f"clean: every sentence of source(s) {names} was dropped ({t['sentences_in']:,} in; {dropped}); "
+            "see report.json and clean.min_words / clean.lang_threshold / language.code")
 
 
 def _pct(row: dict) -> float:
@@ -82,6 +103,7 @@ def _flat(row: dict) -> dict:
     out = {k: row[k] for k in ("source", "type", "original_bytes", "cleaned_bytes")}
     out["kept_bytes_pct"] = _pct(row)
     out["sentences_in"], out["sentences_out"] = row["sentences_in"], row["sentences_out"]
+    out["documents_out"] = row.get("documents_out", 0)
     out.update(row["drops"])
     return out
 
@@ -99,7 +121,7 @@ def write_report(out_dir: Path, report: dict) -> None:
     """``report.json`` and ``report.csv``, atomically."""
     from langadapt.files import atomic_path, write_json
 
-    write_json(out_dir / "report.json", report)
+    write_json(out_dir / REPORT, report)
     with atomic_path(out_dir / "report.csv") as tmp:
         tmp.write_text(to_csv(report), encoding="utf-8")
 
@@ -108,7 +130,7 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:,.2f}"
 
 
-_SHORT = {"invalid_utf8": "utf8", "too_short": "short", "code": "code", "boilerplate": "boiler", "language": "lang",
+_SHORT = {"invalid_utf8": "utf8", "empty_text": "empty", "too_short": "short", "code": "code", "boilerplate": "boiler", "language": "lang",
           "duplicate": "dup", "near_duplicate": "near"}
 
 
@@ -123,7 +145,7 @@ def print_report(report: dict, console=None) -> None:
     for col in ("source", "type", "MB in", "MB out", "kept %", "sentences in", "sentences out"):
         sizes.add_column(col, justify="left" if col in ("source", "type") else "right", no_wrap=col == "source")
     drops = Table(title="clean: sentences dropped, by reason", title_justify="left",
-                  caption="utf8: invalid_utf8 (lines), short: too_short, boiler: boilerplate, lang: language, "
+                  caption="utf8: invalid_utf8 (lines), empty: empty_text (documents), short: too_short, boiler: boilerplate, lang: language, "
                   "dup: duplicate, near: near_duplicate", caption_justify="left")
     drops.add_column("source", no_wrap=True)
     for reason in REASONS:

@@ -2,14 +2,19 @@
 
 A source (a ``data.corpus`` entry of the recipe) is cut into :class:`Piece` s that workers read
 independently: byte ranges of plain-text and JSONL files (a line belongs to the piece its first
-byte lies in), row groups of Parquet files, shards of a dataset. :func:`plan_pieces` spreads the
-pieces over tasks so that each reads about the same number of bytes, whatever the file sizes.
+byte lies in), row groups of Parquet files, a Hugging Face dataset (read with its config, split,
+caps and shuffle by :mod:`langadapt.data.hub`; the clean stage reads those with datatrove's own
+reader instead, see :mod:`langadapt.clean.hub`). :func:`plan_pieces` spreads the pieces over
+tasks so that each reads about the same number of bytes, whatever the file sizes.
 
 :func:`read_piece` yields :class:`Record` s, one per line (or per document), each at most
-``max_bytes`` long: a longer line (a 1 GB single-line file, a huge document) is cut at a space
-into several records, so memory stays bounded whatever the input. A line that is not valid
+``max_bytes`` long: a longer line (a 1 GB single-line file, a huge document) is cut into several
+records after the last sentence end in the second half of the limit (else after a space), so
+memory stays bounded whatever the input and the cuts split no sentence. A line that is not valid
 UTF-8 comes back as a record with ``invalid=True`` (text decoded with replacement characters),
-to be counted and skipped; it never stops the run. Mistakes the user must fix (a JSONL line that
+to be counted and skipped; it never stops the run. A document with no text (a JSONL ``"text":
+null``, an empty or blank field or cell, an empty file read whole) comes back as a record with
+``empty=True``, to be counted. Mistakes the user must fix (a JSONL line that
 is not JSON, a missing text field or column) raise :class:`~langadapt.errors.DataError` naming the
 file and line.
 """
@@ -20,6 +25,7 @@ import glob
 import gzip
 import heapq
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,13 +34,45 @@ from typing import Any
 from langadapt.errors import DataError
 
 MAX_RECORD_BYTES = 1 << 20
-"""Longest record handed on; longer lines and documents are cut at a space into several records."""
+"""Longest record handed on; longer lines and documents are cut into several, at a sentence end (else a space)."""
 
 MAX_JSON_LINE_BYTES = 64 << 20
 """A JSONL record must be parsed whole; beyond this size it is refused rather than held in memory."""
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
 PARQUET_SUFFIXES = (".parquet",)
+
+# Where a long line may be cut: after a sentence end (terminators of the scripts corpora come in,
+# with closing quotes or brackets) and the spaces after it. Cutting at any space left a
+# half sentence on each side of every cut (12% of the sentences of a 50 MB single-line file).
+_TERMINATORS = ".!?…؟؛۔।॥።。！？"  # Latin, Arabic script, Devanagari dandas, Ethiopic, CJK
+_CLOSERS = "\"'»”’)]}›"
+
+
+def _alternatives(chars: str) -> bytes:
+    return b"|".join(re.escape(c.encode("utf-8")) for c in chars)
+
+
+_SENTENCE_END_BYTES = re.compile(rb"(?:" + _alternatives(_TERMINATORS) + rb")+(?:" + _alternatives(_CLOSERS)
+                                 + rb")*[ \t]+")
+# in a document (not a line) a line break ends a sentence too
+_SENTENCE_END_TEXT = re.compile(f"[{re.escape(_TERMINATORS)}]+[{re.escape(_CLOSERS)}]*\\s+|\n\\s*")
+
+
+def _last_end(pattern: re.Pattern, text, start: int, end: int | None = None) -> int:
+    """Where the last match of ``pattern`` in ``text[start:end]`` ends (0: none)."""
+    end = len(text) if end is None else end
+    # from the end backwards, in growing windows: scanning half a MiB for every cut doubled the
+    # reading time of a single-line file, and the last sentence end is usually near the end
+    window = 4096
+    while True:
+        lo = max(start, end - window)
+        last = 0
+        for m in pattern.finditer(text, lo, end):
+            last = m.end()
+        if last or lo == start:
+            return last
+        window *= 4
 
 
 @dataclass(frozen=True)
@@ -44,7 +82,7 @@ class Piece:
     source: int  # index of the source in data.corpus
     path: str  # file, or dataset folder/id for kind "hf"
     kind: str  # "lines": byte range [start, end) of a text/JSONL file; "file": a whole file;
-    #            "parquet": row group ``start``; "hf": shard ``start`` of ``end`` shards
+    #            "parquet": row group ``start``; "hf": the whole dataset
     start: int = 0
     end: int = 0
     size: int = 0  # bytes (estimate for "hf"), for balancing the tasks
@@ -57,18 +95,10 @@ class Record:
     nbytes: int  # UTF-8 bytes of the text as read (for the report's "original bytes")
     invalid: bool = False  # the line was not valid UTF-8; ``text`` holds it with replacement characters
     repeat: bool = False  # an earlier part of the same (long) line was already reported invalid
+    empty: bool = False  # a document without text (null, empty or blank): counted, never cleaned
 
 
 # --------------------------------------------------------------------------- finding the files
-
-
-def _is_saved_dataset(folder: Path) -> bool:
-    return (folder / "dataset_info.json").is_file() or (folder / "dataset_dict.json").is_file()
-
-
-def _looks_like_hub_id(s: str) -> bool:
-    parts = s.split("/")
-    return len(parts) == 2 and all(parts) and not s.startswith((".", "/", "~"))
 
 
 def source_files(source, resolve: Callable[[str], Path]) -> list[Path]:
@@ -96,18 +126,20 @@ def source_files(source, resolve: Callable[[str], Path]) -> list[Path]:
 
 
 def plan_pieces(sources: Sequence, resolve: Callable[[str], Path], tasks: int,
-                *, piece_bytes: int | None = None) -> list[list[Piece]]:
+                *, piece_bytes: int | None = None, datasets: bool = True) -> list[list[Piece]]:
     """Cut every source into pieces and give each of ``tasks`` tasks about the same number of bytes.
 
     Missing inputs raise DataError here, before any work starts. Pieces keep corpus order within
     a task; the plan depends only on the sources, the files and ``tasks`` (so a resumed run
-    gets the same plan).
+    gets the same plan). ``datasets=False`` leaves out the Hugging Face dataset sources (format
+    hf), which the clean stage reads with datatrove's own reader (``langadapt.clean.hub``).
     """
     files: list[tuple[int, Any, Path, int]] = []
     pieces: list[Piece] = []
     for i, s in enumerate(sources):
         if s.format == "hf":
-            pieces += _dataset_pieces(i, s, resolve, tasks)
+            if datasets:
+                pieces += _dataset_pieces(i, s, resolve)
             continue
         for f in source_files(s, resolve):
             files.append((i, s, f, f.stat().st_size))
@@ -140,7 +172,7 @@ def plan_pieces(sources: Sequence, resolve: Callable[[str], Path], tasks: int,
 
 
 def _splittable(source, f: Path) -> bool:
-    return source.doc_per == "line" and not f.name.endswith(".gz") and source.format in ("text", "jsonl")
+    return source.doc_per in ("line", "lines", "record") and not f.name.endswith(".gz") and source.format in ("text", "jsonl")
 
 
 def _parquet_pieces(i: int, source, f: Path) -> list[Piece]:
@@ -157,40 +189,13 @@ def _parquet_pieces(i: int, source, f: Path) -> list[Piece]:
     return [Piece(i, str(f), "parquet", g, g + 1, meta.row_group(g).total_byte_size) for g in range(meta.num_row_groups)]
 
 
-def _dataset_pieces(i: int, source, resolve, tasks: int) -> list[Piece]:
-    p = resolve(source.path)
-    where = str(p) if p.exists() else source.path
-    if not p.exists() and not _looks_like_hub_id(source.path):
-        raise DataError(f"corpus source '{source.name}': dataset not found: {source.path} "
-                        f"(resolved to {p}; not a local folder nor a hub id like 'owner/name')")
-    ds = load_dataset_split(where, source)  # fail early: a wrong split or field stops the run here
-    size = ds.data.nbytes if hasattr(ds, "data") else 0
-    return [Piece(i, where, "hf", k, tasks, size // tasks) for k in range(tasks)]
+def _dataset_pieces(i: int, source, resolve) -> list[Piece]:
+    from langadapt.data.hub import open_dataset
 
-
-def load_dataset_split(where: str, source):
-    """The ``source.split`` split of a saved dataset folder, a folder of data files, or a hub id."""
-    import datasets
-
-    p = Path(where)
-    try:
-        if p.is_dir() and _is_saved_dataset(p):
-            ds = datasets.load_from_disk(str(p))
-        else:
-            ds = datasets.load_dataset(str(p) if p.is_dir() else where, split=source.split)
-        if isinstance(ds, datasets.DatasetDict):
-            if source.split not in ds:
-                raise DataError(f"dataset has no split '{source.split}' (splits: {', '.join(ds)})", path=where)
-            ds = ds[source.split]
-    except DataError:
-        raise
-    except Exception as e:  # datasets raises many types (offline, missing files, ...): one line for the user
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise DataError(f"cannot load dataset '{where}' (split {source.split}): {type(e).__name__}: {first}"[:400]) from None
-    if source.text_field not in ds.column_names:
-        raise DataError(f"dataset has no column '{source.text_field}' (columns: {', '.join(ds.column_names)}); "
-                        f"set text_field of corpus source '{source.name}'", path=where)
-    return ds
+    # fail early: a wrong config, split or field stops the run here
+    open_dataset(source, resolve(source.path), what=f"corpus source '{source.name}'", streaming=True,
+                 fields=(source.text_field,))
+    return [Piece(i, str(resolve(source.path)), "hf", 0, 1, 0)]
 
 
 # --------------------------------------------------------------------------- reading
@@ -204,6 +209,8 @@ def read_piece(piece: Piece, source, *, max_bytes: int = MAX_RECORD_BYTES) -> It
         yield from _read_dataset(piece, source, max_bytes)
     elif source.format == "jsonl":
         yield from _read_jsonl(piece, source, max_bytes)
+    elif source.doc_per in ("file", "lines"):
+        yield from _read_runs(piece, source, max_bytes)
     else:
         yield from _read_text(piece, max_bytes)
 
@@ -225,8 +232,8 @@ def _raw_lines(f, start: int, end: int | None, max_bytes: int) -> Iterator[tuple
     """(offset of the line, bytes, complete) for the lines starting in [start, end).
 
     A line longer than ``max_bytes`` comes in several parts (``complete`` False for all but the
-    last), cut after a space when there is one in the second half of the buffer, else at a
-    character boundary: memory never holds more than ``max_bytes`` of a line.
+    last), cut after the last sentence end in the second half of the buffer, else after a space
+    there, else at a character boundary: memory never holds more than ``max_bytes`` of a line.
     """
     if start > 0:
         f.seek(start - 1)
@@ -251,7 +258,8 @@ def _raw_lines(f, start: int, end: int | None, max_bytes: int) -> Iterator[tuple
         elif len(buf) < max_bytes:  # the file ends without a newline
             yield offset, buf, True
         else:
-            cut = buf.rfind(b" ", max_bytes // 2) + 1  # 0 when there is no space
+            # 0 when the second half holds neither a sentence end nor a space
+            cut = _last_end(_SENTENCE_END_BYTES, buf, max_bytes // 2) or buf.rfind(b" ", max_bytes // 2) + 1
             if cut == 0:
                 # no space: cut before the last character, whole or not, so no UTF-8 character is split
                 cut = len(buf)
@@ -282,9 +290,11 @@ def _decode_lines(piece: Piece, max_bytes: int) -> Iterator[tuple[int, str | Non
             yield offset, text, raw, complete
 
 
-def _read_text(piece: Piece, max_bytes: int) -> Iterator[Record]:
+def _read_text(piece: Piece, max_bytes: int, *, blank_lines: bool = False) -> Iterator[Record]:
+    """One record per line (blank lines skipped, or given as ``empty`` records with ``blank_lines``)."""
     whole_file = piece.kind == "file"
     bad_line = -1
+    found = False
     for offset, text, raw, complete in _decode_lines(piece, max_bytes):
         where = piece.path if whole_file else f"{piece.path}:{offset}"
         if text is None:
@@ -292,8 +302,54 @@ def _read_text(piece: Piece, max_bytes: int) -> Iterator[Record]:
             yield Record(raw.decode("utf-8", errors="replace"), where, len(raw), invalid=True, repeat=bad_line == offset)
             bad_line = offset
             continue
+        found = True
         if text.strip():
-            yield Record(text, where, len(raw))
+            yield Record(text, f"{piece.path}:{offset}" if blank_lines else where, len(raw))
+        elif blank_lines:
+            yield Record("", where, 0, empty=True)
+    if whole_file and not found and not blank_lines:
+        yield Record("", piece.path, 0, empty=True)
+
+
+def _read_runs(piece: Piece, source, max_bytes: int) -> Iterator[Record]:
+    """Documents of consecutive lines of a text file: the whole file (``doc_per: file``), or runs of lines
+    of at most ``doc_chars`` characters that a blank line also ends (``doc_per: lines``: poems, verses).
+    A document keeps its line breaks; it is named after its first line."""
+    limit = None if source.doc_per == "file" else source.doc_chars
+    lines: list[str] = []
+    size = nbytes = 0
+    where = ""
+
+    def flush() -> Iterator[Record]:
+        nonlocal lines, size, nbytes
+        if lines:
+            text = "\n".join(lines)
+            if len(text.encode("utf-8")) <= max_bytes:
+                yield Record(text, where, nbytes)
+            else:
+                yield from _cut(text, where, max_bytes)
+        lines, size, nbytes = [], 0, 0
+
+    found = False
+    for record in _read_text(piece, max_bytes, blank_lines=True):
+        if record.invalid:
+            yield record
+            continue
+        found = found or not record.empty
+        if record.empty:  # a blank line ends a run of lines (a stanza, a paragraph)
+            if limit is not None:
+                yield from flush()
+            continue
+        if limit is not None and lines and size + 1 + len(record.text) > limit:
+            yield from flush()
+        if not lines:
+            where = record.where if limit is not None else piece.path
+        lines.append(record.text)
+        size += len(record.text) + (1 if size else 0)
+        nbytes += record.nbytes
+    yield from flush()
+    if piece.kind == "file" and not found:
+        yield Record("", piece.path, 0, empty=True)
 
 
 def _read_jsonl(piece: Piece, source, max_bytes: int) -> Iterator[Record]:
@@ -315,8 +371,10 @@ def _read_jsonl(piece: Piece, source, max_bytes: int) -> Iterator[Record]:
             raise DataError(f"line {line_number(piece.path, offset)}: not valid JSON ({e.msg} at column {e.colno})"[:300],
                             path=piece.path) from None
         value = _field(rec, source, piece.path, offset)
-        if value:
+        if value and not value.isspace():
             yield from _cut(value, where, max_bytes)
+        else:
+            yield Record("", where, 0, empty=True)
 
 
 def _field(rec: Any, source, path: str, offset: int) -> str | None:
@@ -340,46 +398,53 @@ def _read_parquet(piece: Piece, source, max_bytes: int) -> Iterator[Record]:
     row = sum(pf.metadata.row_group(g).num_rows for g in range(piece.start))
     for batch in pf.iter_batches(batch_size=1024, row_groups=[piece.start], columns=[source.text_field]):
         for value in batch.column(0).to_pylist():
-            if value:
-                if not isinstance(value, str):
-                    raise DataError(f"row {row + 1}: column '{source.text_field}' is {type(value).__name__}, not text",
-                                    path=piece.path)
+            if value is not None and not isinstance(value, str):
+                raise DataError(f"row {row + 1}: column '{source.text_field}' is {type(value).__name__}, not text",
+                                path=piece.path)
+            if value and not value.isspace():
                 yield from _cut(value, f"{piece.path}:{row}", max_bytes)
+            else:
+                yield Record("", f"{piece.path}:{row}", 0, empty=True)
             row += 1
 
 
 def _read_dataset(piece: Piece, source, max_bytes: int) -> Iterator[Record]:
-    ds = load_dataset_split(piece.path, source)
-    shards = min(piece.end, len(ds))  # fewer rows than tasks: the last tasks read nothing
-    if piece.start >= shards:
-        return
-    shard = ds.shard(num_shards=shards, index=piece.start, contiguous=True)
-    row = 0
-    for batch in shard.iter(batch_size=1000):
-        for value in batch[source.text_field]:
-            if value:
-                if not isinstance(value, str):
-                    raise DataError(f"row {row + 1} of shard {piece.start}: column '{source.text_field}' is "
-                                    f"{type(value).__name__}, not text", path=piece.path)
-                yield from _cut(value, f"{piece.path}[{source.split}]:{piece.start}/{row}", max_bytes)
-            row += 1
+    from langadapt.data.hub import rows
+
+    field = source.text_field
+    for where, row in rows(source, piece.path, what=f"corpus source '{source.name}'", streaming=True,
+                           fields=(field,), text_of=lambda r: r.get(field) if isinstance(r.get(field), str) else None):
+        value = row.get(field)
+        if value is not None and not isinstance(value, str):
+            raise DataError(f"corpus source '{source.name}': field '{field}' of {where} is "
+                            f"{type(value).__name__}, not text")
+        if value and not value.isspace():
+            yield from _cut(value, where, max_bytes)
+        else:
+            yield Record("", where, 0, empty=True)
 
 
 def _cut(text: str, where: str, max_bytes: int) -> Iterator[Record]:
-    """A document as records of at most ``max_bytes``, cut after a space or newline when possible."""
-    nbytes = len(text.encode("utf-8"))
-    if nbytes <= max_bytes:
-        yield Record(text, where, nbytes)
+    """A document as records of at most ``max_bytes`` (see :func:`cut_document`)."""
+    for part in cut_document(text, max_bytes):
+        yield Record(part, where, len(part.encode("utf-8")))
+
+
+def cut_document(text: str, max_bytes: int = MAX_RECORD_BYTES) -> Iterator[str]:
+    """A document in parts of at most ``max_bytes`` (UTF-8), cut after a sentence end, else a space or
+    newline, when possible; a short document is one part."""
+    if len(text) * 4 <= max_bytes or len(text.encode("utf-8")) <= max_bytes:
+        yield text
         return
     step = max(1, max_bytes // 4)  # characters: at most 4 bytes each, so a part never exceeds max_bytes
     i = 0
     while i < len(text):
         j = min(len(text), i + step)
         if j < len(text):
+            end = _last_end(_SENTENCE_END_TEXT, text, i + step // 2, j)
             k = max(text.rfind(" ", i + step // 2, j), text.rfind("\n", i + step // 2, j))
-            j = k + 1 if k >= 0 else j
-        part = text[i:j]
-        yield Record(part, where, len(part.encode("utf-8")))
+            j = end or (k + 1 if k >= 0 else j)
+        yield text[i:j]
         i = j
 
 
@@ -408,4 +473,4 @@ def describe_sources(sources: Sequence, resolve: Callable[[str], Path]) -> list[
 
 
 __all__ = ["Piece", "Record", "plan_pieces", "read_piece", "read_source", "source_files", "line_number",
-           "load_dataset_split", "describe_sources", "MAX_RECORD_BYTES"]
+           "cut_document", "describe_sources", "MAX_RECORD_BYTES"]

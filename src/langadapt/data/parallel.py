@@ -4,27 +4,36 @@ and sft's translation instructions.
 Three formats (a ``data.parallel`` entry of the recipe):
 - ``tsv``: one pair per line, the sides in columns ``target_column`` and ``english_column``;
 - ``pair``: two line-aligned files, line i of ``english`` translating line i of ``target``;
-- ``hf``: a dataset id, a ``save_to_disk`` folder, or a local JSON/JSONL/Parquet/CSV file,
-  with ``target_field`` / ``english_field`` (dotted paths such as ``translation.fa`` reach
-  into nested records).
+- ``hf``: a Hugging Face dataset (a hub id with its ``config``, ``split``, ``data_files``,
+  ``revision``, caps and ``shuffle_buffer``, see :mod:`langadapt.data.hub`), a local dataset
+  repository or ``save_to_disk`` folder, or a local JSON/JSONL/Parquet/CSV file, with
+  ``target_field`` / ``english_field`` (dotted paths such as ``translation.fa`` reach into nested
+  records, as in the OPUS sets).
 
 Nothing misaligned is trained on silently. Two files with different line counts are refused
-(their alignment is unknowable). Lines with an empty side, or TSV lines missing a column, are
-skipped and reported with their line numbers; when they are more than a tenth of a source the
-source is refused as probably misaligned or mis-declared.
+(their alignment is unknowable). Lines with an empty side, and TSV lines with fewer or more
+columns than the file's usual count (a stray tab), are skipped and reported with their line
+numbers. Then (``checks: true``, the default; see :mod:`langadapt.data.alignment`) pairs whose
+sides are swapped or in the wrong language, or whose length ratio is far off the source's, are
+skipped and reported the same way, and a source in which one side is shifted against the other
+from some line on is refused, naming that line. When the skipped lines are more than
+``max_bad_share`` of a source (default 5%) the source is refused as probably misaligned or
+mis-declared.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from itertools import zip_longest
+from itertools import islice, zip_longest
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from langadapt.errors import DataError
 
-MAX_BAD_SHARE = 0.10
+MAX_BAD_SHARE = 0.05
+"""Default share of unusable lines above which a source is refused (``max_bad_share`` of a source)."""
 
 
 class Pair(NamedTuple):
@@ -45,6 +54,10 @@ class ParallelReport:
     lines: int = 0
     kept: int = 0
     skipped: dict[str, list[int]] = field(default_factory=dict)
+    judged: int = 0  # sides long enough for their language to be checked
+    median_length_ratio: float | None = None  # target / English characters, the source's median
+    length_ratio_bounds: list[float] | None = None  # pairs outside are skipped ("length ratio")
+    shift: dict | None = None  # {"line", "until", "offset"} when one side is shifted (the source is refused)
 
     def skip(self, reason: str, line: int) -> None:
         self.skipped.setdefault(reason, []).append(line)
@@ -66,7 +79,9 @@ class ParallelReport:
 
     def as_dict(self) -> dict:
         return {"name": self.name, "where": self.where, "lines": self.lines, "kept": self.kept,
-                "skipped": {k: {"count": len(v), "lines": v[:100]} for k, v in self.skipped.items()}}
+                "skipped": {k: {"count": len(v), "lines": v[:100]} for k, v in self.skipped.items()},
+                "checks": {"judged_sides": self.judged, "median_length_ratio": self.median_length_ratio,
+                           "length_ratio_bounds": self.length_ratio_bounds, "shift": self.shift}}
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -102,11 +117,11 @@ def _keep(report: ParallelReport, out: list[Pair], target: str, english: str, li
         report.kept += 1
 
 
-def _read_pair(src, resolve) -> tuple[list[Pair], ParallelReport]:
+def _read_pair(src, resolve, limit: int | None = None) -> tuple[list[Pair], ParallelReport]:
     tpath, epath = resolve(src.target), resolve(src.english)
     report = ParallelReport(src.name, f"{tpath} + {epath}")
     out: list[Pair] = []
-    for (nt, t), (ne, e) in zip_longest(_lines(tpath), _lines(epath), fillvalue=(None, None)):
+    for (nt, t), (ne, e) in islice(zip_longest(_lines(tpath), _lines(epath), fillvalue=(None, None)), limit):
         if t is None or e is None:
             nt_all, ne_all = _count_lines(tpath), _count_lines(epath)
             raise DataError(
@@ -118,12 +133,16 @@ def _read_pair(src, resolve) -> tuple[list[Pair], ParallelReport]:
     return out, report
 
 
-def _read_tsv(src, resolve) -> tuple[list[Pair], ParallelReport]:
+def _read_tsv(src, resolve, limit: int | None = None) -> tuple[list[Pair], ParallelReport]:
     path = resolve(src.path)
     report = ParallelReport(src.name, str(path))
     out: list[Pair] = []
     need = max(src.target_column, src.english_column) + 1
-    for n, line in _lines(path):
+    # A stray tab inside a sentence cut its side short ("Please wash"); the file's most common
+    # column count (a first pass) tells such lines apart from files that have more columns.
+    widths = Counter(line.count("\t") + 1 for _, line in islice(_lines(path), limit) if line.strip())
+    usual = max(widths, key=lambda w: (widths[w], -w)) if widths else need
+    for n, line in islice(_lines(path), limit):
         report.lines = n
         if not line.strip():
             report.skip("blank", n)
@@ -131,6 +150,9 @@ def _read_tsv(src, resolve) -> tuple[list[Pair], ParallelReport]:
         cols = line.split("\t")
         if len(cols) < need:
             report.skip(f"fewer than {need} tab-separated columns", n)
+            continue
+        if len(cols) != usual and usual >= need:
+            report.skip(f"not {usual} tab-separated columns like the rest of the file", n)
             continue
         _keep(report, out, cols[src.target_column], cols[src.english_column], n)
     return out, report
@@ -145,32 +167,19 @@ def _field(row: Any, dotted: str):
     return value
 
 
-def _load_dataset(src, resolve):
-    import datasets
+def _read_hf(src, resolve, limit: int | None = None, seed: int = 0) -> tuple[list[Pair], ParallelReport]:
+    from langadapt.data.hub import rows
 
-    p = resolve(src.path)
-    try:
-        if p.is_dir() and ((p / "dataset_info.json").is_file() or (p / "state.json").is_file() or (p / "dataset_dict.json").is_file()):
-            ds = datasets.load_from_disk(str(p))
-            return ds[src.split] if isinstance(ds, datasets.DatasetDict) else ds
-        if p.is_file():
-            kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(p.suffix)
-            if kind is None:
-                raise DataError(f"format hf: cannot read a '{p.suffix}' file; give JSON, JSONL, Parquet or CSV", path=str(p))
-            return datasets.load_dataset(kind, data_files=str(p), split="train")
-        return datasets.load_dataset(str(p) if p.exists() else src.path, split=src.split)
-    except DataError:
-        raise
-    except Exception as e:  # datasets raises many kinds; all mean "cannot read this source"
-        raise DataError(f"cannot load parallel dataset '{src.path}' (split {src.split}): {type(e).__name__}: {e}",
-                        path=str(p)) from None
-
-
-def _read_hf(src, resolve) -> tuple[list[Pair], ParallelReport]:
-    ds = _load_dataset(src, resolve)
     report = ParallelReport(src.name, src.path)
     out: list[Pair] = []
-    for n, row in enumerate(ds, 1):
+
+    def sides(row: dict) -> str | None:
+        t, e = _field(row, src.target_field), _field(row, src.english_field)
+        return None if t is None or e is None else f"{t}\n{e}"
+
+    records = rows(src, resolve(src.path), what=f"parallel source '{src.name}'", seed=seed,
+                   fields=(src.target_field, src.english_field), text_of=sides)
+    for n, (_, row) in enumerate(islice(records, limit), 1):
         report.lines = n
         t, e = _field(row, src.target_field), _field(row, src.english_field)
         if t is None or e is None:
@@ -181,18 +190,40 @@ def _read_hf(src, resolve) -> tuple[list[Pair], ParallelReport]:
     return out, report
 
 
-def read_source(src, resolve=Path) -> tuple[list[Pair], ParallelReport]:
+def read_source(src, resolve=Path, *, lang: str | None = None, limit: int | None = None, seed: int = 0
+                ) -> tuple[list[Pair], ParallelReport]:
     """Every usable pair of one ``ParallelSource``, and the report of what was skipped.
 
-    ``resolve`` turns the recipe's paths into files (``recipe.resolve``). Raises ``DataError``
-    for files of different lengths, undecodable lines, or a source with too many bad lines.
+    ``resolve`` turns the recipe's paths into files (``recipe.resolve``); ``lang`` is the target
+    language (``language.code``), whose side is checked to be in it (None: the languages are not
+    checked); ``limit``: read only the first lines (rows), and judge the source by them (the checks
+    before a run). Raises ``DataError`` for files of different lengths, undecodable lines, a shift
+    between the sides, or a source with too many bad lines.
     """
-    reader = {"pair": _read_pair, "tsv": _read_tsv, "hf": _read_hf}[src.format]
-    pairs, report = reader(src, resolve)
-    if report.lines and report.skipped_count > MAX_BAD_SHARE * report.lines:
+    from langadapt.data.alignment import check_pairs
+
+    if src.format == "hf":
+        pairs, report = _read_hf(src, resolve, limit, seed)
+    else:
+        pairs, report = {"pair": _read_pair, "tsv": _read_tsv}[src.format](src, resolve, limit)
+    if src.format == "pair":
+        t, e = resolve(src.target), resolve(src.english)
+        path, sides = str(t), (f"text in {t.name}", f"text in {e.name}")
+    elif src.format == "tsv":
+        path, sides = report.where, (f"target (column {src.target_column})", f"English (column {src.english_column})")
+    else:
+        path, sides = report.where, (f"target ('{src.target_field}')", f"English ('{src.english_field}')")
+    if src.checks:
+        pairs = check_pairs(pairs, report, lang=lang, path=path, sides=sides)
+    if report.lines and report.skipped_count > src.max_bad_share * report.lines:
+        first = min(n for lines in report.skipped.values() for n in lines)
+        by_count = max(report.skipped, key=lambda k: len(report.skipped[k]))
+        hint = ("the sides look swapped: check target_column/english_column (or target/english)"
+                if by_count == "swapped columns" else
+                "the sides are probably misaligned or the columns/fields are set wrong")
         raise DataError(f"refusing parallel source '{src.name}': {report.summary()} — more than "
-                        f"{MAX_BAD_SHARE:.0%} of its lines are unusable; the sides are probably misaligned or the "
-                        "columns/fields are set wrong", path=report.where)
+                        f"{src.max_bad_share:.0%} of its lines are unusable (max_bad_share); {hint}",
+                        path=path, line=first)
     if not pairs:
         raise DataError(f"parallel source '{src.name}' has no usable pairs", path=report.where)
     return pairs, report
@@ -205,7 +236,7 @@ def read_parallel(recipe, names: list[str] | None = None) -> tuple[list[Pair], l
     for src in recipe.data.parallel:
         if names is not None and src.name not in names:
             continue
-        p, r = read_source(src, recipe.resolve)
+        p, r = read_source(src, recipe.resolve, lang=recipe.language.code, seed=recipe.seed)
         pairs.extend(p)
         reports.append(r)
     return pairs, reports

@@ -68,7 +68,9 @@ class LocalBackend:
     def generate(self, conversations: list[list[dict]], *, lang: str, batch_size: int, max_new_tokens: int,
                  repetition_penalty: float, progress=None) -> list[str]:
         texts = [self.render(m, lang) for m in conversations]
-        return [o.strip() for o in scoring.generate_texts(
+        from langadapt.models import generate_texts
+
+        return [o.strip() for o in generate_texts(
             self.model, self.tokenizer, texts, batch_size=batch_size, max_new_tokens=max_new_tokens,
             repetition_penalty=repetition_penalty, add_special_tokens=not self.chat, max_length=self.max_length,
             progress=progress)]

@@ -8,7 +8,7 @@ ending in an answer cue ("Answer:"); API models receive the messages as they are
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 
 from langadapt.eval.formats import Example

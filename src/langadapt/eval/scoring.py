@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from langadapt.errors import LangadaptError
+from langadapt.models import left_pad
 
 Progress = Callable[[int], None]
 
@@ -74,19 +75,6 @@ def _cache_kwarg(model) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
-def _left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple:
-    import torch
-
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[i, width - len(s):] = 1
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    return ids.to(device), mask.to(device), pos.to(device)
-
-
 def _token_logprobs(logits, targets):
     """log p(target) for each position: logits [..., V], targets [...] (no full log-softmax copy kept)."""
     import torch
@@ -126,7 +114,7 @@ def score_options(model, encoded: list[Encoded], *, batch_size: int, pad_id: int
                 seqs = [encoded[i].context + encoded[i].options[j] for i, j in chunk]
                 conts = [encoded[i].options[j] for i, j in chunk]
                 keep = max(len(c) for c in conts) + 1
-                ids, mask, pos = _left_pad(seqs, pad_id, device)
+                ids, mask, pos = left_pad(seqs, pad_id, device)
                 logits = _forward(model, input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=keep).logits
                 logits = logits[:, -keep:]
                 for r, ((i, j), c) in enumerate(zip(chunk, conts)):
@@ -170,7 +158,7 @@ def _score_shared(model, batch: list[Encoded], out: list[list[float]], pad_id: i
 
     import torch
 
-    ids, mask, pos = _left_pad([e.context[prefix_len:] for e in batch], pad_id, device)
+    ids, mask, pos = left_pad([e.context[prefix_len:] for e in batch], pad_id, device)
     rows = [(i, j) for i, e in enumerate(batch) for j, o in enumerate(e.options) if len(o) > 1]
     kw = {}
     if prefix_cache is not None:
@@ -205,39 +193,6 @@ def _score_shared(model, batch: list[Encoded], out: list[list[float]], pad_id: i
     for r, (i, j) in enumerate(rows):
         tgt = torch.tensor(batch[i].options[j][1:], device=device)
         out[i][j] += float(_token_logprobs(logits[r, : len(tgt)], tgt).sum())
-
-
-# --------------------------------------------------------------------------- generation
-
-
-def generate_texts(model, tokenizer, prompts: list[str], *, batch_size: int, max_new_tokens: int,
-                   repetition_penalty: float = 1.0, add_special_tokens: bool = True, max_length: int = 2048,
-                   progress: Progress | None = None) -> list[str]:
-    """Greedy continuations of ``prompts``, batched with left padding; returns the new text of each."""
-    import torch
-    from transformers import GenerationConfig
-
-    device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None) or tokenizer.eos_token_id
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                              repetition_penalty=repetition_penalty, pad_token_id=pad_id, eos_token_id=eos)
-    room = max(1, max_length - max_new_tokens)
-    enc = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"][-room:] for p in prompts]
-    order = sorted(range(len(enc)), key=lambda i: -len(enc[i]))
-    outs: list[str] = [""] * len(prompts)
-    model.eval()
-    with torch.inference_mode():
-        for b in range(0, len(order), batch_size):
-            idx = order[b: b + batch_size]
-            ids, mask, _ = _left_pad([enc[i] for i in idx], pad_id, device)
-            gen = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
-            new = gen[:, ids.shape[1]:]
-            for r, i in enumerate(idx):
-                outs[i] = tokenizer.decode(new[r], skip_special_tokens=True)
-            if progress:
-                progress(len(idx))
-    return outs
 
 
 # --------------------------------------------------------------------------- answer parsing

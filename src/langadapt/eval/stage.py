@@ -1,5 +1,6 @@
 """The eval stage: the base model, every enabled stage's model and any extra models on the recipe's
-tasks, written as results.json/results.csv, with the run report beside them.
+tasks (lm-evaluation-harness ones too, ``harness.py``), written as results.json/results.csv, with the run
+report beside them.
 
 Each model's rows are cached in ``cache/`` as soon as it is done, so a killed evaluation resumes at
 the next model instead of starting over.
@@ -10,38 +11,29 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from langadapt.errors import LangadaptError
-from langadapt.eval import protocols
+from langadapt import stages
+from langadapt.eval import harness, protocols
 from langadapt.eval.evaluate import EvalSettings, evaluate_model, settings_dict, task_info
 from langadapt.eval.tasks import check_languages, load_tasks
 from langadapt.files import atomic_path, read_json, write_json
+from langadapt.recipe import eval_columns
 
 
 def model_entries(recipe) -> list[dict]:
-    """The columns to evaluate: name, stage, and where the model is (path or API settings)."""
-    from langadapt.run import stage_model
-
+    """The columns to evaluate (named as ``recipe.eval_columns`` names them, which the recipe's validation
+    checked): name, stage, and where the model is (path or API settings)."""
     cfg = recipe.eval
-    stages = cfg.stages if cfg.stages is not None else \
-        ["base"] + [s for s in ("align", "pretrain", "sft") if recipe.enabled(s)]
-    out = []
-    for s in stages:
-        if s != "base" and not recipe.enabled(s):
-            raise LangadaptError(f"eval.stages lists '{s}', which is not enabled in the recipe")
-        out.append({"name": s, "stage": s, "path": stage_model(recipe, s)})
-    for m in cfg.models:
+    names = eval_columns(recipe)
+    run_stages = names[: len(names) - len(cfg.models)]
+    out = [{"name": s, "stage": s, "path": recipe.model_path(s)} for s in run_stages]
+    for name, m in zip(names[len(run_stages):], cfg.models):
         if isinstance(m, str):
-            name = Path(m.rstrip("/")).name or m
             out.append({"name": name, "stage": "extra", "path": str(recipe.resolve(m)) if recipe.resolve(m).exists() else m})
         elif m.path is not None:
             p = recipe.resolve(m.path)
-            out.append({"name": m.name, "stage": "extra", "path": str(p) if p.exists() else m.path})
+            out.append({"name": name, "stage": "extra", "path": str(p) if p.exists() else m.path})
         else:
-            out.append({"name": m.name, "stage": "extra", "api": m.model_dump(mode="json")})
-    names = [e["name"] for e in out]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise LangadaptError(f"eval: two models are both called {', '.join(dup)}; give extra models distinct names")
+            out.append({"name": name, "stage": "extra", "api": m.model_dump(mode="json")})
     return out
 
 
@@ -63,16 +55,14 @@ def eval_settings(recipe) -> EvalSettings:
                         max_new_tokens=cfg.max_new_tokens, repetition_penalty=cfg.repetition_penalty, seed=recipe.seed)
 
 
-TRAINED_STAGES = ("align", "pretrain", "sft")
-"""Stages that measure held-out bits per character themselves (their bpc.json)."""
-
-
 def heldout_bpc_rows(recipe, lm, tokenizer, *, model: str, stage: str) -> list[dict]:
     """Held-out bits per character of a model no training stage measured (the base, extra models)."""
     from langadapt.train.bpc import bits_per_char, read_heldout
 
     rows = []
     for key, text in read_heldout(recipe).items():
+        if key not in ("target", "english"):  # the table's row is line-level; documents stay in bpc.json
+            continue
         lang = recipe.language.code if key == "target" else "en"
         rows.append({"model": model, "stage": stage, "task": "heldout", "language": lang, "metric": "bpc",
                      "value": round(bits_per_char(lm, tokenizer, text), 6), "n": None, "protocol": "original",
@@ -81,31 +71,28 @@ def heldout_bpc_rows(recipe, lm, tokenizer, *, model: str, stage: str) -> list[d
 
 
 def bpc_rows(recipe) -> list[dict]:
-    """Held-out bits per character each training stage measured at its end, as result rows."""
+    """Held-out bits per character each training stage measured at its end (its bpc.json), as result rows."""
     rows = []
-    for stage in ("align", "pretrain", "sft"):
-        f = recipe.run_dir / stage / "bpc.json"
-        if not f.is_file():
-            continue
-        try:
-            data = read_json(f)
-        except ValueError:
-            continue
+    for stage in stages.TRAINING:
+        end = recipe.layout.bpc_end(stage)
         for key, lang in (("target", recipe.language.code), ("english", "en")):
-            end = (data.get(key) or {}).get("end") if isinstance(data.get(key), dict) else None
-            if isinstance(end, (int, float)):
+            if key in end:
                 rows.append({"model": stage, "stage": stage, "task": "heldout", "language": lang, "metric": "bpc",
-                             "value": float(end), "n": None, "protocol": "original", "settings": {"source": str(f)}})
+                             "value": end[key], "n": None, "protocol": "original",
+                             "settings": {"source": str(recipe.layout.bpc_path(stage))}})
     return rows
 
 
 def input_files(recipe) -> list[Path]:
-    """The task files and data files the recipe's evaluation reads (for the stage's settings hash)."""
+    """The task files and data files the recipe's evaluation reads (for the stage's settings hash), and the
+    folders of lm-eval task files."""
     cfg = recipe.eval
     recipe_dir = recipe.source_path.parent if recipe.source_path else None
-    tasks = load_tasks(cfg.tasks, recipe_dir=recipe_dir, paths=cfg.paths, target_language=recipe.language.code,
-                       select=cfg.select)
+    native, select, _ = harness.selection(cfg)
+    tasks = load_tasks(native, recipe_dir=recipe_dir, paths=cfg.paths, target_language=recipe.language.code,
+                       select=select)
     files = [p for t in tasks for p in t.paths] + [t.reference_path for t in tasks if t.reference_path]
+    files += harness.include_paths(recipe)
     if cfg.protocol.enabled and cfg.protocol.translator == "file" and cfg.protocol.file:
         files.append(recipe.resolve(cfg.protocol.file))
     return [Path(p) for p in files]
@@ -113,25 +100,26 @@ def input_files(recipe) -> list[Path]:
 
 def run(ctx) -> dict:
     """Evaluate every model column on every task; write results and the report."""
-    from langadapt.eval import report
+    from langadapt.eval.results import summary_table, write_results
+    from langadapt.report import write_report
 
     recipe, cfg = ctx.recipe, ctx.recipe.eval
     t0 = time.time()
     recipe_dir = recipe.source_path.parent if recipe.source_path else None
-    tasks = load_tasks(cfg.tasks, recipe_dir=recipe_dir, paths=cfg.paths, target_language=recipe.language.code,
-                       select=cfg.select)
+    native, select, harness_names = harness.selection(cfg)
+    tasks = load_tasks(native, recipe_dir=recipe_dir, paths=cfg.paths, target_language=recipe.language.code,
+                       select=select, tokens_with=recipe.base_model)
     check_languages(tasks, recipe.language.code)
     for t in tasks:  # read every data file before loading any model: bad data fails in seconds
         t.examples()
+        if t.unlabeled:
+            ctx.log(f"  eval: {t.id}: {t.unlabeled:,} rows without a gold label skipped (counted as 'unlabeled')")
+    lm_tasks = harness.Harness.load(recipe, harness_names) if harness_names else None
     entries = model_entries(recipe)
     settings = eval_settings(recipe)
     file_map = None
     if cfg.protocol.enabled and cfg.protocol.translator == "file":
         file_map = protocols.read_translation_file(recipe.resolve(cfg.protocol.file))
-    if cfg.protocol.enabled and cfg.protocol.models:
-        unknown = set(cfg.protocol.models) - {e["name"] for e in entries}
-        if unknown:
-            raise LangadaptError(f"eval.protocol.models names {', '.join(sorted(unknown))}, which is not an evaluated model")
 
     cache = ctx.out_dir / "cache"
     preds = ctx.out_dir / "predictions"
@@ -165,7 +153,12 @@ def run(ctx) -> dict:
                 m_rows += evaluate_model(backend, p_tasks, settings, model=entry["name"], stage=entry["stage"],
                                          protocol=protocols.VARIANTS[variant], parts_for=parts_for,
                                          predictions_dir=preds, console=ctx.console)
-        if entry["stage"] not in TRAINED_STAGES and getattr(backend, "tokenizer", None) is not None:
+        if lm_tasks is not None:
+            if getattr(backend, "supports_loglik", False):
+                m_rows += lm_tasks.evaluate(backend, model=entry["name"], stage=entry["stage"], log=ctx.log)
+            else:
+                ctx.log(f"  eval: {entry['name']}: lm_eval: tasks skipped (they need a local model, not an API)")
+        if entry["stage"] not in stages.TRAINING and getattr(backend, "tokenizer", None) is not None:
             m_rows += heldout_bpc_rows(recipe, backend.model, backend.tokenizer, model=entry["name"], stage=entry["stage"])
         info = {"name": entry["name"], "stage": entry["stage"], **backend.settings()}
         backend.close()
@@ -186,11 +179,14 @@ def run(ctx) -> dict:
         "prompt_format": cfg.prompt_format, "tasks": cfg.tasks, "protocol": cfg.protocol.model_dump(mode="json")},
         "models": models_info, "tasks": infos, "rows": rows,
     }
-    report.write_results(ctx.out_dir, results)
-    summary = {"models": [m["name"] for m in models_info], "tasks": [t["id"] for t in infos],
+    if lm_tasks is not None:
+        results["lm_eval"] = lm_tasks.infos()
+    write_results(ctx.out_dir, results)
+    summary = {"models": [m["name"] for m in models_info],
+               "tasks": [t["id"] for t in infos] + [t["id"] for t in results.get("lm_eval", [])],
                "rows": len(rows), "seconds": round(time.time() - t0, 1)}
     if cfg.report:
-        html_path, markdown = report.write_report(recipe.run_dir, ctx.out_dir / "report.html")
+        html_path, markdown = write_report(recipe.run_dir, ctx.out_dir / "report.html")
         with atomic_path(ctx.out_dir / "report.md") as tmp:
             tmp.write_text(markdown + "\n", encoding="utf-8")
         if ctx.console is not None:  # the table holds characters rich would read as markup
@@ -199,5 +195,5 @@ def run(ctx) -> dict:
             print(markdown, flush=True)
         ctx.log(f"  report: {html_path}")
         summary["report"] = str(html_path)
-    summary["table"] = report.summary_table(results)
+    summary["table"] = summary_table(results)
     return summary

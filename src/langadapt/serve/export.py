@@ -17,25 +17,29 @@ import os
 from pathlib import Path
 from typing import Any
 
+from langadapt import stages
 from langadapt.errors import LangadaptError
-from langadapt.files import atomic_path, read_json
+from langadapt.layout import COMPLETE, STARTED, RunLayout, stage_artifact
+from langadapt.files import atomic_path, remove_leftovers
 from langadapt.serve.source import ModelRef, resolve_ref
 
 DTYPES = ("float32", "bfloat16", "float16")
 FORMATS = ("hf", "gguf")
 # Hub ids of the short model names langadapt accepts, for the card's base_model field.
 _HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+EXPORT_MARKER = "langadapt-export.json"
+"""Written into every export folder: ``--force`` replaces a folder only when it holds this file."""
 
 
 def _stages_with_models(run_dir: Path) -> list[str]:
-    return sorted({p.parent.name for sub in ("adapter", "model") for p in run_dir.glob(f"*/{sub}") if p.is_dir()})
+    return RunLayout(run_dir).stages_with_models(stages.ORDER)
 
 
 def resolve_export_source(source: str, stage: str | None) -> ModelRef:
     """The model to export: ``source`` with ``--stage``, a stage folder, or a model/adapter folder."""
     p = Path(os.path.expanduser(source))
     if stage is None and p.is_dir() and not (p / "config.json").exists() and not (p / "adapter_config.json").exists() \
-            and not (p / "adapter").is_dir() and not (p / "model").is_dir():
+            and stage_artifact(p) is None:
         stages = _stages_with_models(p)
         if stages:
             raise LangadaptError(f"{source} is a run folder: choose the stage to export with --stage "
@@ -77,9 +81,7 @@ def export_model(source: str, *, stage: str | None = None, out: str | os.PathLik
         if ref.run_dir is None or ref.stage is None:
             raise LangadaptError(f"{source} is not a run's stage output: say where to write with --out DIR")
         out = ref.run_dir / "export" / (ref.stage if fmt == "hf" else f"{ref.stage}-gguf")
-    out = Path(out)
-    if out.exists() and not force:
-        raise LangadaptError(f"{out} already exists; use --force to replace it or --out to choose another folder")
+    out = check_output_folder(out, force=force, source=ref.path)
 
     src = resolve_model(ref.path)
     log(f"loading {ref.path} …")
@@ -103,6 +105,8 @@ def export_model(source: str, *, stage: str | None = None, out: str | os.PathLik
     with atomic_path(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        (tmp / EXPORT_MARKER).write_text(json.dumps({"source": str(ref.path), "stage": ref.stage, "dtype": dtype},
+                                                    indent=2) + "\n", encoding="utf-8")
         if card:
             (tmp / "README.md").write_text(model_card(ref, out_name=str(out), recipe=run_recipe, dtype=dtype,
                                                       merged=was_adapter, vocab=len(tokenizer),
@@ -123,6 +127,8 @@ def _export_gguf(model, tokenizer, ref: ModelRef, out: Path, *, quant: str, card
     with atomic_path(out) as tmp:
         tmp.mkdir()
         report = write_gguf(model, tokenizer, tmp / file_name, quant=quant, name=stem, log=log)
+        (tmp / EXPORT_MARKER).write_text(json.dumps({"source": str(ref.path), "stage": ref.stage, "format": "gguf",
+                                                     "quant": quant}, indent=2) + "\n", encoding="utf-8")
         if report.dropped_word_pattern is not None:
             lines, where = _target_lines(recipe, ref)
             drift = tokenizer_drift(tokenizer, lines)
@@ -144,7 +150,7 @@ def _export_gguf(model, tokenizer, ref: ModelRef, out: Path, *, quant: str, card
 
 def _target_lines(recipe, ref: ModelRef, limit: int = 200) -> tuple[list[str], str]:
     """Up to ``limit`` target-language lines and what they are: the recipe's held-out text, else the
-    run's cleaned sentences (any such text shows where llama.cpp's tokenization departs)."""
+    lines of the run's cleaned text (any such text shows where llama.cpp's tokenization departs)."""
     from langadapt.files import iter_jsonl
 
     path = getattr(getattr(getattr(recipe, "data", None), "heldout", None), "target", None)
@@ -152,10 +158,62 @@ def _target_lines(recipe, ref: ModelRef, limit: int = 200) -> tuple[list[str], s
         with open(recipe.resolve(path), encoding="utf-8") as f:
             return [x for x in (line.strip() for line in f) if x][:limit], "held-out target lines"
     lines: list[str] = []
-    shards = sorted((ref.run_dir / "clean" / "sentences").glob("*.jsonl")) if ref.run_dir is not None else []
-    for shard in shards:
-        lines += [row["text"] for row in iter_jsonl(shard) if row.get("text")][: limit - len(lines)]
-    return lines, "cleaned target sentences"
+    try:
+        shards = RunLayout(ref.run_dir).clean_shards() if ref.run_dir is not None else []
+    except LangadaptError:  # no clean stage in this run: nothing to measure on
+        shards = []
+    for shard in (s for s in shards if s.suffix == ".jsonl"):
+        for row in iter_jsonl(shard):
+            lines += [x.strip() for x in str(row.get("text") or "").split("\n") if x.strip()]
+            if len(lines) >= limit:
+                return lines[:limit], "cleaned target lines"
+    return lines, "cleaned target lines"
+
+
+def _holds_runs(folder: Path) -> bool:
+    """A stage folder, a run folder (stage folders with markers) or a folder of runs (``runs/``)."""
+    if (folder / COMPLETE).is_file() or (folder / STARTED).is_file():
+        return True
+    for child in folder.iterdir():
+        if child.is_dir() and ((child / COMPLETE).is_file() or (child / STARTED).is_file()):
+            return True
+        if child.is_dir() and any((child / st / m).is_file() for st in stages.ORDER for m in (COMPLETE, STARTED)):
+            return True
+    return False
+
+
+def check_output_folder(out: str | os.PathLike, *, force: bool, source: str | os.PathLike) -> Path:
+    """The absolute folder to export ``source`` into, refused unless writing there loses nothing.
+
+    An existing folder is replaced only with ``force`` and only when it is an earlier export (it holds
+    ``EXPORT_MARKER`` and files only); never the current folder, a run folder, a parent of either, or
+    the folder the exported model lives in. Leftovers of an export killed while writing are removed.
+    """
+    out = Path(os.path.abspath(os.path.expanduser(str(out))))
+    real = out.resolve()
+    src = Path(os.path.abspath(os.path.expanduser(str(source)))).resolve()
+    if real == src or real in src.parents:
+        raise LangadaptError(f"--out {out} holds the model being exported ({source}); choose another folder")
+    cwd = Path.cwd().resolve()
+    if real == cwd or real in cwd.parents:
+        raise LangadaptError(f"--out {out} is the current folder or one above it; choose a new folder, e.g. --out export/model")
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise LangadaptError(f"--out {out}: {parent} is a file, not a folder")
+    if out.exists():
+        if out.is_symlink() or not out.is_dir():
+            raise LangadaptError(f"--out {out} is a file, not a folder; choose a new folder")
+        entries = list(out.iterdir())
+        earlier_export = (out / EXPORT_MARKER).is_file() and all(e.is_file() and not e.is_symlink() for e in entries)
+        if entries and not earlier_export:
+            what = ("holds the outputs of a langadapt run" if _holds_runs(out) else
+                    f"is not empty and is not an earlier langadapt export (no {EXPORT_MARKER})")
+            raise LangadaptError(f"--out {out} {what}; export replaces only its own earlier exports, even with "
+                                 "--force: choose a new folder")
+        if not force:
+            raise LangadaptError(f"{out} already exists; use --force to replace it or --out to choose another folder")
+    remove_leftovers(out.parent, name=out.name, recursive=False)
+    return out
 
 
 def _find_recipe(ref: ModelRef, recipe: str | os.PathLike | None):
@@ -220,15 +278,12 @@ def _size(path: Path) -> str:
 
 
 def _recipe_section(recipe, upto: str | None) -> list[str]:
-    from langadapt.recipe import STAGE_ORDER
-
     out = ["## How it was made", "",
            f"Recipe `{recipe.name}`: base model `{recipe.base_model}`, target language {recipe.language.name} "
            f"(`{recipe.language.code}`), seed {recipe.seed}. Stages (settings that differ from langadapt's defaults):", "",
            "| stage | settings |", "| --- | --- |"]
-    stages = list(STAGE_ORDER)
-    last = stages.index(upto) if upto in stages else len(stages) - 1
-    for st in stages[: last + 1]:
+    last = stages.ORDER.index(upto) if upto in stages.ORDER else len(stages.ORDER) - 1
+    for st in stages.ORDER[: last + 1]:
         if recipe.enabled(st):
             out.append(f"| {st} | {_settings_line(getattr(recipe, st))} |")
     out.append("")
@@ -247,17 +302,13 @@ def _recipe_section(recipe, upto: str | None) -> list[str]:
 
 
 def _marker_section(run_dir: Path) -> list[str]:
-    from langadapt.recipe import STAGE_ORDER
-
+    layout = RunLayout(run_dir)
     rows = []
-    for st in STAGE_ORDER:
-        f = run_dir / st / "COMPLETE.json"
-        if not f.is_file():
+    for st in stages.ORDER:
+        marker = layout.marker(st)
+        if marker is None:
             continue
-        try:
-            summary = read_json(f).get("summary") or {}
-        except ValueError:
-            continue
+        summary = marker.get("summary") or {}
         nums = [f"{k}={v:,}" if isinstance(v, int) else f"{k}={v:.4g}"
                 for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
         if nums:
@@ -266,31 +317,6 @@ def _marker_section(run_dir: Path) -> list[str]:
         return []
     return ["## Stage summaries", "", "Numbers each stage recorded when it finished (`COMPLETE.json`).", "",
             "| stage | summary |", "| --- | --- |", *rows, ""]
-
-
-def eval_table(results: Any) -> list[str]:
-    """Markdown table of eval results: rows task/language/metric, one column per model or stage."""
-    rows = results.get("results", results.get("rows")) if isinstance(results, dict) else results
-    if not isinstance(rows, list) or not all(isinstance(r, dict) and "task" in r and "value" in r for r in rows) or not rows:
-        return []
-    columns: dict[str, None] = {}
-    cells: dict[tuple, dict[str, Any]] = {}
-    for r in rows:
-        col = str(r.get("stage") or r.get("model") or "model")
-        columns[col] = None
-        key = (str(r["task"]), str(r.get("language", "")), str(r.get("metric", "")))
-        cells.setdefault(key, {})[col] = r["value"]
-
-    def fmt(v: Any) -> str:
-        if v is None:
-            return "–"
-        return f"{v:.2f}" if isinstance(v, float) else str(v)
-
-    head = ["task", "language", "metric", *columns]
-    out = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for key in sorted(cells):
-        out.append("| " + " | ".join([*key, *(fmt(cells[key].get(c)) for c in columns)]) + " |")
-    return out
 
 
 def model_card(ref: ModelRef, *, out_name: str, recipe=None, dtype: str = "float32", merged: bool = True,
@@ -307,10 +333,8 @@ def model_card(ref: ModelRef, *, out_name: str, recipe=None, dtype: str = "float
     steps = {"tokenizer": "vocabulary extension", "align": "embedding alignment", "pretrain": "LoRA continued pre-training",
              "sft": "bilingual instruction tuning"}
     if recipe is not None:
-        from langadapt.recipe import STAGE_ORDER
-
-        upto = STAGE_ORDER.index(ref.stage) if ref.stage in STAGE_ORDER else len(STAGE_ORDER)
-        done = [steps[st] for st in STAGE_ORDER[: upto + 1] if st in steps and recipe.enabled(st)]
+        upto = stages.ORDER.index(ref.stage) if ref.stage in stages.ORDER else len(stages.ORDER)
+        done = [steps[st] for st in stages.ORDER[: upto + 1] if st in steps and recipe.enabled(st)]
     else:
         done = []
     form = f"a GGUF file for llama.cpp and Ollama (`{gguf.path.name}`)" if gguf is not None \
@@ -336,12 +360,12 @@ def model_card(ref: ModelRef, *, out_name: str, recipe=None, dtype: str = "float
         lines += ["The run's recipe was not available when this card was written (pass `--recipe`).", ""]
     if ref.run_dir is not None:
         lines += _marker_section(ref.run_dir)
-        res = ref.run_dir / "eval" / "results.json"
-        if res.is_file():
-            try:
-                table = eval_table(read_json(res))
-            except ValueError:
-                table = []
+        results = RunLayout(ref.run_dir).results()
+        if results is not None:
+            from langadapt.eval.results import markdown_tables, rows_table
+
+            full = isinstance(results, dict) and results.get("tasks") and results.get("models")
+            table = markdown_tables(results).split("\n") if full else rows_table(results)  # the eval stage's, or bare rows
             lines += ["## Evaluation", ""]
             lines += (table or ["`eval/results.json` exists but is not in a format this card can tabulate."]) + [""]
     if gguf is not None:
@@ -393,7 +417,8 @@ def run_export(args) -> int:
     if push:
         from langadapt.serve.hub import push_folder
 
-        url = push_folder(out, push, token=token, private=args.private, log=log)
+        # the marker is the local bookkeeping of --force (it holds a local path): not for the Hub
+        url = push_folder(out, push, token=token, private=args.private, log=log, skip=(EXPORT_MARKER,))
         console.print(f"uploaded to {url}", highlight=False)
     return 0
 
@@ -426,5 +451,6 @@ def add_parser(sub) -> None:
                    help="upload the exported folder to this Hugging Face model repository (needs HF_TOKEN or a login)")
     p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository as private")
     p.add_argument("--no-card", action="store_true", help="do not write README.md")
-    p.add_argument("--force", action="store_true", help="replace the output folder if it exists")
+    p.add_argument("--force", action="store_true", help="replace the output folder if it is an earlier export "
+                   "(other folders are never replaced)")
     p.set_defaults(func=run_export)

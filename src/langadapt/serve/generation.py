@@ -16,7 +16,7 @@ effect on SmolLM2.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -31,6 +31,16 @@ _DEFAULT_TEMPLATE_STOPS = ("### Instruction:", "### Response:")
 # End-of-turn tokens of common templates: generation stops on whichever the tokenizer has.
 _END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>", "<|endoftext|>", "</s>")
 ROLES = ("system", "user", "assistant")
+
+
+class RequestTooLarge(LangadaptError):
+    """The conversation is longer than a request may be, even with trimming (the server's token bound)."""
+
+    def __init__(self, tokens: int, limit: int):
+        self.tokens = tokens
+        self.limit = limit
+        super().__init__(f"the conversation is {tokens:,} tokens; this server takes at most {limit:,} tokens per "
+                         "request (even with trim_history); send fewer or shorter messages")
 
 
 class PromptTooLong(LangadaptError):
@@ -184,7 +194,10 @@ class ChatModel:
         self.context = min(int(context), limit) if context else limit
         self.eos_ids = self._end_ids()
         self.stop_strings: tuple[str, ...] = _DEFAULT_TEMPLATE_STOPS if self.uses_default_template else ()
-        self.lock = threading.Lock()  # one generation per model at a time
+        # A fast tokenizer changes its Rust-side truncation/padding state only when a call asks for
+        # other settings than the last one; after this call every plain encode finds them set and
+        # only reads, so the server's request threads can tokenize at once without a lock.
+        tokenizer("", add_special_tokens=False)
 
     @classmethod
     def load(cls, spec: str, *, name: str | None = None, context: int | None = None,
@@ -237,36 +250,80 @@ class ChatModel:
             raise ValueError(f"the chat template of {self.name} rejected the conversation: {e}") from None
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def prepare(self, messages: list[dict], max_new_tokens: int, *, trim: bool = True) -> Prepared:
+    def prepare(self, messages: list[dict], max_new_tokens: int, *, trim: bool = True,
+                max_tokens: int | None = None) -> Prepared:
         """Fit ``messages`` into the context window, keeping room for ``max_new_tokens``.
 
         With ``trim``, the oldest turns (a user message and the replies to it) are dropped first;
         system messages and the newest turn are always kept. The answer budget shrinks to the room
-        left when even the newest turn leaves less. Raises PromptTooLong when no room is left at all.
+        left when even the newest turn leaves less. Raises PromptTooLong when no room is left at all,
+        and RequestTooLarge when the whole conversation is more than ``max_tokens`` tokens.
         """
         system, turns = _turns(messages)
-        dropped = 0
-        while True:
-            kept = system + [m for t in turns for m in t]
-            ids = self.encode(kept)
-            room = self.context - len(ids)
-            if room >= max_new_tokens or not trim or len(turns) <= 1:
-                break
-            turns.pop(0)
-            dropped += 1
+        ids = self.encode(messages)
+        can_trim = trim and len(turns) > 1
+        # Without trimming, a conversation beyond the window gets the more telling PromptTooLong below.
+        if max_tokens is not None and len(ids) > max_tokens and (can_trim or len(ids) < self.context):
+            raise RequestTooLarge(len(ids), max_tokens)
+        kept, dropped = messages, 0
+        if can_trim and self.context - len(ids) < max_new_tokens:
+            kept, ids, dropped = self._newest_that_fit(system, turns, max_new_tokens)
+        room = self.context - len(ids)
         if room < 1:
             raise PromptTooLong(len(ids), self.context)
         return Prepared(kept, ids, dropped, min(max_new_tokens, room))
 
+    def _newest_that_fit(self, system: list[dict], turns: list[list[dict]], max_new_tokens: int):
+        """(messages, ids, dropped turns) for the most recent turns that leave ``max_new_tokens`` of room
+        (at least the newest turn), the whole conversation being known not to.
+
+        The search starts from the newest turn and doubles the number kept until it no longer fits,
+        then halves the gap, so each encode is about one context window long and their number grows
+        with the log of the turns kept: the cost follows the window, not the history. Dropping turns
+        one at a time and encoding what is left each time was quadratic in the history (a 3,001-message
+        request took two minutes).
+        """
+
+        def encoded(k: int) -> tuple[list[dict], list[int]]:
+            kept = system + [m for t in turns[len(turns) - k:] for m in t]
+            return kept, self.encode(kept)
+
+        def fits(ids: list[int]) -> bool:
+            return self.context - len(ids) >= max_new_tokens
+
+        best = (1, *encoded(1))
+        if fits(best[2]):
+            lo, hi = 1, len(turns)  # lo turns fit, hi turns do not
+            while lo * 2 < hi:
+                k = lo * 2
+                kept, ids = encoded(k)
+                if not fits(ids):
+                    hi = k
+                    break
+                lo, best = k, (k, kept, ids)
+            while hi - lo > 1:
+                k = (lo + hi) // 2
+                kept, ids = encoded(k)
+                if fits(ids):
+                    lo, best = k, (k, kept, ids)
+                else:
+                    hi = k
+        k, kept, ids = best
+        return kept, ids, len(turns) - k
+
     # ------------------------------------------------------------------ generation
 
     def generate(self, prepared: Prepared, sampling: Sampling, *, cancel: threading.Event | None = None,
-                 stop: tuple[str, ...] = ()) -> Generation:
+                 stop: tuple[str, ...] = (), alive: Callable[[], bool] | None = None,
+                 template_stops: bool = True) -> Generation:
         """Start generating (lazily, on first iteration); iterate the result for text pieces.
 
         ``stop``: strings that end the answer (not included in it), as OpenAI's ``stop`` parameter.
+        ``alive``: asked before every new token; generation stops (``cancelled``) once it returns False.
+        ``template_stops``: also stop at the default template's next heading (chat, not plain text).
         """
-        return Generation(self, prepared, sampling, cancel=cancel, stop=stop)
+        return Generation(self, prepared, sampling, cancel=cancel, stop=stop, alive=alive,
+                          template_stops=template_stops)
 
     def reply(self, messages: list[dict], sampling: Sampling | None = None) -> str:
         """The whole answer to ``messages`` (history trimmed to fit), as one string."""
@@ -277,18 +334,21 @@ class ChatModel:
 
 class Generation:
     """An answer being generated. Iterate for text pieces; afterwards read ``finish_reason``,
-    ``prompt_tokens`` and ``completion_tokens``. ``cancel()`` (or the event given) stops it early.
+    ``prompt_tokens``, ``completion_tokens`` and ``token_ids``. ``cancel()`` (or the event given), or
+    ``alive`` returning False, stops it early.
     """
 
     def __init__(self, chat: ChatModel, prepared: Prepared, sampling: Sampling, *, cancel: threading.Event | None = None,
-                 stop: tuple[str, ...] = ()):
+                 stop: tuple[str, ...] = (), alive: Callable[[], bool] | None = None, template_stops: bool = True):
         self.chat = chat
-        self.stops = tuple(s for s in (*chat.stop_strings, *stop) if s)
+        self.stops = tuple(s for s in (*(chat.stop_strings if template_stops else ()), *stop) if s)
         self.prepared = prepared
         self.sampling = sampling
         self.cancel_event = cancel or threading.Event()
         self.prompt_tokens = len(prepared.input_ids)
         self.completion_tokens = 0
+        self.token_ids: list[int] = []
+        self.alive = alive
         self.finish_reason: str | None = None
         self.text = ""
         self._error: BaseException | None = None
@@ -300,7 +360,7 @@ class Generation:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-        chat, event = self.chat, self.cancel_event
+        chat, event, alive = self.chat, self.cancel_event, self.alive
         outer = self
 
         class Streamer(TextIteratorStreamer):
@@ -310,12 +370,17 @@ class Generation:
                 if not (self.skip_prompt and self.next_tokens_are_prompt):
                     flat = value.reshape(-1).tolist()
                     outer.completion_tokens += len(flat)
+                    outer.token_ids += flat
                     if flat:
                         self.last_token = flat[-1]
                 super().put(value)
 
         class Cancelled(StoppingCriteria):
             def __call__(self, input_ids, scores, **kwargs):
+                # Between two tokens: the only place that sees a client leave while the text is
+                # still held back (a streamer passes text on at word ends, a plain answer not at all).
+                if alive is not None and not event.is_set() and not alive():
+                    event.set()
                 return torch.full((input_ids.shape[0],), event.is_set(), dtype=torch.bool, device=input_ids.device)
 
         streamer = Streamer(chat.tokenizer, skip_prompt=True, skip_special_tokens=True)

@@ -32,20 +32,23 @@ def check_push(repo_id: str) -> str:
     return token
 
 
-def push_folder(folder: str | os.PathLike, repo_id: str, *, token: str, private: bool = False, log=print) -> str:
-    """Create ``repo_id`` (a model repository; kept if it exists) and upload ``folder`` into it; return its URL."""
+def push_folder(folder: str | os.PathLike, repo_id: str, *, token: str, private: bool = False, log=print,
+                skip: tuple[str, ...] = ()) -> str:
+    """Create ``repo_id`` (a model repository; kept if it exists) and upload ``folder`` into it, but for the
+    top-level files named in ``skip``; return its URL."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
     folder = Path(folder)
-    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and
+                   p.relative_to(folder).as_posix() not in skip)
     size = sum((folder / f).stat().st_size for f in files)
     api = HfApi(token=token)
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         log(f"uploading {len(files)} files ({size / 2**20:,.1f} MiB) to {url} …")
         api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
-                          commit_message=f"langadapt export of {folder.name}")
+                          commit_message=f"langadapt export of {folder.name}", ignore_patterns=list(skip) or None)
     except HfHubHTTPError as e:
         status = getattr(getattr(e, "response", None), "status_code", None)
         if status in (401, 403):

@@ -8,7 +8,17 @@ Endpoints (on 127.0.0.1 by default):
   OpenAI's parameters it takes ``repetition_penalty``, ``no_repeat_ngram_size`` and
   ``trim_history`` (drop the oldest turns instead of refusing a conversation longer than the
   context window; the page sets it);
+- ``POST /v1/completions``: OpenAI's legacy completions with ``echo`` and ``logprobs``, and vLLM's
+  ``POST /tokenize``, ``POST /detokenize`` and ``GET /tokenizer_info``, so log-likelihood evaluations
+  (lm-evaluation-harness's ``local-completions``) run against the server (``serve/completions.py``);
 - ``GET /api/config``: default sampling settings and each model's context window, for the page.
+
+Access (``serve/guard.py``): an API key (``Authorization: Bearer``) when one is set, required for
+any non-loopback bind; requests naming a foreign ``Host`` (DNS rebinding) and cross-site browser
+POSTs are refused, and the API takes only ``Content-Type: application/json``. A request must arrive
+whole within ``read_timeout`` seconds, at most ``max_connections`` connections are served at once,
+a request may be at most ``max_request_tokens`` tokens (default 32,768 or four context windows), and a
+generation stops when its client disconnects.
 
 Generation is one request at a time (a model on CPU or one GPU gains nothing from interleaving);
 up to ``max_queue`` further requests wait, and a request arriving when the queue is full gets
@@ -22,32 +32,27 @@ no web framework, and this keeps the dependency list short.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
+import io
 import json
+import os
 import sys
 import threading
 import time
 import uuid
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
+from urllib.parse import parse_qs
 
-from langadapt.serve.generation import ChatModel, PromptTooLong, Sampling, check_messages
+from langadapt.serve import completions
+from langadapt.serve.api import ApiError, number, pick_model, stop_strings
+from langadapt.serve.generation import ChatModel, PromptTooLong, RequestTooLarge, Sampling, check_messages
+from langadapt.serve.guard import API_KEY_ENV, Access, DeadlineReader, client_gone, is_loopback, refuse_connection
 
 MAX_BODY = 4 * 1024 * 1024  # bytes; a chat request is text, this is generous
 _UNSUPPORTED = ("tools", "functions", "tool_choice", "function_call", "logprobs", "top_logprobs", "response_format")
-
-
-class ApiError(Exception):
-    """A request the server refuses, with its HTTP status and an OpenAI-style error body."""
-
-    def __init__(self, status: int, message: str, *, kind: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, headers: dict | None = None):
-        super().__init__(message)
-        self.status = status
-        self.body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-        self.headers = headers or {}
+_PUBLIC = ("/", "/index.html", "/health")  # served without the API key: the page asks for it itself
+_number = number
 
 
 class GenerationQueue:
@@ -92,7 +97,9 @@ class ChatServer(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], models: dict[str, ChatModel], *, sampling: Sampling | None = None,
-                 max_queue: int = 4, queue_timeout: float = 600.0, log=None):
+                 max_queue: int = 4, queue_timeout: float = 600.0, log=None, api_key: str | None = None,
+                 allow_hosts: tuple[str, ...] | list[str] = (), read_timeout: float = 30.0, max_connections: int = 64,
+                 max_request_tokens: int | None = None):
         if not models:
             raise ValueError("at least one model is needed")
         self.models = models
@@ -101,8 +108,47 @@ class ChatServer(ThreadingHTTPServer):
         self.log = log
         self.created = int(time.time())
         self.page = resources.files("langadapt.serve").joinpath("page.html").read_bytes()
-        self._tokenize = threading.Lock()
+        self.access = Access(address[0], api_key=api_key, allow_hosts=allow_hosts)
+        self.read_timeout = read_timeout
+        self.max_connections = max_connections
+        self.max_request_tokens = max_request_tokens
+        self.connections = 0
+        self._connections_lock = threading.Lock()
         super().__init__(address, Handler)
+
+    def request_tokens(self, chat: ChatModel) -> int:
+        """The most tokens one request to ``chat`` may hold (trimmed or not)."""
+        return self.max_request_tokens or max(32_768, 4 * chat.context)
+
+    # A thread per connection, as ThreadingHTTPServer does, but only up to max_connections of them:
+    # one more gets a 503 from the accepting thread at once, without a thread of its own.
+
+    def process_request(self, request, client_address) -> None:
+        with self._connections_lock:
+            full = self.connections >= self.max_connections
+            if not full:
+                self.connections += 1
+        if full:
+            refuse_connection(request, 503, "Service Unavailable",
+                              f"the server has {self.max_connections} connections open, its limit; try again shortly",
+                              code="too_many_connections", retry_after=5)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        with self._connections_lock:
+            self.connections -= 1
 
     @property
     def url(self) -> str:
@@ -115,27 +161,11 @@ class ChatServer(ThreadingHTTPServer):
                 "context_length": m.context, "chat_template": "model" if not m.uses_default_template else "default"}
 
 
-def _number(body: dict, key: str, kind: type, default):
-    v = body.get(key, default)
-    if v is None:
-        return default
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not float(v).is_integer()):
-        raise ApiError(400, f"'{key}' must be {'an integer' if kind is int else 'a number'} (got {v!r})", param=key)
-    return kind(v)
-
-
 def parse_request(server: ChatServer, body: Any) -> dict:
     """Validate a chat completions body; return what the handler needs or raise ApiError (4xx)."""
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
-    mid = body.get("model")
-    if mid is None and len(server.models) == 1:
-        mid = next(iter(server.models))
-    if not isinstance(mid, str):
-        raise ApiError(400, "'model' is required: one of " + ", ".join(server.models), param="model")
-    if mid not in server.models:
-        raise ApiError(404, f"model '{mid}' is not served here; available: {', '.join(server.models)}",
-                       param="model", code="model_not_found")
+    mid = pick_model(server.models, body)
     try:
         messages = check_messages(body.get("messages"))
     except ValueError as e:
@@ -163,27 +193,23 @@ def parse_request(server: ChatServer, body: Any) -> dict:
         sampling = d.updated(**changes)
     except ValueError as e:
         raise ApiError(400, str(e), param=str(e).split(" ", 1)[0]) from None
-    stop = body.get("stop")
-    if isinstance(stop, str):
-        stop = [stop]
-    if stop is None:
-        stop = []
-    if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
-        raise ApiError(400, "'stop' must be a string or a list of up to 4 non-empty strings", param="stop")
+    stop = stop_strings(body)
     stream = body.get("stream", False)
     trim = body.get("trim_history", False)
     opts = body.get("stream_options") or {}
     if not isinstance(stream, bool) or not isinstance(trim, bool) or not isinstance(opts, dict):
         raise ApiError(400, "'stream' and 'trim_history' must be true or false, 'stream_options' an object")
     chat = server.models[mid]
-    with server._tokenize:
-        try:
-            prepared = chat.prepare(messages, sampling.max_new_tokens, trim=trim)
-        except PromptTooLong as e:
-            raise ApiError(400, str(e), param="messages", code="context_length_exceeded") from None
-        except ValueError as e:
-            raise ApiError(400, str(e), param="messages") from None
-    return {"model": mid, "chat": chat, "prepared": prepared, "sampling": sampling, "stop": tuple(stop),
+    # No lock: tokenizing runs in this request's thread while another request generates.
+    try:
+        prepared = chat.prepare(messages, sampling.max_new_tokens, trim=trim, max_tokens=server.request_tokens(chat))
+    except RequestTooLarge as e:
+        raise ApiError(413, str(e), param="messages", code="request_too_large") from None
+    except PromptTooLong as e:
+        raise ApiError(400, str(e), param="messages", code="context_length_exceeded") from None
+    except ValueError as e:
+        raise ApiError(400, str(e), param="messages") from None
+    return {"model": mid, "chat": chat, "prepared": prepared, "sampling": sampling, "stop": stop,
             "stream": stream, "include_usage": bool(opts.get("include_usage")), "trim": trim}
 
 
@@ -193,6 +219,13 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"  # one request per connection: simple, and streams end when the socket closes
 
     # ------------------------------------------------------------------ plumbing
+
+    def setup(self) -> None:
+        super().setup()
+        # The request (line, headers, body) must arrive by one deadline; see guard.DeadlineReader.
+        self.reader = DeadlineReader(self.connection, self.server.read_timeout)
+        plain, self.rfile = self.rfile, io.BufferedReader(self.reader)
+        plain.close()
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - BaseHTTPRequestHandler's signature
         if self.server.log is not None:
@@ -215,6 +248,27 @@ class Handler(BaseHTTPRequestHandler):
         with contextlib.suppress(OSError):
             self._json(e.status, e.body, e.headers)
 
+    def _alive(self) -> bool:
+        return not client_gone(self.connection)
+
+    def _check(self, path: str, *, post: bool) -> None:
+        """Refuse a foreign Host, a cross-site browser POST, a missing API key, a body that is not JSON."""
+        access = self.server.access
+        reason = access.host_error(self.headers.get("Host"))
+        if reason:
+            raise ApiError(403, reason, code="host_not_allowed")
+        if post:
+            reason = access.cross_site_error(self.headers)
+            if reason:
+                raise ApiError(403, reason, code="cross_origin_refused")
+        if path not in _PUBLIC and not access.key_ok(self.headers.get("Authorization")):
+            raise ApiError(401, "a valid API key is required: send the header 'Authorization: Bearer KEY' "
+                           "(the key the server was started with)", code="invalid_api_key",
+                           headers={"WWW-Authenticate": "Bearer"})
+        if post and not access.is_json(self.headers.get("Content-Type")):
+            raise ApiError(415, "send the request body as JSON, with 'Content-Type: application/json'",
+                           code="unsupported_media_type")
+
     def _read_json(self) -> Any:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             raise ApiError(411, "send the body with a Content-Length, not chunked")
@@ -227,19 +281,30 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(400, f"bad Content-Length {length!r}") from None
         if n < 0 or n > MAX_BODY:
             raise ApiError(413, f"the request body is {n:,} bytes; the limit is {MAX_BODY:,}")
-        raw = self.rfile.read(n)
+        try:
+            raw = self.rfile.read(n)
+        except TimeoutError:
+            raise ApiError(408, f"the request body did not arrive within {self.server.read_timeout:g} s",
+                           code="request_timeout") from None
+        if len(raw) < n:
+            raise ApiError(400, f"the request body ended after {len(raw):,} of {n:,} bytes")
+        self.reader.done()
         try:
             return json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError:
             raise ApiError(400, "the request body is not UTF-8 text") from None
         except json.JSONDecodeError as e:
             raise ApiError(400, f"malformed JSON in the request body: {e.msg} at line {e.lineno} column {e.colno}") from None
+        except RecursionError:
+            raise ApiError(400, "the JSON in the request body is nested too deeply") from None
 
     # ------------------------------------------------------------------ routes
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self.reader.done()
         path = self.path.split("?", 1)[0]
         try:
+            self._check(path, post=False)
             if path in ("/", "/index.html"):
                 self._send(200, self.server.page, "text/html; charset=utf-8", {"Cache-Control": "no-cache"})
             elif path == "/v1/models":
@@ -258,8 +323,12 @@ class Handler(BaseHTTPRequestHandler):
             elif path == "/health":
                 q = self.server.queue
                 self._json(200, {"status": "ok", "active": q.active, "waiting": q.waiting})
-            elif path == "/v1/chat/completions":
-                raise ApiError(405, "use POST for /v1/chat/completions", headers={"Allow": "POST"})
+            elif path == "/tokenizer_info":
+                query = parse_qs(self.path.partition("?")[2])
+                mid = pick_model(self.server.models, {"model": query.get("model", [next(iter(self.server.models))])[0]})
+                self._json(200, completions.tokenizer_info(self.server.models[mid]))
+            elif path in ("/v1/chat/completions", "/v1/completions", "/tokenize", "/detokenize"):
+                raise ApiError(405, f"use POST for {path}", headers={"Allow": "POST"})
             else:
                 raise ApiError(404, f"no such endpoint: {path}", code="not_found")
         except ApiError as e:
@@ -270,18 +339,30 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         path = self.path.split("?", 1)[0]
         try:
-            if path != "/v1/chat/completions":
+            if path not in ("/v1/chat/completions", "/v1/completions", "/tokenize", "/detokenize"):
                 raise ApiError(404, f"no such endpoint: POST {path}", code="not_found")
-            req = parse_request(self.server, self._read_json())
-            with self.server.queue.slot():
-                if req["stream"]:
-                    self._stream(req)
-                else:
-                    self._complete(req)
+            self._check(path, post=True)
+            body = self._read_json()
+            if path == "/tokenize":
+                self._json(200, completions.tokenize(self.server, body))
+            elif path == "/detokenize":
+                self._json(200, completions.detokenize(self.server, body))
+            elif path == "/v1/completions":
+                req = completions.parse_completion(self.server, body)
+                with self.server.queue.slot():
+                    out = completions.complete(req, self._alive)
+                self._json(200, out)
+            else:
+                req = parse_request(self.server, body)
+                with self.server.queue.slot():
+                    if req["stream"]:
+                        self._stream(req)
+                    else:
+                        self._complete(req)
         except ApiError as e:
             self._error(e)
         except (BrokenPipeError, ConnectionResetError):
-            pass  # the client left; its generation was cancelled
+            self.log_message("client disconnected; its generation was stopped")
         except Exception as e:  # a bug or a model failure must not take the server down
             self.log_message("error: %s: %s", type(e).__name__, e)
             self._error(ApiError(500, f"generation failed: {type(e).__name__}: {e}", kind="server_error"))
@@ -289,7 +370,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_PUT(self) -> None:  # noqa: N802
         self._error(ApiError(405, f"{self.command} is not supported here"))
 
-    do_DELETE = do_PATCH = do_PUT
+    # OPTIONS (a CORS preflight) is refused too: no cross-origin page may call the API.
+    do_DELETE = do_PATCH = do_OPTIONS = do_PUT
 
     # ------------------------------------------------------------------ completions
 
@@ -302,8 +384,11 @@ class Handler(BaseHTTPRequestHandler):
         return "stop" if gen.finish_reason in ("stop", "cancelled") else gen.finish_reason
 
     def _complete(self, req: dict) -> None:
-        gen = req["chat"].generate(req["prepared"], req["sampling"], stop=req["stop"])
+        # Nothing is written until the answer is done, so only polling the socket shows a client that left.
+        gen = req["chat"].generate(req["prepared"], req["sampling"], stop=req["stop"], alive=self._alive)
         text = "".join(gen)
+        if gen.finish_reason == "cancelled":
+            raise ConnectionResetError("the client left")
         out = self._base(req, "chat.completion")
         out["choices"] = [{"index": 0, "message": {"role": "assistant", "content": text},
                            "finish_reason": self._finish(gen), "logprobs": None}]
@@ -330,7 +415,7 @@ class Handler(BaseHTTPRequestHandler):
             c["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
             return c
 
-        gen = req["chat"].generate(req["prepared"], req["sampling"], stop=req["stop"])
+        gen = req["chat"].generate(req["prepared"], req["sampling"], stop=req["stop"], alive=self._alive)
         first = chunk({"role": "assistant", "content": ""})
         if req["trim"]:
             first["langadapt"] = {"dropped_turns": req["prepared"].dropped_turns}
@@ -361,9 +446,13 @@ class Handler(BaseHTTPRequestHandler):
 
 def make_server(models: dict[str, ChatModel], *, host: str = "127.0.0.1", port: int = 8000,
                 sampling: Sampling | None = None, max_queue: int = 4, queue_timeout: float = 600.0,
-                log=None) -> ChatServer:
-    """A ChatServer bound to ``host:port`` (port 0: any free port), not yet serving."""
-    return ChatServer((host, port), models, sampling=sampling, max_queue=max_queue, queue_timeout=queue_timeout, log=log)
+                log=None, **access) -> ChatServer:
+    """A ChatServer bound to ``host:port`` (port 0: any free port), not yet serving.
+
+    ``access``: ``api_key``, ``allow_hosts``, ``read_timeout``, ``max_connections``, ``max_request_tokens``.
+    """
+    return ChatServer((host, port), models, sampling=sampling, max_queue=max_queue, queue_timeout=queue_timeout,
+                      log=log, **access)
 
 
 def run_serve(args) -> int:
@@ -382,13 +471,13 @@ def run_serve(args) -> int:
         raise LangadaptError(str(e)) from None
     if args.max_queue < 0:
         raise LangadaptError("--max-queue must be 0 or more")
-    try:
-        loopback = ipaddress.ip_address(args.host).is_loopback
-    except ValueError:
-        loopback = args.host == "localhost"
-    if not loopback:
-        console.print(f"[yellow]warning[/yellow]: serving on {args.host} lets other machines use this model; "
-                      "there is no authentication")
+    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    if not is_loopback(args.host) and not api_key:
+        raise LangadaptError(f"serving on {args.host} lets other machines use this model: give an API key with "
+                             f"--api-key KEY or the {API_KEY_ENV} environment variable (clients then send "
+                             "'Authorization: Bearer KEY'), or serve on 127.0.0.1")
+    if args.read_timeout <= 0 or args.max_connections < 1 or (args.max_request_tokens or 1) < 1:
+        raise LangadaptError("--read-timeout must be above 0, --max-connections and --max-request-tokens at least 1")
     specs: list[tuple[str | None, str]] = []
     for item in args.models:
         name, eq, spec = item.partition("=")
@@ -408,11 +497,15 @@ def run_serve(args) -> int:
         console.print(f"loaded [bold]{mid}[/bold] (context window {models[mid].context:,} tokens)")
     try:
         server = make_server(models, host=args.host, port=args.port, sampling=sampling, max_queue=args.max_queue,
-                             log=None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True)))
+                             log=None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True)),
+                             api_key=api_key, allow_hosts=args.allow_host, read_timeout=args.read_timeout,
+                             max_connections=args.max_connections, max_request_tokens=args.max_request_tokens)
     except OSError as e:
         raise LangadaptError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}; choose another --port") from None
     console.print(f"chat page:  [bold]{server.url}[/bold]")
     console.print(f"OpenAI API: {server.url}v1  (models: {', '.join(models)})   Ctrl-C stops the server")
+    if api_key:
+        console.print("API key required: clients send 'Authorization: Bearer KEY'; the chat page asks for it")
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -432,7 +525,9 @@ def add_parser(sub) -> None:
         "English left-to-right, per message; answers stream; two models side by side on one prompt) and an "
         "OpenAI-compatible API at /v1 (chat/completions, streaming and not; models), so the openai client and "
         "other tools work with base_url=http://127.0.0.1:PORT/v1. One answer is generated at a time; up to "
-        "--max-queue requests wait and further ones get HTTP 503. Each MODEL is a model folder, adapter folder, "
+        "--max-queue requests wait and further ones get HTTP 503. /v1/completions (echo, logprobs) and /tokenize serve "
+        "log-likelihood evaluations, e.g. lm-eval --model local-completions --model_args "
+        "base_url=http://127.0.0.1:PORT/v1/completions,model=NAME. Each MODEL is a model folder, adapter folder, "
         ".gguf, hub id, smollm2-135m-instruct, a run's stage (runs/NAME/STAGE, runs/NAME:STAGE, "
         "RECIPE.yaml:STAGE; RECIPE.yaml:base is the run's base model), or a run folder (runs/NAME: all its stages "
         "that have a model); write NAME=MODEL to choose the id clients use.",
@@ -443,6 +538,20 @@ def add_parser(sub) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--max-queue", type=int, default=4, help="requests allowed to wait while one generates (default 4)")
     p.add_argument("--quiet", action="store_true", help="do not log requests")
+    p.add_argument("--api-key", metavar="KEY", help=f"require 'Authorization: Bearer KEY' on the API (default: "
+                   f"${API_KEY_ENV}, which keeps the key out of the process list); required for a --host other "
+                   "than loopback; the chat page asks for it")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="a host name clients use to reach the server (repeatable); requests naming any other Host "
+                   "are refused against DNS rebinding; loopback names and the --host are always allowed; '*' allows any")
+    p.add_argument("--read-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="a client must send its whole request within this time, and no send to it may block longer "
+                   "(default 30)")
+    p.add_argument("--max-connections", type=int, default=64, metavar="N",
+                   help="connections served at once; more get HTTP 503 at once (default 64)")
+    p.add_argument("--max-request-tokens", type=int, metavar="N",
+                   help="the most tokens one request may hold, even with trim_history (default: 32,768 or 4 x the "
+                   "model's context window, whichever is more)")
     add_model_options(p)
     add_sampling_options(p)
     p.set_defaults(func=run_serve)

@@ -2,7 +2,8 @@
 
 ``mean``: a new token's row is the mean of the base rows of the base tokens that spell it (for an
 untied head, likewise from the head's rows), so a new Persian word starts where the base model's
-reading of its bytes would put it. ``plain``: the model's own initialisation of new rows (normal
+reading of its bytes would put it; the mean is weighted very slightly by position (`position_weights`)
+so that anagram pieces (ان / نا: 318 pairs among 20,000 pieces on Llama-2) start apart. ``plain``: the model's own initialisation of new rows (normal
 with ``initializer_range``), as a plain ``resize_token_embeddings`` does - the paper's choice.
 Rows without a spelling (padding up to a multiple, reserved ids, an added pad token) start as the
 mean of all base rows. Existing rows are left bit-identical, which is checked.
@@ -26,8 +27,22 @@ def _is_tied(model) -> bool:
     return out is not None and out.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
 
 
+RAMP = 0.1
+"""Position weights of a spelling run from 1 - RAMP (first token) to 1 + RAMP (last), then sum to 1."""
+
+
+def position_weights(n: int) -> list[float]:
+    """Weights of the ``n`` tokens of a spelling: nearly equal, rising slightly from first to last, so
+    two pieces spelled by the same tokens in another order (ان / نا) do not get the same row."""
+    if n == 1:
+        return [1.0]
+    raw = [1 - RAMP + 2 * RAMP * k / (n - 1) for k in range(n)]
+    return [w / sum(raw) for w in raw]
+
+
 def mean_rows(weight, spellings: list[list[int]]):
-    """One row per spelling: the mean of ``weight``'s rows it lists (all rows' mean for an empty one)."""
+    """One row per spelling: the position-weighted mean of ``weight``'s rows it lists (`position_weights`),
+    all rows' mean for an empty one."""
     import torch
 
     w = weight.detach().float()
@@ -36,7 +51,9 @@ def mean_rows(weight, spellings: list[list[int]]):
     has = torch.tensor([bool(s) for s in spellings], dtype=torch.bool)
     if flat:
         offsets = torch.tensor([0] + [len(s) for s in spellings if s][:-1]).cumsum(0)
-        out[has] = torch.nn.functional.embedding_bag(torch.tensor(flat), w, offsets, mode="mean")
+        weights = torch.tensor([x for s in spellings if s for x in position_weights(len(s))])
+        out[has] = torch.nn.functional.embedding_bag(torch.tensor(flat), w, offsets, mode="sum",
+                                                     per_sample_weights=weights)
     out[~has] = w.mean(0)
     return out.to(weight.dtype)
 

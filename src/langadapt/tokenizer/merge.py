@@ -26,7 +26,22 @@ or digits never form inside a byte-level pre-token, and `train` keeps SentencePi
 
 Target-language characters are the non-ASCII letters and marks among the SentencePiece model's
 characters, plus the zero-width non-joiner and joiner when it learned them (for Persian: the
-Arabic-script letters and ZWNJ). Text with none of them tokenizes to exactly the base's ids.
+Arabic-script letters and ZWNJ). Text with none of them tokenizes to exactly the base's ids. (One
+exception, SentencePiece-family bases only: a joiner the pieces use becomes a character of the
+vocabulary, so a stray U+200C in other text is one token instead of three byte tokens; byte-level
+bases keep even that text identical.)
+
+Ids
+---
+Every id the base uses keeps its token: the BPE vocabulary, the added and special tokens, and the
+rows of the base model. New tokens start after the highest of them. Llama-3 and Qwen2 keep their
+specials only in ``added_tokens`` (after the vocabulary), where `tokenizers` would renumber them
+on load once anything follows the vocabulary; `pin_added_tokens` writes them into the vocabulary
+at their own ids first. Ids no base token used below the new ones (a model padded to more rows
+than tokens, as Qwen2's 151,936 rows for 151,665 tokens) get reserved special tokens, so no id is
+empty and no new token takes a row that belonged to something else. `add_normalizer` gives the
+merged tokenizer the clean stage's letter rewrites (Persian: Arabic yeh/kaf), so raw text costs
+what the clean text the pieces were trained on costs.
 
 The ZWNJ problem (byte-level bases)
 -----------------------------------
@@ -42,9 +57,9 @@ becomes one pre-token in which the SentencePiece merges can build pieces across 
 The ZWNJ itself is three bytes (E2 80 8C) whose first two it shares with curly quotes and dashes,
 so it cannot be built from its bytes ahead of the base merges. A piece holding it is built by taking
 the ZWNJ's bytes one at a time onto the neighbouring part, which holds a letter ("ه" + E2, + 80,
-+ 8C = "ه‌"), so every step yields a token with a whole Persian letter. Where the base spells the
-ZWNJ as two tokens (SmolLM2: ``âĢ`` + ``Į``) the merge completing it is added as well, for a ZWNJ
-that no piece absorbs; it fires once the base has joined the first two bytes. For other 3- and
++ 8C = "ه‌"), so every step yields a token with a whole Persian letter. A ZWNJ that no piece absorbs
+keeps the base's tokens (SmolLM2: ``âĢ`` + ``Į``): a merge completing the bare character would hold
+no letter and change text without one ("a\u200cb", ZWJ emoji sequences). For other 3- and
 4-byte scripts a character is built from its byte prefix in front only when every character sharing
 that prefix is a letter, mark or number (never for punctuation blocks).
 
@@ -230,10 +245,70 @@ def rewrite_pre_tokenizer(pre: dict | None, word: str) -> tuple[dict | None, boo
     return {"type": "Sequence", "pretokenizers": out}, True
 
 
+def add_normalizer(tj: dict, mapping: dict[str, str], letters) -> dict[str, str]:
+    """Give the tokenizer.json dict ``tj`` a normalizer that rewrites characters of ``mapping`` (to the
+    value; "" deletes) after the base's own normalizer; return the rewrites it applies.
+
+    The pieces were trained on text the clean stage normalized (Persian: Arabic yeh/kaf to Persian),
+    so raw text written the other way would cost far more tokens. Only letters in the Unicode range
+    of the target ``letters`` (the same 256 code points as one of them) are rewritten, so English,
+    other scripts, digits and punctuation keep their ids.
+    """
+    blocks = {ord(c) >> 8 for c in letters}
+    mapping = {k: v for k, v in sorted(mapping.items())
+               if len(k) == 1 and ord(k) > 0x7F and is_letter(k) and ord(k) >> 8 in blocks}
+    if mapping:
+        steps = [{"type": "Replace", "pattern": {"String": k}, "content": v} for k, v in mapping.items()]
+        base = tj.get("normalizer")
+        tj["normalizer"] = {"type": "Sequence", "normalizers": ([base] if base else []) + steps}
+    return mapping
+
+
 def json_ids(tj: dict) -> int:
     """How many ids the tokenizer uses: its highest id (model vocabulary or added token) plus one."""
     ids = list(tj["model"]["vocab"].values()) + [t["id"] for t in tj.get("added_tokens", [])]
     return max(ids) + 1
+
+
+def pin_added_tokens(tj: dict) -> int:
+    """Write every added token that lives only in ``added_tokens`` into the model vocabulary at its id;
+    return how many were written. ``tj`` is changed in place.
+
+    Llama-3 and Qwen2 keep their special tokens only in ``added_tokens``, at ids after the BPE
+    vocabulary. On load, `tokenizers` gives such a token the id ``len(model vocabulary) + k``, which
+    is its own id only while nothing follows the vocabulary; once new pieces are appended, the
+    specials would move (bos 128000 -> 146034 on Llama-3) and collide with new pieces. Inside the
+    vocabulary a token keeps its id. The BPE model never produces these strings itself (no merge
+    builds them, and the added-token pass takes them out of the text first), so tokenization is unchanged.
+    """
+    vocab = tj["model"]["vocab"]
+    owner = {i: t for t, i in vocab.items()}
+    pinned = 0
+    for t in tj.get("added_tokens", []):
+        content, i = t["content"], t["id"]
+        if content in vocab:
+            if vocab[content] != i:
+                raise LangadaptError(f"the base tokenizer.json gives {content!r} id {i} as an added token but id "
+                                     f"{vocab[content]} in its vocabulary; the file is inconsistent")
+            continue
+        if i in owner:
+            raise LangadaptError(f"the base tokenizer.json gives id {i} to both the added token {content!r} and the "
+                                 f"vocabulary entry {owner[i]!r}; the file is inconsistent")
+        vocab[content] = i
+        owner[i] = content
+        pinned += 1
+    return pinned
+
+
+def id_ranges(ids) -> list[list[int]]:
+    """Sorted ids as [first, last] runs, for reports (``[[49152, 69000]]`` rather than 20,000 numbers)."""
+    out: list[list[int]] = []
+    for i in sorted(ids):
+        if out and i == out[-1][1] + 1:
+            out[-1][1] = i
+        else:
+            out.append([i, i])
+    return out
 
 
 def model_only(tj: dict):
@@ -264,12 +339,16 @@ class MergedTokenizer:
 
     tokenizer_json: dict
     family: str
-    base_ids: int  # ids the base tokenizer uses
-    first_new_id: int
+    base_ids: int  # ids the base tokenizer uses (its highest id plus one)
+    first_new_id: int  # after the base's ids and its model's rows
     new_tokens: list[str]  # model-space strings; token i has id first_new_id + i
-    spellings: list[list[int]]  # base ids that spell each new token ([] for reserved fillers)
-    reserved: int = 0  # fillers for ids the base model had rows for but its tokenizer did not use
+    spellings: list[list[int]]  # base ids that spell each new token
+    reserved_ids: list[int] = field(default_factory=list)  # fillers: ids below first_new_id no base token used
     stats: dict = field(default_factory=dict)
+
+    @property
+    def reserved(self) -> int:
+        return len(self.reserved_ids)
 
     @property
     def size(self) -> int:
@@ -282,7 +361,8 @@ def merge_pieces(tj: dict, pieces: list[SpPiece], *, base_rows: int | None = Non
     ``tokenizer.json`` dict ``tj``, which is left unchanged.
 
     New tokens get the ids after both the base tokenizer's ids and the base model's ``base_rows``
-    embedding rows; ids in between (a model with spare rows) are filled with reserved tokens.
+    embedding rows; unused ids below them (a model with spare rows) are filled with reserved tokens.
+    Added and special tokens keep their ids (`pin_added_tokens`).
     ``merges_first=False`` (new merges appended after the base's) and ``extend_pre_tokenizer=False``
     exist to measure what the design choices above are worth (bench/tokenizer_bench.py).
     """
@@ -290,11 +370,11 @@ def merge_pieces(tj: dict, pieces: list[SpPiece], *, base_rows: int | None = Non
     tj = copy.deepcopy(tj)
     model = tj["model"]
     vocab: dict[str, int] = model["vocab"]
+    base_vocabulary = len(vocab)
     base_merges = _merge_pairs(model)
-    base_ids = json_ids(tj)
-    if base_rows is not None and base_rows < base_ids:
-        raise LangadaptError(f"the base tokenizer uses {base_ids:,} ids but the base model has only {base_rows:,} "
-                             "embedding rows; tokenizer and model do not belong together")
+    pinned = pin_added_tokens(tj)
+    used = set(vocab.values())
+    base_ids = max(used) + 1
     letters, joiners = target_characters(pieces)
     if not letters:
         raise LangadaptError("the SentencePiece model learned no non-ASCII letters, so no piece can be merged without "
@@ -350,10 +430,9 @@ def merge_pieces(tj: dict, pieces: list[SpPiece], *, base_rows: int | None = Non
             units[ch] = s
             continue
         as_bytes[ch] = [byte_chars()[b] for b in raw]
-        spelled = [t.value for t in base.model.tokenize(s)]
-        if len(spelled) == 2:  # completing the character is safe; it fires once the base has joined its prefix
-            add_merge(*spelled)
-        if len(spelled) <= 2:
+        # No merge completing the bare character: it would hold no letter, so it would change text
+        # without target letters (a stray ZWNJ between Latin letters, ZWJ in emoji sequences).
+        if len(base.model.tokenize(s)) == 1:  # the base builds it itself; pieces may then take it whole
             late[ch] = s
     for p in pieces:  # characters the base knows as one token (Latin letters, digits) can be parts too
         t = p.text
@@ -427,13 +506,20 @@ def merge_pieces(tj: dict, pieces: list[SpPiece], *, base_rows: int | None = Non
     new_pieces = sum(1 for p in candidates if p.text in built and enc(p.text) in new_set)
     new_chars = sum(1 for ch, s in units.items() if s in new_set and len(ch) == 1)
 
-    # 4. Ids after the base's ids and rows; merges in front; the pre-tokenizer that keeps target words whole.
+    # 4. Ids after every id the base uses: its vocabulary, its added tokens and its model's rows. Ids
+    #    nobody uses below that (a model with spare rows, a gap in the base's ids) get reserved tokens,
+    #    so the vocabulary has no holes and no new token takes a row that belongs to something else.
     first_new = max(base_ids, base_rows or 0)
-    reserved = [RESERVED.format(i) for i in range(first_new - base_ids)]
+    reserved_ids = sorted(set(range(first_new)) - used)
+    reserved = [RESERVED.format(i) for i in range(len(reserved_ids))]
     if any(r in vocab for r in reserved):
         raise LangadaptError(f"the base vocabulary already uses the name {RESERVED.format('N')}")
-    for i, s in enumerate(reserved):
-        vocab[s] = base_ids + i
+    added = tj.setdefault("added_tokens", [])
+    for i, s in zip(reserved_ids, reserved):
+        vocab[s] = i
+        added.append({"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
+                      "normalized": False, "special": True})  # special: skipped by decode(skip_special_tokens=True)
+    added.sort(key=lambda t: t["id"])
     for i, s in enumerate(new_tokens):
         vocab[s] = first_new + i
     if merges_first:
@@ -467,7 +553,12 @@ def merge_pieces(tj: dict, pieces: list[SpPiece], *, base_rows: int | None = Non
         "character_merges": chars_front,
         "base_merges_moved_to_front": moved,
         "pre_tokenizer_extended": pattern_changed,
-        "reserved_ids": len(reserved),
+        "base_vocabulary": base_vocabulary,
+        "added_tokens_pinned": pinned,
+        "base_ids": base_ids,
+        "base_rows": base_rows,
+        "reserved_ids": id_ranges(reserved_ids),
+        "new_ids": id_ranges(range(first_new, first_new + len(new_tokens))),
     }
-    spellings = [[] for _ in reserved] + [spell(s) for s in new_tokens]
-    return MergedTokenizer(tj, family, base_ids, base_ids, reserved + new_tokens, spellings, len(reserved), stats)
+    spellings = [spell(s) for s in new_tokens]
+    return MergedTokenizer(tj, family, base_ids, first_new, new_tokens, spellings, reserved_ids, stats)

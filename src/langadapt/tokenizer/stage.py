@@ -17,6 +17,7 @@ from pathlib import Path
 
 from langadapt.errors import LangadaptError
 from langadapt.files import atomic_path, read_json, write_json
+from langadapt.layout import REPORT
 
 ENGLISH_CHECK = [
     "The quick brown fox jumps over the lazy dog. It's 3:45 p.m.; isn't it?",
@@ -36,8 +37,10 @@ def save_tokenizer(base_tok, tokenizer_json: dict, out_dir: Path, *, pad_token: 
     """Write the merged tokenizer as a Hugging Face folder and load it back.
 
     The folder starts as the base tokenizer's own (special tokens, chat template, settings), then
-    gets the merged ``tokenizer.json``. Its class becomes ``TokenizersBackend``: classes such as
-    ``LlamaTokenizer`` rebuild their pre-tokenizer from code on load and would drop ours.
+    gets the merged ``tokenizer.json``. Its class becomes ``PreTrainedTokenizerFast``, which loads
+    ``tokenizer.json`` as written in transformers 4.x and 5.x alike (5.x's name for it,
+    ``TokenizersBackend``, does not exist in 4.x); classes such as ``LlamaTokenizer`` rebuild their
+    pre-tokenizer from code on load and would drop ours.
     """
     from transformers import AutoTokenizer
 
@@ -47,9 +50,16 @@ def save_tokenizer(base_tok, tokenizer_json: dict, out_dir: Path, *, pad_token: 
     tj = json.loads(json.dumps(tokenizer_json))
     cfg_path = out_dir / "tokenizer_config.json"
     cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    cfg["tokenizer_class"] = "TokenizersBackend"
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
     for key in ("vocab_file", "merges_file", "tokenizer_file", "legacy", "add_prefix_space"):
         cfg.pop(key, None)
+    # transformers 4.x reads extra special tokens from a list named additional_special_tokens (5.x
+    # writes a list named extra_special_tokens, which 4.x takes for a dict and fails on), and the
+    # chat template from tokenizer_config.json (4.x before 4.50 knows no chat_template.jinja).
+    if isinstance(cfg.get("extra_special_tokens"), list):
+        cfg["additional_special_tokens"] = cfg.pop("extra_special_tokens")
+    if isinstance(getattr(base_tok, "chat_template", None), str):
+        cfg["chat_template"] = base_tok.chat_template
     if pad_token is not None:
         tj["model"]["vocab"][pad_token] = pad_id
         tj["added_tokens"].append({"id": pad_id, "content": pad_token, "single_word": False, "lstrip": False,
@@ -69,16 +79,14 @@ def run(ctx) -> dict:
     from langadapt.models import load_model_and_tokenizer
     from langadapt.tokenizer.embeddings import resize_and_init
     from langadapt.tokenizer.fertility import fertility, read_lines
-    from langadapt.tokenizer.merge import merge_pieces, read_sentencepiece
+    from langadapt.clean.normalize import char_map
+    from langadapt.tokenizer.merge import add_normalizer, merge_pieces, read_sentencepiece, target_characters
     from langadapt.tokenizer.train import train_sentencepiece
 
     recipe, cfg, out = ctx.recipe, ctx.recipe.tokenizer, ctx.out_dir
     seed = cfg.seed if cfg.seed is not None else recipe.seed
     timings: dict[str, float] = {}
-    sentences = ctx.stage_dir("clean") / "sentences"
-    files = sorted(sentences.glob("*.jsonl")) + sorted(sentences.glob("*.parquet"))
-    if not files:
-        raise LangadaptError(f"no cleaned sentences in {sentences}/; run the clean stage first (langadapt clean RECIPE)")
+    files = ctx.layout.clean_shards()
 
     # 1. SentencePiece on a reservoir sample (reused when resuming after a later step was killed).
     sp_model, sp_info = out / "sp.model", out / "sp.json"
@@ -111,6 +119,11 @@ def run(ctx) -> dict:
     base_rows = model.get_input_embeddings().weight.shape[0]
     t0 = time.perf_counter()
     merged = merge_pieces(json.loads(base_tok.backend_tokenizer.to_str()), pieces, base_rows=base_rows)
+    rewrites: dict[str, str] = {}
+    if cfg.normalize:  # raw text meets the pieces as the clean stage's normalized text did
+        digits = recipe.clean.digits if recipe.clean is not None else "keep"
+        rewrites = add_normalizer(merged.tokenizer_json, char_map(recipe.language.code, digits),
+                                  target_characters(pieces)[0])
     timings["merge"] = round(time.perf_counter() - t0, 2)
     pad_token = pad_id = None
     if cfg.add_pad_token:
@@ -124,11 +137,20 @@ def run(ctx) -> dict:
             ctx.log(f"tokenizer: the base already has a padding token ({base_tok.pad_token!r}); none added")
     tokens = merged.size + (pad_token is not None)
     rows = padded(tokens, cfg.pad_to_multiple_of)
+    if cfg.merged_vocab_size is not None and cfg.merged_vocab_size != rows:
+        ctx.log(f"[yellow]warning[/yellow]: tokenizer.merged_vocab_size is {cfg.merged_vocab_size:,} but the merge "
+                f"gives {rows:,} rows; `plan` used the recipe's number before this stage ran (set it to {rows:,})")
 
     heldout = recipe.data.heldout
     texts = {}
     for which in ("target", "english"):
         path = getattr(heldout, which)
+        if path is not None and not isinstance(path, str):  # a dataset
+            from langadapt.data.hub import dataset_lines
+
+            texts[which] = dataset_lines(path, recipe.resolve(path.path), max_chars=heldout.max_chars,
+                                         what=f"data.heldout.{which}", seed=recipe.seed)
+            continue
         texts[which] = read_lines(recipe.resolve(path), heldout.max_chars) if path else None
     english = ENGLISH_CHECK + (texts["english"] or [])
 
@@ -156,8 +178,10 @@ def run(ctx) -> dict:
 
     # 4. Round trips and fertility on the held-out text.
     target_lines = texts["target"] or []
+    table = str.maketrans(rewrites)  # decoding gives the normalized text back
     roundtrip = sum(tok.decode(tok(x, add_special_tokens=False)["input_ids"]) !=
-                    base_tok.decode(base_tok(x, add_special_tokens=False)["input_ids"]) for x in target_lines)
+                    base_tok.decode(base_tok(x.translate(table), add_special_tokens=False)["input_ids"])
+                    for x in target_lines)
     fert = {}
     for which, lines in texts.items():
         if lines:
@@ -174,6 +198,8 @@ def run(ctx) -> dict:
         "pad_to_multiple_of": cfg.pad_to_multiple_of,
         "sentencepiece": info,
         **{k: v for k, v in merged.stats.items() if k != "family"},
+        "normalizer": {f"U+{ord(k):04X}": f"U+{ord(v):04X}" if v else "" for k, v in rewrites.items()},
+        "merged_vocab_size_declared": cfg.merged_vocab_size,
         "init": cfg.init,
         "tied_embeddings": resized.tied,
         "english_lines_checked": len(english),
@@ -182,7 +208,7 @@ def run(ctx) -> dict:
         "fertility": fert,
         "seconds": timings,
     }
-    write_json(out / "report.json", report)
+    write_json(out / REPORT, report)
     summary = f"{report['new_pieces']:,} new pieces, vocabulary {base_rows:,} -> {rows:,}"
     if "target" in fert:
         summary += (f"; target tokens/word {fert['target']['base']['tokens_per_word']} -> "

@@ -95,9 +95,11 @@ def _read_at(path: Path, positions: list[int]):
 
 
 def reservoir_sample(files: list[Path], k: int, out_path: Path, *, seed: int, progress=None) -> Sample:
-    """Write a uniform random sample of ``k`` sentences (all if fewer) from ``files`` to ``out_path``.
+    """Write a uniform random sample of ``k`` documents (all if fewer) from ``files`` to ``out_path``, one
+    line of a document per line.
 
-    The files are the clean stage's output: JSONL lines (or Parquet rows) with a ``text`` field.
+    The files are the clean stage's output: JSONL lines (or Parquet rows) with a ``text`` field (documents,
+    or sentences in runs made before documents).
     ``progress(n)`` is called as ``n`` more bytes have been read.
     """
     import numpy as np
@@ -128,9 +130,11 @@ def reservoir_sample(files: list[Path], k: int, out_path: Path, *, seed: int, pr
     with open(out_path, "w", encoding="utf-8") as out:
         for fi in np.unique(file_of[:kept]):
             for text in _read_at(Path(files[fi]), sorted(position_of[:kept][file_of[:kept] == fi].tolist())):
-                text = " ".join(str(text).split())  # one sentence per line for SentencePiece
-                chars += len(text)
-                out.write(boundary.sub(DELIMITER, text) + "\n")
+                for line in str(text).split("\n"):  # a document's lines (verses, paragraphs) one by one
+                    line = " ".join(line.split())
+                    if line:
+                        chars += len(line)
+                        out.write(boundary.sub(DELIMITER, line) + "\n")
     return Sample(out_path, seen, kept, chars)
 
 
@@ -164,6 +168,7 @@ def train_sentencepiece(sample: Path, out_model: Path, *, vocab_size: int, model
                 character_coverage=character_coverage, normalization_rule_name="identity",
                 pretokenization_delimiter=DELIMITER, hard_vocab_limit=False, byte_fallback=False,
                 input_sentence_size=0, shuffle_input_sentence=False, split_digits=True,
+                max_sentence_length=1 << 15,  # a document's paragraph, not only a sentence, is one line here
                 num_threads=threads or os.cpu_count() or 1, minloglevel=2,
             )
         except RuntimeError as e:

@@ -3,7 +3,8 @@
 Public entry point (stable; later additions are keyword arguments only)::
 
     train_model(model, tokenizer, examples, settings, out_dir, *, resume=False, pack=True,
-                heldout=None, log=None, name="train", seed=0, bpc_start=None, callback=None)
+                heldout=None, log=None, name="train", seed=0, bpc_start=None, callback=None,
+                report_to=(), project=None)
         -> TrainResult
 
 - ``model``: already frozen by ``langadapt.train.freeze.apply_policy`` (a plain transformers
@@ -31,7 +32,7 @@ Public entry point (stable; later additions are keyword arguments only)::
   per-process RNG via ``Accelerator.save_state``; ``trainer_state.json`` = data position and
   history), built under ``.tmp-step-N`` and renamed when complete, only the newest kept;
   ``metrics.jsonl`` (one row per logged step: loss, lr, grad norm, tokens/s, memory);
-  ``bpc.json``; ``tensorboard/<name>/`` when TensorBoard is installed.
+  ``bpc.json``; ``tensorboard/<name>/`` with ``report_to=["tensorboard"]``.
 - ``resume=True``: continue from the newest complete checkpoint of ``name`` (none: start
   fresh). Data order, RNG, optimizer and schedule are restored, so a killed and resumed run
   ends with the same weights as an uninterrupted one. ``resume=False`` deletes old ones.
@@ -43,10 +44,19 @@ Public entry point (stable; later additions are keyword arguments only)::
   comes from the first call, ``end`` from the last (``steps`` entries carry their ``name``).
 - ``log``: called with human-readable lines (default: ``print``); ``callback(step, metrics)``
   after every optimizer step (tests use it to kill a run at a chosen step).
+- ``report_to``: accelerate trackers (the recipe's ``report_to``: tensorboard, wandb, mlflow, ...) that
+  receive each logged step's figures and the held-out bits per character, one tracker run per call
+  named ``name`` in project ``project`` (the recipe's name); see ``tracking.py``. A tracker whose
+  package is missing is refused before anything else happens.
 - ``seed``: seeds torch/numpy/random and the data order.
+- A NaN or infinite loss, or gradient (except the steps fp16's loss scaler skips), stops training with
+  ``DivergedError`` (one line): at the first logged step that shows it, and before any checkpoint, which
+  also requires finite trained weights; nothing of a diverged run is saved.
 
 Works unchanged under ``accelerate launch`` (DDP, FSDP, DeepSpeed): every process builds the
-same rows and takes its own slice of each global batch.
+same rows and takes its own slice of each global batch; every predicted token weighs the same whichever
+process it falls in. Without a GPU, FSDP and DeepSpeed configs still get their engine (``sharding.py``),
+so tests/test_sharded.py runs FSDP2 and ZeRO-2 on two CPU processes.
 
 Fast paths (``settings``; none changes the computation beyond floating-point rounding):
 ``fused_loss`` (on: the head and cross-entropy run ``loss_chunk`` tokens at a time and only on tokens
@@ -60,25 +70,28 @@ metrics without ``loss`` until they arrive; on the CPU they are immediate).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from langadapt.errors import LangadaptError
-from langadapt.files import append_jsonl, iter_jsonl, read_json, write_json, write_jsonl
+from langadapt.errors import DivergedError, LangadaptError
+from langadapt.layout import BPC
+from langadapt.train import sharding
+from langadapt.train.checkpoint import Checkpoints, last_checkpoint, load_trained_weights, save_model  # noqa: F401
+from langadapt.train.metrics import (DIVERGED_HINT, HeldOut, MetricsLog, Totals, describe_bpc, elapsed,  # noqa: F401
+                                     memory_mb, merge_bpc)
 
 
 @dataclass
 class TrainResult:
     """What a call to ``train_model`` produced."""
 
-    model: Any  # the trained model, unwrapped from any distributed wrapper (still PEFT if it was)
+    model: Any  # the trained model, unwrapped from any distributed wrapper (still PEFT if it was); under FSDP
+    # gathered from the shards into a plain copy on the CPU of every process (train/sharding.py)
     steps: int
     final_loss: float | None
     tokens_per_s: float
@@ -126,90 +139,10 @@ def load_dtype(precision: str):
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[resolve_precision(precision)]
 
 
-# --------------------------------------------------------------------------- checkpoints
+# --------------------------------------------------------------------------- parts of the loop
 
 
-def checkpoint_root(out_dir: str | os.PathLike, name: str) -> Path:
-    return Path(out_dir) / "checkpoints" / name
-
-
-def last_checkpoint(out_dir: str | os.PathLike, name: str) -> Path | None:
-    """The newest complete checkpoint of ``name`` (``trainer_state.json`` is written last)."""
-    root = checkpoint_root(out_dir, name)
-    if not root.is_dir():
-        return None
-    done = []
-    for d in root.iterdir():
-        if d.name.startswith("step-") and d.name[5:].isdigit() and (d / "trainer_state.json").is_file():
-            done.append((int(d.name[5:]), d))
-    return max(done)[1] if done else None
-
-
-def _trains_full_embeddings(model) -> bool:
-    """A PEFT model whose full embedding/head tensors train (not LoRA, not trainable-token deltas)."""
-    return any(
-        p.requires_grad and "lora_" not in n and "trainable_tokens" not in n for n, p in model.named_parameters()
-    )
-
-
-def save_model(model, path: str | os.PathLike, *, state_dict=None) -> None:
-    """``save_pretrained`` for a plain model or a PEFT adapter (with trained embeddings/head)."""
-    from peft import PeftModel
-
-    if isinstance(model, PeftModel):
-        model.save_pretrained(str(path), state_dict=state_dict, save_embedding_layers=_trains_full_embeddings(model))
-    else:
-        model.save_pretrained(str(path), state_dict=state_dict)
-
-
-def load_trained_weights(model, path: str | os.PathLike) -> None:
-    """Load the tensors a checkpoint's ``model/`` folder holds into ``model`` (same architecture)."""
-    from peft import PeftModel, set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if isinstance(model, PeftModel):
-        result = set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
-        if getattr(result, "unexpected_keys", None):
-            raise LangadaptError(f"checkpoint {path} does not fit the model: unexpected {result.unexpected_keys[:3]}")
-        return
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise LangadaptError(f"checkpoint {path} has no .safetensors weights")
-    for f in files:
-        result = model.load_state_dict(load_file(str(f)), strict=False)
-        if result.unexpected_keys:
-            raise LangadaptError(f"checkpoint {f} does not fit the model: unexpected {result.unexpected_keys[:3]}")
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _memory_mb() -> float:
-    import resource
-
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-@contextlib.contextmanager
-def _quiet_transformers():
-    """No 'Writing model shards' bar inside our own progress bar."""
-    from transformers.utils import logging as hf_logging
-
-    was = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was:
-            hf_logging.enable_progress_bar()
-
-
-def _make_accelerator(precision: str, grad_accum: int):
+def _make_accelerator(precision: str, grad_accum: int, log_with: list | None = None):
     import torch
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
@@ -219,21 +152,55 @@ def _make_accelerator(precision: str, grad_accum: int):
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
     mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    cpu = not torch.cuda.is_available()
+    # accelerate takes FSDP and DeepSpeed settings on GPUs only (plain data parallel on the CPU otherwise)
+    plugins = sharding.cpu_plugins() if cpu else {}
     # cpu=True on a machine without a GPU makes `accelerate launch` (torchrun) processes use gloo.
-    return Accelerator(mixed_precision=mp, gradient_accumulation_steps=grad_accum, cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(mixed_precision=mp, gradient_accumulation_steps=grad_accum, cpu=cpu,
+                              log_with=log_with or None, **plugins)
+    sharding.enable(accelerator, plugins)
+    return accelerator
+
+
+def lr_note(settings) -> str:
+    """A log fragment naming the embeddings' own learning rate, when they have one."""
+    lr = settings.embedding_learning_rate()
+    return f", embeddings/head at lr {lr:.2e}" if lr is not None else ""
+
+
+def embedding_parameters(model) -> set[int]:
+    """``id`` of every tensor of the input embeddings and the output head (PEFT copies and deltas included)."""
+    ids: set[int] = set()
+    for getter in ("get_input_embeddings", "get_output_embeddings"):
+        module = getattr(model, getter, lambda: None)()
+        if module is not None:
+            ids |= {id(p) for p in module.parameters()}
+    return ids
 
 
 def _optimizer(model, settings, device):
-    """AdamW over the trainable tensors only (frozen rows behind PEFT trainable tokens have no state)."""
+    """AdamW over the trainable tensors only (frozen rows behind PEFT trainable tokens have no state).
+
+    Matrices decay, vectors do not; with ``embedding_lr`` the embeddings and head form groups of their
+    own at that rate (the schedule scales every group alike), marked ``embeddings`` for the log.
+    """
     import torch
 
-    decay, no_decay = [], []
+    emb_lr = settings.embedding_learning_rate() if hasattr(settings, "embedding_learning_rate") else None
+    emb = embedding_parameters(model) if emb_lr is not None else set()
+    parts: dict[tuple[bool, bool], list] = {}
     for _, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": settings.weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+            parts.setdefault((id(p) in emb, p.ndim >= 2), []).append(p)
+    groups = []
+    for is_emb in (False, True):
+        for decays in (True, False):
+            params = parts.get((is_emb, decays))
+            if params or (not is_emb and decays):
+                group = {"params": params or [], "weight_decay": settings.weight_decay if decays else 0.0}
+                if is_emb:
+                    group.update(lr=emb_lr, embeddings=True)
+                groups.append(group)
     if device.type == "cuda" and getattr(settings, "fused_optimizer", False):
         return torch.optim.AdamW(groups, lr=settings.lr, fused=True)
     return torch.optim.AdamW(groups, lr=settings.lr, foreach=False)
@@ -266,12 +233,14 @@ def _fast_paths(model, settings, accelerator, say, name: str) -> tuple[list[Call
         undo.append(lambda: [setattr(b, "_compiled_call_impl", None) for b in blocks])
     use_fused = False
     if getattr(settings, "fused_loss", False):
-        reason = fused.why_not(model)
         kind = accelerator.distributed_type
+        # checked first: why_not reads the head's weight, which a sharded model holds only in pieces
         if kind == DistributedType.FSDP:
             reason = "FSDP shards the head's weight"
         elif kind == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3:
             reason = "ZeRO-3 shards the head's weight"
+        else:
+            reason = fused.why_not(model)
         if reason is None:
             undo.append(fused.install(model, settings.loss_chunk))
             use_fused = True
@@ -307,21 +276,6 @@ class _Order:
         return torch.tensor(out, dtype=torch.long)
 
 
-def _merge_bpc(path: Path, name: str, mine: dict) -> dict:
-    """Merge this call's held-out results into ``bpc.json`` (start from the first name, end from the last)."""
-    merged = read_json(path) if path.is_file() else {}
-    for lang, r in mine.items():
-        entry = merged.setdefault(lang, {})
-        entry[name] = {"start": r["start"], "end": r["end"]}
-        steps = [s for s in entry.get("steps", []) if s.get("name") != name]
-        entry["steps"] = steps + [{"name": name, **s} for s in r["steps"]]
-        names = list(dict.fromkeys(s["name"] for s in entry["steps"]))  # in the order the calls ran
-        entry["start"] = entry[names[0]]["start"]
-        entry["end"] = entry[names[-1]]["end"]
-    write_json(path, merged)
-    return merged
-
-
 # --------------------------------------------------------------------------- the loop
 
 
@@ -331,16 +285,17 @@ def _rows(examples, settings, pack: bool | str, pad_id: int) -> tuple[Any, int, 
     from langadapt.train import packing
     from langadapt.train.store import TokenStore
 
+    across = getattr(settings, "pack_across_documents", False)
     if isinstance(examples, TokenStore):  # built with max_examples applied; packed by construction
         if pack is not True:
             raise ValueError("a TokenStore serves packed rows only (pack=True)")
-        return examples.rows(settings.seq_len, pad_id), 0, examples.documents
+        return examples.rows(settings.seq_len, pad_id, across=across), 0, examples.documents
     if settings.max_examples is not None:
         examples = examples[: settings.max_examples]
     if pack == "whole":
         return *packing.pack_whole(examples, settings.seq_len, pad_id), len(examples)
     if pack:
-        return packing.pack(examples, settings.seq_len, pad_id), 0, len(examples)
+        return packing.pack(examples, settings.seq_len, pad_id, across=across), 0, len(examples)
     return *packing.pad(examples, settings.seq_len, pad_id), len(examples)
 
 
@@ -359,25 +314,25 @@ def train_model(
     seed: int = 0,
     bpc_start: dict[str, float] | None = None,
     callback: Callable[[int, dict], None] | None = None,
+    report_to: Sequence[str] = (),
+    project: str | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``examples`` as ``settings`` say; see the module docstring for the contract."""
     import torch
     from accelerate.utils import DistributedType, set_seed
     from tqdm.auto import tqdm
 
-    from langadapt.train import loss as fused_loss
-    from langadapt.train import packing
-    from langadapt.train.bpc import bits_per_char
     from langadapt.train.freeze import count_parameters
+    from langadapt.train.tracking import Trackers
 
     out_dir = Path(out_dir)
+    trackers = Trackers(report_to, out_dir=out_dir, name=name, project=project, resume=resume)
     precision = resolve_precision(settings.precision)
-    accelerator = _make_accelerator(precision, settings.grad_accum)
+    accelerator = _make_accelerator(precision, settings.grad_accum, trackers.log_with)
     main = accelerator.is_main_process
     say = (log or (lambda m: print(m, flush=True))) if main else (lambda m: None)
-    heldout = {k: v for k, v in (heldout or {}).items() if v}
 
-    # ---- rows
+    # ---- rows and steps
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     rows, truncated, used = _rows(examples, settings, pack, pad_id)
     if truncated:
@@ -387,6 +342,8 @@ def train_model(
     per_step = bs * accum * world
     total_steps = settings.max_steps or max(1, math.ceil(settings.epochs * len(rows) / per_step))
     order = _Order(len(rows), seed)
+    # Tokens a row feeds the model: padding excluded, except the tail of the last packed block.
+    row_tokens = torch.full_like(rows.tokens, settings.seq_len) if pack is True else rows.tokens
 
     # ---- model, optimizer, schedule
     set_seed(seed)
@@ -399,284 +356,237 @@ def train_model(
     optimizer = _optimizer(model, settings, accelerator.device)
     scheduler = _scheduler(optimizer, settings, total_steps)
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = bs
-    model, optimizer = accelerator.prepare(model, optimizer)
+        ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
+        ds_config["train_micro_batch_size_per_gpu"] = bs
+        # DeepSpeed clips inside its own step (at 1.0 unless told): the recipe's bound, 0 for none
+        ds_config["gradient_clipping"] = settings.max_grad_norm or 0.0
+    skeleton = None
+    if accelerator.distributed_type == DistributedType.FSDP:  # FSDP shards the model in place
+        sharding.check_precision(accelerator, precision)
+        model, optimizer, skeleton = sharding.prepare(accelerator, model, optimizer)
+    else:
+        model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
     sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
     # Model weights go to the checkpoint's standard model/ folder, not into accelerate's state;
     # sharded engines (FSDP, DeepSpeed) still save and load their own shards.
     accelerator.register_save_state_pre_hook(lambda models, weights, d: weights.clear())
     accelerator.register_load_state_pre_hook(lambda models, d: models.clear())
-
-    def unwrapped():
-        return accelerator.unwrap_model(model)
+    unwrapped = accelerator.unwrap_model(model)
+    eval_model = model if sharded else unwrapped
 
     # ---- resume or start fresh
-    start_step, tokens_seen, seconds_before, train_seconds, cpu_seconds = 0, 0, 0.0, 0.0, 0.0
-    history: dict[str, list[dict]] = {k: [] for k in heldout}
-    resumed_from = None
-    root = checkpoint_root(out_dir, name)
-    ckpt = last_checkpoint(out_dir, name) if resume else None
-    if ckpt is not None:
-        state = read_json(ckpt / "trainer_state.json")
-        expect = {"rows": len(rows), "per_step": per_step, "total_steps": total_steps, "seed": seed}
-        got = {k: state.get(k) for k in expect}
-        if got != expect:
-            raise LangadaptError(
-                f"checkpoint {ckpt} was made with other data or settings ({got} != {expect}); "
-                "run without --resume to start over"
-            )
-        if not sharded:
-            load_trained_weights(unwrapped(), ckpt / "model")
-        accelerator.load_state(str(ckpt / "state"))
-        start_step, tokens_seen = state["step"], state["tokens"]
-        seconds_before, train_seconds = state["seconds"], state["train_seconds"]
-        cpu_seconds = state.get("cpu_seconds", 0.0)
-        history = {k: v for k, v in state["bpc_history"].items() if k in heldout}
-        resumed_from = start_step
+    checkpoints = Checkpoints(accelerator, out_dir, name, sharded=sharded)
+    expect = {"rows": len(rows), "per_step": per_step, "total_steps": total_steps, "seed": seed}
+    ckpt, state = checkpoints.restore(model, unwrapped, expect) if resume else (None, None)
+    totals, start_step, history = Totals(), 0, None
+    if state is not None:
+        start_step = state["step"]
+        totals = Totals(tokens=state["tokens"], train_seconds=state["train_seconds"],
+                        cpu_seconds=state.get("cpu_seconds", 0.0), seconds_before=state["seconds"])
+        history = state["bpc_history"]
         say(f"{name}: resuming from {ckpt} (step {start_step:,} of {total_steps:,})")
-    elif main:
-        shutil.rmtree(root, ignore_errors=True)
-    metrics_path = out_dir / "metrics.jsonl"
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if metrics_path.is_file():  # drop rows of this name past the step we continue from
-            keep = [r for r in iter_jsonl(metrics_path)
-                    if not (r.get("name") == name and (ckpt is None or r.get("step", 0) > start_step))]
-            write_jsonl(metrics_path, keep)
+    else:
+        checkpoints.clear()
+    held = HeldOut(heldout or {}, tokenizer, history)
+    metrics = MetricsLog(out_dir, name, main=main, cuda=accelerator.device.type == "cuda",
+                         resumed_at=start_step if ckpt is not None else None,
+                         trackers=trackers.start(accelerator, {"name": name, **settings.model_dump(mode="json")}))
+    # Steps whose loss or (applied) gradient was NaN or infinite, counted on the device without waiting;
+    # read where the logged loss reaches the host (MetricsLog) and before every checkpoint.
+    nonfinite = torch.zeros((), device=accelerator.device)
     accelerator.wait_for_everyone()
-
-    writer = None
-    if main:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(out_dir / "tensorboard" / name))
-        except ImportError:
-            writer = None
-
-    def evaluate(step: int, known: dict[str, float] | None = None) -> dict[str, float]:
-        values = {}
-        eval_model = model if sharded else unwrapped()
-        with accelerator.autocast():
-            for lang, text in heldout.items():
-                if known and lang in known:
-                    values[lang] = float(known[lang])
-                else:
-                    values[lang] = bits_per_char(eval_model, tokenizer, text)
-                history[lang].append({"step": step, "bpc": values[lang]})
-        if main and values:
-            append_jsonl(metrics_path, {"name": name, "step": step, **{f"bpc_{k}": round(v, 5) for k, v in values.items()}})
-        return values
-
-    def flush_window() -> int:
-        """Add the tokens and seconds since the last flush (all processes) to the totals; return the tokens."""
-        nonlocal tokens_seen, train_seconds, window_tokens, window_seconds
-        toks = window_tokens  # counted on the host for every process's slice: no collective, no device wait
-        tokens_seen += toks
-        train_seconds += window_seconds
-        window_tokens, window_seconds = 0, 0.0
-        return toks
-
-    def save_checkpoint(step: int) -> Path:
-        final = root / f"step-{step}"
-        tmp = root / f".tmp-step-{step}"
-        if main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        accelerator.wait_for_everyone()
-        state_dict = accelerator.get_state_dict(model) if sharded else None
-        flush_window()
-        resolve(everything=True)  # final_loss below
-        if main:
-            with _quiet_transformers():
-                save_model(unwrapped(), tmp / "model", state_dict=state_dict)
-            tokenizer.save_pretrained(str(tmp / "model"))
-        accelerator.save_state(str(tmp / "state"))
-        accelerator.wait_for_everyone()
-        if main:
-            write_json(tmp / "trainer_state.json", {
-                "name": name, "step": step, "total_steps": total_steps, "rows": len(rows), "per_step": per_step,
-                "seed": seed, "tokens": tokens_seen, "seconds": seconds_before + (time.time() - t_start),
-                "train_seconds": train_seconds, "cpu_seconds": cpu_seconds,
-                "bpc_history": history, "final_loss": last_loss,
-            })
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            for old in root.iterdir():
-                if old.name.startswith("step-") and old != final:
-                    shutil.rmtree(old, ignore_errors=True)
-        accelerator.wait_for_everyone()
-        return final
 
     layout = {"whole": "blocks of whole examples", True: "packed blocks", False: "rows"}[pack]
     say(f"{name}: {len(rows):,} {layout} of <= {settings.seq_len} tokens, "
         f"{total_steps:,} steps x {per_step} rows ({bs} x {accum} accumulation x {world} processes), "
         f"{precision}, trainable {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
     t_start = time.time()
-    last_loss: float | None = None
-    window_tokens, window_seconds = 0, 0.0
-    if start_step == 0 and heldout:
-        start_values = evaluate(0, bpc_start)
-        say(f"{name}: held-out bits per character at start: " + ", ".join(f"{k} {v:.4f}" for k, v in start_values.items()))
+    if start_step == 0 and held:
+        values = held.measure(eval_model, accelerator, 0, bpc_start)
+        metrics.heldout(0, values)
+        say(f"{name}: held-out bits per character at start: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
 
-    def record(metrics: dict, values) -> None:
-        """Fill in a logged step's loss and gradient norm and write its row."""
-        nonlocal last_loss
-        loss_v, norm_v = values
-        metrics["loss"] = round(loss_v, 5)
-        metrics["grad_norm"] = None if math.isnan(norm_v) else round(norm_v, 5)
-        last_loss = loss_v
-        if main:
-            append_jsonl(metrics_path, metrics)
-            if writer is not None:
-                for k in ("loss", "lr", "grad_norm", "tokens_per_s"):
-                    if metrics[k] is not None:
-                        writer.add_scalar(f"{name}/{k}", metrics[k], metrics["step"])
-            bar.set_postfix(loss=f"{loss_v:.4f}", lr=f"{metrics['lr']:.2e}", tok_s=f"{metrics['tokens_per_s'] or 0:.0f}")
-
-    # Logged values still on their way from the device: (metrics row, pinned host copy, CUDA event).
-    pending: list[tuple[dict, Any, Any]] = []
-
-    def resolve(everything: bool = False) -> None:
-        """Write the rows whose values have reached the host; all of them (waiting) if ``everything``."""
-        while pending and (everything or len(pending) > 1):
-            metrics, host, event = pending.pop(0)
-            event.synchronize()  # recorded a logged step ago: the device is already past it
-            record(metrics, host.tolist())
-
-    undo_fast, use_fused = _fast_paths(unwrapped(), settings, accelerator, say, name)
-    cuda = accelerator.device.type == "cuda"
-    # Tokens a row feeds the model: padding excluded, except the tail of the last packed block.
-    row_tokens = torch.full_like(rows.tokens, settings.seq_len) if pack is True else rows.tokens
+    # ---- the loop
+    undo_fast, use_fused = _fast_paths(unwrapped, settings, accelerator, say, name)
     model.train()
     bar = tqdm(total=total_steps, initial=start_step, desc=name, disable=not main, dynamic_ncols=True, unit="step")
+    metrics.bar = bar
     ckpt_path = ckpt
-    rank = accelerator.process_index
     try:
         for step in range(start_step, total_steps):
             t_step, cpu_step = time.time(), time.process_time()
-            # This process's micro-batches for the step, and its count of predicted tokens, so that
-            # every predicted token weighs the same whatever micro-batch it falls in. Everything is
-            # counted on the host copy of the rows, so the loop never waits for the device.
-            batches, n_pred = [], []
-            for a in range(accum):
-                first = (step * accum + a) * world * bs
-                window_tokens += int(row_tokens[order.rows(first, bs * world)].sum())  # all processes
-                b = rows.batch(order.rows(first + rank * bs, bs))
-                n_pred.append(int((b["labels"][:, 1:] != packing.IGNORE).sum()))
-                if use_fused:
-                    b["target_index"] = fused_loss.target_index(b["labels"])
-                batches.append(b)
-            n_total = max(1, sum(n_pred))
-            step_loss = torch.zeros((), device=accelerator.device)
-            for b, n in zip(batches, n_pred):
-                if cuda:
-                    b = {k: v.pin_memory().to(accelerator.device, non_blocking=True) for k, v in b.items()}
-                else:
-                    b = {k: v.to(accelerator.device) for k, v in b.items()}
-                with accelerator.accumulate(model), accelerator.autocast():
-                    out = model(**b, use_cache=False)  # a cache would turn off packed-sequence masking
-                    if n:
-                        loss = out.loss * (n / n_total)
-                    else:  # nothing to predict: a zero that still reaches every trainable tensor
-                        loss = out.loss * 0.0 if out.logits is None else out.logits.sum() * 0.0
-                    accelerator.backward(loss * accum)  # backward divides by accum again
-                    step_loss += loss.detach().float()
-                    grad_norm = None
-                    if accelerator.sync_gradients and settings.max_grad_norm:
-                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
-                    optimizer.step()
-                    if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
-                        scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
+            batches, n_pred, tokens, n_all = _micro_batches(rows, order, row_tokens, step, bs, accum, world,
+                                                            accelerator.process_index, use_fused)
+            totals.window_tokens += tokens
+            step_loss, grad_norm = _train_step(model, optimizer, scheduler, accelerator, batches, n_pred, settings,
+                                               n_all)
+            bad = ~torch.isfinite(step_loss)
+            if grad_norm is not None and not accelerator.optimizer_step_was_skipped:  # fp16's scaler skips them
+                bad |= ~torch.isfinite(torch.as_tensor(grad_norm, device=bad.device))
+            nonfinite += bad.float()
             done = step + 1
-            window_seconds += time.time() - t_step
-            cpu_seconds += time.process_time() - cpu_step
+            totals.window_seconds += time.time() - t_step
+            totals.cpu_seconds += time.process_time() - cpu_step
             bar.update(1)
-            metrics = {"name": name, "step": done}
+            row = {"name": name, "step": done}
             if done % settings.log_every == 0 or done == total_steps:
-                mean_loss = accelerator.reduce(step_loss, reduction="mean")
+                mean_loss, bad = accelerator.reduce(torch.stack([step_loss.float().reshape(()), nonfinite]), reduction="mean")
                 norm = torch.as_tensor(float("nan") if grad_norm is None else grad_norm, device=accelerator.device)
-                values = torch.stack([mean_loss.float().reshape(()), norm.float().reshape(())])
-                window = window_seconds
-                toks = flush_window()
-                metrics = {
+                values = torch.stack([mean_loss, norm.float().reshape(()), bad])
+                toks, window = totals.flush()
+                row = {
                     "name": name, "step": done, "loss": None, "lr": scheduler.get_last_lr()[0], "grad_norm": None,
-                    "tokens_per_s": round(toks / window, 1) if window > 0 else None, "tokens": tokens_seen,
-                    "memory_mb": round(_memory_mb(), 1), "elapsed_s": round(seconds_before + time.time() - t_start, 2),
+                    **_embedding_lr(optimizer, scheduler),
+                    "tokens_per_s": round(toks / window, 1) if window > 0 else None, "tokens": totals.tokens,
+                    "memory_mb": round(memory_mb(), 1), "elapsed_s": round(elapsed(totals, t_start), 2),
                 }
-                if cuda:
-                    host = torch.empty(2, dtype=torch.float32, pin_memory=True)
-                    host.copy_(values, non_blocking=True)
-                    event = torch.cuda.Event()
-                    event.record()
-                    pending.append((metrics, host, event))
-                    resolve()
-                else:
-                    record(metrics, values.tolist())
-            if heldout and settings.eval_every and done % settings.eval_every == 0 and done != total_steps:
-                resolve(everything=True)
-                values = evaluate(done)
+                metrics.step(row, values)
+            if held and settings.eval_every and done % settings.eval_every == 0 and done != total_steps:
+                metrics.resolve(everything=True)
+                values = held.measure(eval_model, accelerator, done)
+                metrics.heldout(done, values)
                 say(f"{name}: step {done:,}: bits per character " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
             if done == total_steps:
-                resolve(everything=True)
-                if heldout:
-                    values = evaluate(done)
+                metrics.resolve(everything=True)
+                if held:
+                    values = held.measure(eval_model, accelerator, done)
+                    metrics.heldout(done, values)
                     say(f"{name}: held-out bits per character at end: "
                         + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
             if done == total_steps or (settings.save_every and done % settings.save_every == 0):
-                ckpt_path = save_checkpoint(done)
+                totals.flush()
+                metrics.resolve(everything=True)  # final_loss below
+                _check_finite(accelerator, unwrapped, nonfinite, name, done, scheduler.get_last_lr()[0])
+                ckpt_path = checkpoints.save(done, model, unwrapped, tokenizer, {
+                    "name": name, "step": done, "total_steps": total_steps, "rows": len(rows), "per_step": per_step,
+                    "seed": seed, "tokens": totals.tokens, "seconds": elapsed(totals, t_start),
+                    "train_seconds": totals.train_seconds, "cpu_seconds": totals.cpu_seconds,
+                    "bpc_history": held.history, "final_loss": metrics.last_loss,
+                })
             if callback is not None:
-                callback(done, metrics)
+                callback(done, row)
     finally:
         for undo in reversed(undo_fast):
             undo()
+        metrics.close()
     bar.close()
-    if writer is not None:
-        writer.close()
 
-    seconds = seconds_before + (time.time() - t_start)
+    # ---- the result
+    final_loss = metrics.last_loss
     if start_step >= total_steps:  # resumed a finished run: report what it recorded
-        state = read_json(ckpt / "trainer_state.json")
-        last_loss = state.get("final_loss")
-    bpc: dict[str, dict] = {}
-    for lang, points in history.items():
-        if points:
-            bpc[lang] = {"start": points[0]["bpc"], "end": points[-1]["bpc"], "steps": points}
+        final_loss = state.get("final_loss")
+    bpc = held.result()
     if main and bpc:
-        _merge_bpc(out_dir / "bpc.json", name, bpc)
-    trained = unwrapped()
+        merge_bpc(out_dir / BPC, name, bpc)
+    result_model = skeleton.rebuild(accelerator, model) if skeleton is not None else unwrapped
     accelerator.wait_for_everyone()
     accelerator.free_memory()
     return TrainResult(
-        model=trained,
+        model=result_model,
         steps=total_steps,
-        final_loss=last_loss,
-        tokens_per_s=tokens_seen / train_seconds if train_seconds > 0 else 0.0,
-        tokens=tokens_seen,
-        seconds=seconds,
-        cpu_seconds=cpu_seconds,
+        final_loss=final_loss,
+        tokens_per_s=totals.tokens / totals.train_seconds if totals.train_seconds > 0 else 0.0,
+        tokens=totals.tokens,
+        seconds=elapsed(totals, t_start),
+        cpu_seconds=totals.cpu_seconds,
         bpc=bpc,
         trainable=trainable,
         total=total,
         rows=len(rows),
         truncated=truncated,
-        resumed_from=resumed_from,
+        resumed_from=start_step if ckpt is not None else None,
         checkpoint=ckpt_path,
     )
 
 
-def describe_bpc(bpc: dict) -> str:
-    """One line per language: ``target 3.1200 -> 2.8000 (-10.3%)``."""
-    lines = []
-    for lang, r in bpc.items():
-        if "start" not in r:
-            continue
-        change = 100 * (r["end"] - r["start"]) / r["start"] if r["start"] else 0.0
-        lines.append(f"{lang:<8} {r['start']:.4f} -> {r['end']:.4f} bits/char ({change:+.1f}%)")
-    return "\n".join(lines)
+def _check_finite(accelerator, model, nonfinite, name: str, step: int, lr: float) -> None:
+    """Before a checkpoint: no step so far had a NaN or infinite loss or gradient, and the trained weights are
+    finite (every process; saving waits for the device anyway)."""
+    import torch
+
+    from langadapt.train.checkpoint import nonfinite_weights
+
+    weights, names = nonfinite_weights(model, trainable_only=True)
+    steps, weights = accelerator.reduce(torch.stack([nonfinite, torch.tensor(float(weights), device=nonfinite.device)]),
+                                        reduction="sum").tolist()
+    if steps or weights:
+        what = "a loss or gradient was NaN or infinite" if steps else \
+            f"{int(weights):,} trained weights are NaN or infinite ({', '.join(names) or 'on another process'})"
+        raise DivergedError(f"{name}: {what} at step {step:,} or before (lr {lr:.3g}); stopped without saving a "
+                            f"checkpoint. {DIVERGED_HINT}")
+
+
+def _embedding_lr(optimizer, scheduler) -> dict:
+    """``{"lr_embeddings": ...}`` when the embeddings and head train at a rate of their own, else {}."""
+    for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):
+        if group.get("embeddings"):
+            return {"lr_embeddings": lr}
+    return {}
+
+
+def _micro_batches(rows, order, row_tokens, step: int, bs: int, accum: int, world: int, rank: int, use_fused: bool):
+    """This process's micro-batches for ``step``, the predicted tokens of each, the tokens all processes feed
+    the model, and the predicted tokens of all processes' micro-batches (so that every predicted token weighs
+    the same whatever micro-batch and process it falls in). Counted on the host copy of the rows, so the loop
+    never waits for the device."""
+    import torch
+
+    from langadapt.train import loss as fused_loss
+    from langadapt.train import packing
+
+    batches, n_pred, tokens, n_all = [], [], 0, 0
+    for a in range(accum):
+        first = (step * accum + a) * world * bs
+        every = order.rows(first, bs * world)
+        tokens += int(row_tokens[every].sum())
+        b = rows.batch(every[rank * bs : (rank + 1) * bs])
+        n_pred.append(int((b["labels"][:, 1:] != packing.IGNORE).sum()))
+        n_all += n_pred[-1]
+        if world > 1:  # the other processes' rows, counted here instead of asked for over the network
+            others = torch.cat([every[: rank * bs], every[(rank + 1) * bs :]])
+            n_all += int((rows.batch(others)["labels"][:, 1:] != packing.IGNORE).sum())
+        if use_fused:
+            b["target_index"] = fused_loss.target_index(b["labels"])
+        batches.append(b)
+    return batches, n_pred, tokens, n_all
+
+
+def _train_step(model, optimizer, scheduler, accelerator, batches, n_pred, settings, n_all):
+    """One optimizer step over the micro-batches; (summed loss on the device, gradient norm or None).
+    ``n_all``: predicted tokens of every process's micro-batches of the step."""
+    import torch
+
+    cuda = accelerator.device.type == "cuda"
+    accum = len(batches)
+    # Data parallel engines average gradients over the processes, hence the factor of their number.
+    n_total = max(1, n_all) / accelerator.num_processes
+    step_loss = torch.zeros((), device=accelerator.device)
+    grad_norm = None
+    for b, n in zip(batches, n_pred):
+        if cuda:
+            b = {k: v.pin_memory().to(accelerator.device, non_blocking=True) for k, v in b.items()}
+        else:
+            b = {k: v.to(accelerator.device) for k, v in b.items()}
+        with accelerator.accumulate(model), accelerator.autocast():
+            out = model(**b, use_cache=False)  # a cache would turn off packed-sequence masking
+            if n:
+                loss = out.loss * (n / n_total)
+            else:  # nothing to predict: a zero that still reaches every trainable tensor
+                loss = out.loss * 0.0 if out.logits is None else out.logits.sum() * 0.0
+            accelerator.backward(loss * accum)  # backward divides by accum again
+            step_loss += loss.detach().float()
+            grad_norm = None
+            if accelerator.sync_gradients and settings.max_grad_norm:
+                grad_norm = sharding.full(accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm))
+            optimizer.step()
+            if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
+                scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+    return step_loss, grad_norm
 
 
 __all__ = ["TrainResult", "train_model", "resolve_precision", "load_dtype", "last_checkpoint", "save_model",
            "load_trained_weights", "describe_bpc"]
+"""``last_checkpoint``, ``save_model`` and ``load_trained_weights`` live in ``checkpoint.py``, ``describe_bpc``
+in ``metrics.py``; they are importable from here as before."""

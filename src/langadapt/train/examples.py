@@ -73,18 +73,10 @@ def bilingual_examples(tokenizer, pairs, settings, seed: int = 0) -> list[dict]:
     return document_examples(tokenizer, texts)
 
 
-def sentence_files(clean_dir: str | Path) -> list[Path]:
-    """The clean stage's sentence shards (``sentences/*.jsonl`` or ``*.parquet``), in name order."""
-    folder = Path(clean_dir) / "sentences"
-    files = sorted(folder.glob("*.jsonl")) + sorted(folder.glob("*.parquet"))
-    if not files:
-        raise LangadaptError(f"no sentences in {folder}; run the clean stage first")
-    return files
-
-
-def iter_sentences(clean_dir: str | Path) -> Iterator[str]:
-    """The clean stage's sentences one at a time, shard by shard (memory stays flat)."""
-    for f in sentence_files(clean_dir):
+def iter_documents(files: list[Path]) -> Iterator[str]:
+    """The texts of the clean stage's shards (``RunLayout.clean_shards``: documents, or sentences in older
+    runs) one at a time, shard by shard (memory stays flat)."""
+    for f in files:
         if f.suffix == ".parquet":
             import pyarrow.parquet as pq
 

@@ -63,11 +63,13 @@ def _check(example: dict, i: int) -> tuple[list[int], list[int]]:
     return ids, labels
 
 
-def pack(examples: Sequence[dict], seq_len: int, pad_id: int) -> Rows:
+def pack(examples: Sequence[dict], seq_len: int, pad_id: int, *, across: bool = False) -> Rows:
     """Pack examples into ``seq_len`` blocks; document starts reset ``position_ids`` to 0.
 
     The label of each document's first token is masked, so no token is ever predicted from
     another document. The final block is padded (padding has label -100 and its own positions).
+    ``across``: a plain concatenation instead (positions run from each block start, attention and
+    prediction cross document boundaries; CLA's ``group_texts``).
     """
     ids_out: list[int] = []
     labels_out: list[int] = []
@@ -76,14 +78,16 @@ def pack(examples: Sequence[dict], seq_len: int, pad_id: int) -> Rows:
         ids, labels = _check(ex, i)
         if not ids:
             continue
-        labels = [IGNORE] + labels[1:]
+        if not across:
+            labels = [IGNORE] + labels[1:]
         start = 0
         while start < len(ids):
             room = seq_len - len(ids_out) % seq_len
             piece = ids[start : start + room]
+            first = seq_len - room if across else 0  # across: positions continue from the block's start
             ids_out.extend(piece)
             labels_out.extend(labels[start : start + len(piece)])
-            pos_out.extend(range(len(piece)))
+            pos_out.extend(range(first, first + len(piece)))
             start += len(piece)
     if not ids_out:
         raise ValueError("no tokens to train on (every example is empty)")

@@ -10,8 +10,9 @@ in the target language):
    ``work/<source>.jsonl`` (flushed and fsync'd after every batch). A resumed run reads that log
    and translates only the records missing from it, so no record is translated twice;
 4. when every record is done, clean the translations (:mod:`.clean`) and write
-   ``instructions/<source>.jsonl`` (format ``alpaca`` or ``messages``, see :func:`translated_sources`)
-   and ``report.json`` / ``report.csv`` with counts per reason per source.
+   ``instructions/<source>.jsonl`` (format ``alpaca`` or ``messages``) with ``instructions/index.json``
+   listing them for the sft stage (``RunLayout.translated_index``), and ``report.json`` /
+   ``report.csv`` with counts per reason per source.
 
 Records an endpoint could not translate after its retries stay out of the log: the stage then
 writes its report, names them as pending and fails, and the next resume translates just those.
@@ -31,65 +32,28 @@ from pathlib import Path
 
 from langadapt.errors import LangadaptError
 from langadapt.files import atomic_path, write_json, write_jsonl
+from langadapt.layout import REPORT, TRANSLATED_INDEX
 from langadapt.translate import protect
 from langadapt.translate.records import Item, output_format, read_items
 
 WORK = "work"
-INSTRUCTIONS = "instructions"
 GIVE_UP_AFTER = 3  # batches in a row with nothing translated: the translator is down, stop asking for now
 
 # Kept outside the translated text so list layout survives: indentation, bullets, "[[0]]." numbering.
 _AFFIXES = re.compile(r"^(\s*(?:(?:[-*+•>]+|#{1,6}|\[\[\d+\]\][.):])\s+)?)(.*?)(\s*)$", re.DOTALL)
 
 
-# --------------------------------------------------------------------------- what sft reads
-
-
-def translated_sources(recipe, only: list[str] | None = None) -> list:
-    """The translate stage's outputs as ``data.instructions`` entries the sft readers take.
-
-    One per translated source, named ``<source>.<lang>`` (``alpaca_en.fa``), format ``alpaca``
-    for Alpaca/Dolly sources and ``messages`` for the others, language the recipe's target.
-    ``only``: names of original sources to include (``sft.sources``); None: all.
-    """
-    from langadapt.recipe import InstructionSource
-
-    out_dir = recipe.run_dir / "translate"
-    lang = recipe.language.code
-    by_name = {s.name: s for s in recipe.data.instructions}
-    found = []
-    for source in selected_sources(recipe):
-        if only is not None and source.name not in only:
-            continue
-        path = out_dir / INSTRUCTIONS / f"{source.name}.jsonl"
-        if path.is_file():
-            found.append(InstructionSource(name=f"{source.name}.{lang}", format=output_format(by_name[source.name].format),
-                                           path=str(path.resolve()), language=lang, task=source.task))
-    return found
+# --------------------------------------------------------------------------- what it translates
 
 
 def selected_sources(recipe) -> list:
-    """The ``data.instructions`` sources this recipe translates."""
+    """The ``data.instructions`` sources this recipe translates (the recipe's validation made sure
+    there is at least one and none is in the target language already)."""
     cfg = recipe.translate
-    lang = recipe.language.code
-    by_name = {s.name: s for s in recipe.data.instructions}
     if cfg.sources:
-        chosen = [by_name[n] for n in cfg.sources]
-        for s in chosen:
-            if s.language == lang:
-                raise LangadaptError(f"translate.sources: '{s.name}' is already in the target language '{lang}'; "
-                                     "name sources in another language", path=_recipe_path(recipe))
-        return chosen
-    chosen = [s for s in recipe.data.instructions if s.language != lang]
-    if not chosen:
-        raise LangadaptError(f"translate: data.instructions has no source in another language than '{lang}' to "
-                             "translate; add one (for example an English Alpaca file) or disable translate",
-                             path=_recipe_path(recipe))
-    return chosen
-
-
-def _recipe_path(recipe) -> str | None:
-    return str(recipe.source_path) if recipe.source_path else None
+        by_name = {s.name: s for s in recipe.data.instructions}
+        return [by_name[n] for n in cfg.sources]
+    return [s for s in recipe.data.instructions if s.language != recipe.language.code]
 
 
 # --------------------------------------------------------------------------- the resume log
@@ -300,7 +264,7 @@ def run(ctx) -> dict:
     report["translator"] = {**_describe(translators), "records_translated_now": done_now,
                             "load_seconds": round(load_seconds, 1), "seconds": round(seconds, 1),
                             "records_per_s": round(done_now / seconds, 3) if seconds > 0 and done_now else None}
-    write_json(ctx.out_dir / "report.json", report)
+    write_json(ctx.out_dir / REPORT, report)
     _write_csv(ctx.out_dir / "report.csv", report)
     if pending:
         failures = Counter()
@@ -311,7 +275,7 @@ def run(ctx) -> dict:
                              + (f" ({why})" if why else "") + "; they are kept for the next run: run "
                              "`langadapt translate RECIPE --resume` (or `langadapt run RECIPE`) to translate only those")
     totals = report["totals"]
-    ctx.log(f"translate: {totals['kept']:,} of {totals['read']:,} records kept; report in {ctx.out_dir / 'report.json'}")
+    ctx.log(f"translate: {totals['kept']:,} of {totals['read']:,} records kept; report in {ctx.out_dir / REPORT}")
     return {"sources": {name: s["kept"] for name, s in report["sources"].items()}, **totals,
             "records_per_s": report["translator"]["records_per_s"]}
 
@@ -332,6 +296,7 @@ def _finish(ctx, plans, rules, pending: Counter, *, write_outputs: bool) -> dict
     recipe = ctx.recipe
     lang = recipe.language.code
     report: dict = {"language": lang, "sources": {}}
+    index = []
     for source, items, read_report, log, pre, _ in plans:
         dropped: Counter = Counter()
         rows = []
@@ -347,9 +312,11 @@ def _finish(ctx, plans, rules, pending: Counter, *, write_outputs: bool) -> dict
                 dropped[reason] += 1
                 continue
             rows.append(item.to_record(entry["fields"], source=source.name, source_language=source.language, language=lang))
-        out = ctx.out_dir / INSTRUCTIONS / f"{source.name}.jsonl"
+        out = ctx.layout.translated_dir() / f"{source.name}.jsonl"
         if write_outputs:
             write_jsonl(out, rows)
+            index.append({"name": f"{source.name}.{lang}", "source": source.name, "format": output_format(source.format),
+                          "path": out.name, "language": lang, "task": source.task})
         report["sources"][source.name] = {
             "format": output_format(source.format),
             "output": str(out.relative_to(ctx.out_dir)) if write_outputs else None,
@@ -361,6 +328,8 @@ def _finish(ctx, plans, rules, pending: Counter, *, write_outputs: bool) -> dict
             "pending": pending.get(source.name, 0),
             "kept": len(rows),
         }
+    if write_outputs:  # what sft reads (RunLayout.translated_index)
+        write_json(ctx.layout.translated_dir() / TRANSLATED_INDEX, index)
     srcs = report["sources"].values()
     report["totals"] = {k: sum(s[k] for s in srcs) for k in ("read", "translated", "pending", "kept")}
     report["totals"]["malformed"] = sum(sum(s["malformed"].values()) for s in srcs)

@@ -161,18 +161,13 @@ class CausalTranslator(_LocalModel):
         return f"{ask}\n\n{self.source_name}: {text}\n{self.target_name}:"
 
     def _generate(self, texts: list[str]) -> list[str]:
-        import torch
+        from langadapt.models import generate_texts
 
         prompts = [self.prompt(t) for t in texts]
-        # The chat template already holds the special tokens it needs.
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=not self.chat).to(self.model.device)
         lengths = [len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
-        cap = _output_cap(lengths, self.max_new_tokens)
-        with torch.inference_mode():
-            out = self.model.generate(**enc, max_new_tokens=cap, pad_token_id=self.tokenizer.pad_token_id,
-                                      **self._greedy())
-        new = out[:, enc["input_ids"].shape[1]:]
-        texts_out = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        # The chat template already holds the special tokens it needs.
+        texts_out = generate_texts(self.model, self.tokenizer, prompts, max_new_tokens=_output_cap(lengths, self.max_new_tokens),
+                                   batch_size=len(prompts), add_special_tokens=not self.chat, from_model_config=True)
         if not self.chat:
             # The completion prompt asks for one line; a text of several lines (unit: field) keeps them.
             texts_out = [t.strip().split("\n", 1)[0] if "\n" not in src else t for t, src in zip(texts_out, texts)]
@@ -330,9 +325,8 @@ def build_translator(recipe, source_language: str, *, sleep: Callable[[float], N
 
     device = "cuda" if torch.cuda.is_available() else None  # translating is inference: use a GPU when there is one
     if cfg.translator == "stage":
-        from langadapt.run import stage_model
 
-        path = stage_model(recipe, cfg.stage)
+        path = recipe.model_path(cfg.stage)
         model, tokenizer = models.load_model_and_tokenizer(path, device=device)
         return CausalTranslator(model, tokenizer, source_name=source_name, target_name=target_name,
                                 label=f"stage {cfg.stage} ({path})", **common)

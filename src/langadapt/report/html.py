@@ -1,379 +1,16 @@
-"""Results files and the run report.
-
-``write_results`` writes ``results.json`` and ``results.csv``. ``write_report`` reads whatever a run
-has produced (cleaning report, tokenizer report, bits per character, training metrics, completion
-markers, evaluation results; any of them may be missing and is then shown as "not run") and renders
-one self-contained HTML page (inline CSS and SVG, no scripts or fonts from the network), plus the
-main table as Markdown for the terminal.
-
-The main table follows the paper's Table 5: rows are the tasks and the classification and generation
-averages, columns the random baseline and each model, one block per language (English tasks, then
-target-language tasks). Classification cells are accuracy; generation cells are BLEU/100 (the paper's
-scale). A cell is a dash when most answers did not follow the instruction (generation mode), and a
-dash counts as 0 in the averages, as in the paper's Table 6.
-"""
+"""The run report's page: one self-contained HTML document (inline CSS and SVG, no scripts or fonts from
+the network), built from what ``langadapt.report.collect`` read of a run."""
 
 from __future__ import annotations
 
-import csv
 import html
-import io
 import json
 import math
 import time
-from pathlib import Path
 
-from langadapt.files import atomic_path, read_json, write_json
-
-FAMILY_ORDER = ("multiple_choice", "sentiment", "entailment", "summarization", "translation")
-STAGES = ("clean", "tokenizer", "align", "pretrain", "translate", "sft", "eval")
-TRAIN_STAGES = ("align", "pretrain", "sft")
-CSV_COLUMNS = ("model", "stage", "task", "language", "metric", "value", "n", "protocol", "settings")
-DASH_SHARE = 0.5  # more than half of the answers not following the instruction: a dash
-LANG_NAMES = {"en": "English", "fa": "Persian", "ar": "Arabic", "ur": "Urdu", "tr": "Turkish", "de": "German",
-              "fr": "French", "es": "Spanish", "ru": "Russian", "hi": "Hindi"}
-
-
-# --------------------------------------------------------------------------- results files
-
-
-def write_results(out_dir: Path, results: dict) -> None:
-    """``results.json`` (everything) and ``results.csv`` (one row per model, task, metric), atomically."""
-    write_json(Path(out_dir) / "results.json", results)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    w.writeheader()
-    for r in results["rows"]:
-        w.writerow({**{k: r.get(k) for k in CSV_COLUMNS},
-                    "settings": json.dumps(r.get("settings") or {}, ensure_ascii=False, sort_keys=True)})
-    with atomic_path(Path(out_dir) / "results.csv") as tmp:
-        tmp.write_text(buf.getvalue(), encoding="utf-8")
-
-
-# --------------------------------------------------------------------------- tables from results
-
-
-def _index(rows: list[dict]) -> dict[tuple, dict]:
-    return {(r["model"], r["language"], r["task"], r["metric"], r.get("protocol", "original")): r for r in rows}
-
-
-def cell_value(idx: dict, model: str, task: dict, protocol: str = "original") -> tuple[float | None, bool]:
-    """(value on the paper's 0-1 scale, dashed) of a model on a task; (None, False) when not evaluated."""
-    key = (model, task["language"], task["name"])
-    metric = "accuracy" if task["kind"] == "choice" else "bleu"
-    row = idx.get((*key, metric, protocol))
-    if row is None or row.get("value") is None:
-        return None, False
-    value = row["value"] if metric == "accuracy" else row["value"] / 100.0
-    nf = idx.get((*key, "non_following", protocol))
-    dashed = bool(nf and nf.get("n") and nf["value"] / nf["n"] > DASH_SHARE)
-    return value, dashed
-
-
-def _model_names(results: dict) -> list[str]:
-    return [m["name"] for m in results.get("models", [])]
-
-
-def _lang_name(code: str) -> str:
-    return LANG_NAMES.get(code, code)
-
-
-def main_table(results: dict, protocol: str = "original") -> list[dict]:
-    """The paper's Table 5 as data: one block per language with rows of cells."""
-    idx = _index(results.get("rows", []))
-    models = _model_names(results)
-    blocks = []
-    for block in ("english", "target"):
-        tasks = [t for t in results.get("tasks", []) if t["block"] == block]
-        if not tasks:
-            continue
-        tasks.sort(key=lambda t: (FAMILY_ORDER.index(t["family"]) if t["family"] in FAMILY_ORDER else 99, t["name"]))
-        lang = tasks[0]["language"]
-        rows = []
-        per_kind: dict[str, dict[str, list[float]]] = {"choice": {}, "generate": {}}
-        rand: list[float] = []
-        for t in tasks:
-            cells = []
-            for m in models:
-                v, dashed = cell_value(idx, m, t, protocol)
-                cells.append({"value": v, "dash": dashed})
-                if v is not None:
-                    per_kind[t["kind"]].setdefault(m, []).append(0.0 if dashed else v)
-            if t["random"] is not None:
-                rand.append(t["random"])
-            title = t["title"] + (f" ({t['direction'].replace('-', '→')})" if t.get("direction") else "")
-            rows.append({"title": title, "star": t.get("unseen", False), "random": t["random"], "cells": cells,
-                         "kind": t["kind"], "task": t["name"], "n": t.get("n")})
-        for kind, label in (("choice", "Avg. Classification"), ("generate", "Avg. Generation")):
-            if not any(t["kind"] == kind for t in tasks):
-                continue
-            cells = []
-            for m in models:
-                vals = per_kind[kind].get(m)
-                cells.append({"value": sum(vals) / len(vals) if vals else None, "dash": False})
-            rows.append({"title": label, "star": False, "random": (sum(rand) / len(rand)) if kind == "choice" and rand else None,
-                         "cells": cells, "kind": "average", "task": None})
-        bpc = {r["model"]: r["value"] for r in results.get("rows", [])
-               if r["metric"] == "bpc" and r["task"] == "heldout" and r["language"] == lang}
-        if bpc and protocol == "original":
-            rows.append({"title": "Held-out bits/char ↓", "star": False, "random": None, "kind": "bpc", "task": None,
-                         "cells": [{"value": bpc.get(m), "dash": False} for m in models]})
-        for r in rows:  # the best model of each row, as the paper marks it
-            vals = [c["value"] for c in r["cells"] if c["value"] is not None and not c["dash"]]
-            if vals and len(models) > 1:
-                best = min(vals) if r["kind"] == "bpc" else max(vals)
-                for c in r["cells"]:
-                    c["best"] = c["value"] is not None and not c["dash"] and abs(c["value"] - best) < 1e-9
-        name = "English tasks" if block == "english" else f"{_lang_name(lang)} tasks"
-        blocks.append({"name": name, "block": block, "language": lang, "models": models, "rows": rows})
-    return blocks
-
-
-def _fmt(v: float | None, dash: bool = False, digits: int = 2) -> str:
-    if dash:
-        return "-"
-    if v is None:
-        return "n/a"
-    return f"{v:.{digits}f}"
-
-
-def markdown_tables(results: dict) -> str:
-    """The main table as Markdown, one table per language block."""
-    out = []
-    for b in main_table(results):
-        head = ["Task", "Random", *b["models"]]
-        lines = [f"**{b['name']}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for r in b["rows"]:
-            cells = []
-            for c in r["cells"]:
-                s = _fmt(c["value"], c["dash"], 3 if r["kind"] == "bpc" else 2)
-                cells.append(f"**{s}**" if c.get("best") else s)
-            rnd = _fmt(r["random"]) if r["random"] is not None else "-"
-            lines.append(f"| {'*' if r['star'] else ''}{r['title']} | {rnd} | " + " | ".join(cells) + " |")
-        out.append("\n".join(lines))
-    if not out:
-        return "_no evaluation results_"
-    note = ("Accuracy for classification, BLEU/100 for generation; * = held out of instruction tuning; "
-            "- = most answers did not follow the instruction; n/a = not evaluated.")
-    return "\n\n".join(out) + "\n\n" + note
-
-
-def summary_table(results: dict) -> dict:
-    """Compact main-table numbers for the stage's COMPLETE.json."""
-    out: dict = {}
-    for b in main_table(results):
-        out[b["block"]] = {m: {r["title"]: (None if r["cells"][i]["value"] is None else
-                                            ("-" if r["cells"][i]["dash"] else round(r["cells"][i]["value"], 4)))
-                               for r in b["rows"]} for i, m in enumerate(b["models"])}
-    return out
-
-
-def protocol_table(results: dict) -> dict | None:
-    """Paper Table 7: target-language tasks with translated instruction (+ input), per model."""
-    protos = [p for p in dict.fromkeys(r.get("protocol", "original") for r in results.get("rows", [])) if p != "original"]
-    if not protos:
-        return None
-    idx = _index(results["rows"])
-    tasks = [t for t in results.get("tasks", []) if t["block"] == "target" and t["family"] != "translation"]
-    tasks.sort(key=lambda t: FAMILY_ORDER.index(t["family"]) if t["family"] in FAMILY_ORDER else 99)
-    groups = []
-    for proto in ["original", *protos]:
-        models = [m for m in _model_names(results)
-                  if any(idx.get((m, t["language"], t["name"], "accuracy" if t["kind"] == "choice" else "bleu", proto))
-                         for t in tasks)]
-        rows = []
-        for m in models:
-            cells, cls = [], []
-            for t in tasks:
-                v, dashed = cell_value(idx, m, t, proto)
-                cells.append({"value": v, "dash": dashed})
-                if t["kind"] == "choice" and v is not None:
-                    cls.append(0.0 if dashed else v)
-            cells.append({"value": sum(cls) / len(cls) if cls else None, "dash": False})
-            rows.append({"model": m, "cells": cells})
-        if rows:
-            groups.append({"protocol": proto, "rows": rows})
-    rand = [t["random"] for t in tasks if t["random"] is not None]
-    random_row = [t["random"] for t in tasks] + [sum(rand) / len(rand) if rand else None]
-    return {"columns": [("*" if t.get("unseen") else "") + t["title"] for t in tasks] + ["Avg. Classification"],
-            "random": random_row, "groups": groups}
-
-
-def category_table(results: dict) -> list[dict]:
-    """Paper Table 8: multiple-choice accuracy per category, per language and model."""
-    out = []
-    for t in results.get("tasks", []):
-        if t["family"] != "multiple_choice":
-            continue
-        rows = [r for r in results["rows"] if r["task"] == t["name"] and r["language"] == t["language"]
-                and r["metric"].startswith("accuracy:") and r.get("protocol", "original") == "original"]
-        if not rows:
-            continue
-        cats = sorted({r["metric"].split(":", 1)[1] for r in rows})
-        models = [m for m in _model_names(results) if any(r["model"] == m for r in rows)]
-        by = {(r["model"], r["metric"].split(":", 1)[1]): r for r in rows}
-        avg = {r["model"]: r["value"] for r in results["rows"] if r["task"] == t["name"] and r["language"] == t["language"]
-               and r["metric"] == "accuracy" and r.get("protocol", "original") == "original"}
-        out.append({"task": t["id"], "categories": cats, "n": {c: next((by[(m, c)]["n"] for m in models if (m, c) in by), None) for c in cats},
-                    "rows": [{"model": m, "values": [by.get((m, c), {}).get("value") for c in cats], "average": avg.get(m)}
-                             for m in models]})
-    return out
-
-
-# --------------------------------------------------------------------------- reading a run
-
-
-def _read(path: Path):
-    """JSON content, None when absent, or {"_error": ...} when unreadable."""
-    if not path.is_file():
-        return None
-    try:
-        return read_json(path)
-    except (ValueError, OSError) as e:
-        return {"_error": f"{path.name} is unreadable: {e}"}
-
-
-def _read_metrics(path: Path, limit: int = 200_000) -> list[dict]:
-    out = []
-    if not path.is_file():
-        return out
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if i >= limit:
-                break
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn last line of a killed run
-            if isinstance(obj, dict):
-                out.append(obj)
-    return out
-
-
-def collect(run_dir: Path) -> dict:
-    """Everything the report shows, read from a run folder; absent parts are None."""
-    run_dir = Path(run_dir)
-    stages = {}
-    for s in STAGES:
-        d = run_dir / s
-        marker = _read(d / "COMPLETE.json")
-        if marker and "_error" not in marker:
-            status = "complete"
-        elif (d / "STARTED.json").is_file():
-            status = "partial"
-        else:
-            status = "not run"
-        stages[s] = {"status": status, "marker": marker if marker and "_error" not in marker else None}
-    bpc = {s: _read(run_dir / s / "bpc.json") for s in TRAIN_STAGES}
-    metrics = {s: _read_metrics(run_dir / s / "metrics.jsonl") for s in TRAIN_STAGES}
-    return {
-        "run_dir": str(run_dir), "name": run_dir.name, "stages": stages,
-        "clean": _read(run_dir / "clean" / "report.json"),
-        "tokenizer": _read(run_dir / "tokenizer" / "report.json"),
-        "bpc": {k: v for k, v in bpc.items() if v is not None},
-        "metrics": {k: v for k, v in metrics.items() if v},
-        "results": _read(run_dir / "eval" / "results.json"),
-    }
-
-
-# --------------------------------------------------------------------------- SVG charts
-
-PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
-
-
-def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    if hi <= lo:
-        hi = lo + 1.0
-    raw = (hi - lo) / n
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    start, end = math.floor(lo / step) * step, math.ceil(hi / step) * step
-    return [round(start + i * step, 10) for i in range(int(round((end - start) / step)) + 1)]
-
-
-def _tick_label(v: float) -> str:
-    if abs(v) >= 1000:
-        return f"{v:,.0f}"
-    if float(v).is_integer():
-        return f"{v:.0f}"
-    return f"{v:.3g}"
-
-
-def svg_line_chart(series: list[tuple[str, list[tuple[float, float]]]], *, title: str, xlabel: str, ylabel: str,
-                   x_labels: dict[float, str] | None = None, width: int = 560, height: int = 300) -> str:
-    """A small line chart as inline SVG (points marked when there are few)."""
-    pts = [(x, y) for _, s in series for x, y in s if y is not None and math.isfinite(y)]
-    if not pts:
-        return ""
-    left, right, top, bottom = 60, 30, 34, 46
-    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-    xt = sorted(x_labels) if x_labels else _nice_ticks(min(xs), max(xs))
-    yt = _nice_ticks(min(ys), max(ys))
-    x0, x1 = min(xt[0], min(xs)), max(xt[-1], max(xs))
-    y0, y1 = yt[0], yt[-1]
-    if x1 == x0:
-        x1 = x0 + 1
-    if y1 == y0:
-        y1 = y0 + 1
-
-    def X(x):
-        return left + (x - x0) / (x1 - x0) * (width - left - right)
-
-    def Y(y):
-        return height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom)
-
-    e = html.escape
-    parts = [f'<svg class="chart" role="img" aria-label="{e(title)}"'
-             f'width="{width}" height="{height}" viewBox="0 0 {width} {height}">',
-             f'<text x="{width / 2}" y="18" text-anchor="middle" class="ct">{e(title)}</text>']
-    for v in yt:
-        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{Y(v):.1f}" y2="{Y(v):.1f}" class="grid"/>'
-                     f'<text x="{left - 6}" y="{Y(v) + 4:.1f}" text-anchor="end" class="tick">{_tick_label(v)}</text>')
-    for v in xt:
-        label = x_labels.get(v, "") if x_labels else _tick_label(v)
-        parts.append(f'<text x="{X(v):.1f}" y="{height - bottom + 16}" text-anchor="middle" class="tick">{e(label)}</text>')
-    parts.append(f'<line x1="{left}" x2="{left}" y1="{top}" y2="{height - bottom}" class="axis"/>'
-                 f'<line x1="{left}" x2="{width - right}" y1="{height - bottom}" y2="{height - bottom}" class="axis"/>')
-    parts.append(f'<text x="{(left + width - right) / 2}" y="{height - 8}" text-anchor="middle" class="lab">{e(xlabel)}</text>'
-                 f'<text x="14" y="{(top + height - bottom) / 2}" text-anchor="middle" class="lab" '
-                 f'transform="rotate(-90 14 {(top + height - bottom) / 2})">{e(ylabel)}</text>')
-    for i, (name, s) in enumerate(series):
-        s = [(x, y) for x, y in s if y is not None and math.isfinite(y)]
-        if not s:
-            continue
-        color = PALETTE[i % len(PALETTE)]
-        if len(s) > 1:
-            d = " ".join(f"{X(x):.1f},{Y(y):.1f}" for x, y in s)
-            parts.append(f'<polyline class="series" data-name="{e(name)}" fill="none" stroke="{color}" stroke-width="2" points="{d}"/>')
-        if len(s) <= 30:
-            parts += [f'<circle cx="{X(x):.1f}" cy="{Y(y):.1f}" r="3" fill="{color}"><title>{e(name)}: {y:.4g}</title></circle>'
-                      for x, y in s]
-        ly = top + 4 + 16 * i
-        parts.append(f'<rect x="{width - right - 150}" y="{ly}" width="12" height="3" fill="{color}"/>'
-                     f'<text x="{width - right - 133}" y="{ly + 5}" class="leg">{e(name)}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def _in_sequence(phases: dict[str, list[tuple[float, float]]]) -> list[tuple[str, list[tuple[float, float]]]]:
-    """Sub-steps of a stage (align: monolingual, then bilingual) each count steps from the start; draw
-    them one after another on a shared axis."""
-    out, offset = [], 0.0
-    for name, pts in phases.items():
-        pts = sorted(pts)
-        out.append((name, [(x + offset, y) for x, y in pts]))
-        offset += max(x for x, _ in pts)
-    return out
-
-
-def _downsample(points: list[tuple[float, float]], limit: int = 400) -> list[tuple[float, float]]:
-    if len(points) <= limit:
-        return points
-    step = len(points) / limit
-    return [points[int(i * step)] for i in range(limit)] + [points[-1]]
-
-
-# --------------------------------------------------------------------------- HTML sections
+from langadapt import stages
+from langadapt.eval.results import HARNESS_PREFIX, category_table, classification_table, fmt, harness_table, lang_name, main_table, protocol_table
+from langadapt.report.charts import _downsample, _in_sequence, svg_line_chart
 
 CSS = """
 :root{--fg:#1d2330;--muted:#5f6b7a;--line:#d8dee6;--bg:#fff;--head:#f3f6f9;--best:#0b5394}
@@ -460,12 +97,57 @@ def _cell_td(c: dict, digits: int = 2) -> str:
     return f'<td class="{"best" if c.get("best") else ""}">{c["value"]:.{digits}f}</td>'
 
 
+def _section_harness(results: dict) -> str:
+    """The lm-evaluation-harness tasks: their own table beside the paper's (lm-eval's metrics and prompts)."""
+    t = harness_table(results)
+    if t is None:
+        return ""
+    head = "".join(f"<th>{_e(m)}</th>" for m in t["models"])
+    body = []
+    for r in t["rows"]:
+        tds = []
+        for c in r["cells"]:
+            if c["value"] is None:
+                tds.append('<td class="na" title="not evaluated">n/a</td>')
+                continue
+            err = f' <span class="note">±{c["stderr"]:.3f}</span>' if c["stderr"] is not None else ""
+            tds.append(f'<td class="{"best" if c.get("best") else ""}">{c["value"]:.3f}{err}</td>')
+        arrow = {True: " ↑", False: " ↓"}.get(r["higher_is_better"], "")
+        name = (f'&nbsp;&nbsp;{_e(r["task"])}' if r["part_of"] else _e(r["task"]))
+        body.append(f'<tr><td class="name">{name}</td><td class="name">{_e(r["language"])}</td>'
+                    f'<td class="name">{_e(r["metric"])}{arrow}</td><td>{_num(r["n"])}</td>{"".join(tds)}</tr>')
+    return ('<h3 id="lm-eval">lm-evaluation-harness tasks</h3><table><tr><th class="name">task</th>'
+            f'<th class="name">language</th><th class="name">metric</th><th>n</th>{head}</tr>{"".join(body)}</table>'
+            '<p class="note">Scored by lm-evaluation-harness (eval.tasks entries lm_eval:&lt;task&gt;) with its own '
+            'prompts and metrics, ± its standard error; not part of the averages above. Language: identified from '
+            'the task\'s prompts. Best model of each row in bold.</p>')
+
+
+def _section_classification(results: dict) -> str:
+    """Accuracy's companions for each classification task: macro-F1 and the majority shares."""
+    rows = classification_table(results)
+    if not rows:
+        return ""
+    body = "".join(
+        f'<tr><td class="name">{_e(r["task"])}</td><td class="name">{_e(r["model"])}</td><td>{_num(r["n"])}</td>'
+        + "".join(f"<td>{'' if r[k] is None else f'{r[k]:.3f}'}</td>"
+                  for k in ("accuracy", "macro_f1", "majority_gold", "majority_predicted")) + "</tr>"
+        for r in rows)
+    return ('<h3 id="classification">Classification beyond accuracy</h3><table><tr><th class="name">task</th>'
+            '<th class="name">model</th><th>n</th><th>accuracy</th><th>macro-F1</th><th>majority label (gold)</th>'
+            f'<th>most common answer</th></tr>{body}</table><p class="note">Macro-F1 averages F1 over the gold labels, '
+            'each weighing the same. Majority label: the share of the most common gold label (what answering it always '
+            'scores). Most common answer: the share of the model\'s most frequent answer; near 1 means one label for '
+            'nearly every example, whatever the accuracy.</p>')
+
+
 def _section_tasks(results: dict | None) -> str:
     if not results or "_error" in results:
         return '<section id="tasks"><h2>Task scores</h2>' + _not_run("Evaluation") + "</section>"
     blocks = main_table(results)
     if not blocks:
-        return '<section id="tasks"><h2>Task scores</h2>' + _not_run("Evaluation") + "</section>"
+        harness = _section_harness(results)
+        return '<section id="tasks"><h2>Task scores</h2>' + (harness or _not_run("Evaluation")) + "</section>"
     # One table, blocks side by side, rows = the union of task titles in family order (Table 5).
     titles: list[str] = []
     for b in blocks:
@@ -489,7 +171,7 @@ def _section_tasks(results: dict | None) -> str:
                 tds.append('<td class="na"></td>' * (len(b["models"]) + 1))
                 continue
             digits = 3 if r["kind"] == "bpc" else 2
-            tds.append(f'<td>{_fmt(r["random"]) if r["random"] is not None else "-"}</td>' +
+            tds.append(f'<td>{fmt(r["random"]) if r["random"] is not None else "-"}</td>' +
                        "".join(_cell_td(c, digits) for c in r["cells"]))
         body.append(f'<tr{cls}><td class="name">{"*" if star else ""}{_e(title)}</td>{"".join(tds)}</tr>')
     directions = "; ".join(f'{b["name"]}: {r["title"]}' for b in blocks for r in b["rows"] if "→" in r["title"])
@@ -498,11 +180,13 @@ def _section_tasks(results: dict | None) -> str:
             "as 0 in the averages). n/a = not evaluated. Best model of each row in bold. "
             f"Translation directions: {directions}.")
     return (f'<section id="tasks"><h2>Task scores (paper Table 5 layout)</h2><table class="main">{head1}{head2}'
-            f'{"".join(body)}</table><p class="note">{_e(note)}</p>{_section_details(results)}</section>')
+            f'{"".join(body)}</table><p class="note">{_e(note)}</p>{_section_classification(results)}'
+            f'{_section_harness(results)}{_section_details(results)}</section>')
 
 
 def _section_details(results: dict) -> str:
-    rows = [r for r in results.get("rows", []) if r["model"] != "random" and r["metric"] != "bpc"]
+    rows = [r for r in results.get("rows", []) if r["model"] != "random" and r["metric"] != "bpc"
+            and not str(r["task"]).startswith(HARNESS_PREFIX)]  # those have their own table
     if not rows:
         return ""
     by: dict[tuple, dict] = {}
@@ -545,8 +229,8 @@ def _section_categories(results: dict | None) -> str:
     parts = ['<section id="categories"><h2>Multiple choice by category (Table 8)</h2>']
     for t in tables:
         head = "".join(f"<th>{_e(c)} (n={t['n'].get(c)})</th>" for c in t["categories"])
-        body = "".join(f'<tr><td class="name">{_e(r["model"])}</td>' + "".join(f"<td>{_fmt(v)}</td>" for v in r["values"]) +
-                       f"<td>{_fmt(r['average'])}</td></tr>" for r in t["rows"])
+        body = "".join(f'<tr><td class="name">{_e(r["model"])}</td>' + "".join(f"<td>{fmt(v)}</td>" for v in r["values"]) +
+                       f"<td>{fmt(r['average'])}</td></tr>" for r in t["rows"])
         parts.append(f'<h3>{_e(t["task"])}</h3><table><tr><th class="name">model</th>{head}<th>Average</th></tr>{body}</table>')
     return "".join(parts) + "</section>"
 
@@ -557,7 +241,7 @@ def _section_protocol(results: dict | None) -> str:
         return ('<section id="protocol"><h2>Input translation protocol (Table 7)</h2>' +
                 _not_run("The translation protocol (eval.protocol.enabled)") + "</section>")
     head = "".join(f"<th>{_e(c)}</th>" for c in t["columns"])
-    body = ['<tr><td class="name">Random</td>' + "".join(f"<td>{_fmt(v) if v is not None else '-'}</td>" for v in t["random"]) + "</tr>"]
+    body = ['<tr><td class="name">Random</td>' + "".join(f"<td>{fmt(v) if v is not None else '-'}</td>" for v in t["random"]) + "</tr>"]
     names = {"original": "Original (target-language instruction and input)",
              "translated-instruction": "Translated instructions",
              "translated-instruction+input": "Translated instructions + inputs"}
@@ -571,13 +255,23 @@ def _section_protocol(results: dict | None) -> str:
             'Summarization is BLEU/100.</p></section>')
 
 
+BPC_TEXTS = ("target", "english", "target_documents", "english_documents")
+"""The held-out texts a bpc.json may hold: lines, then whole documents."""
+
+
+def _bpc_texts(bpc: dict) -> list[str]:
+    """The held-out texts measured in this run: target and English lines always, documents when present."""
+    present = {k for d in bpc.values() if isinstance(d, dict) for k in d}
+    return [k for k in BPC_TEXTS if k in ("target", "english") or k in present]
+
+
 def _bpc_points(bpc: dict) -> tuple[list, dict]:
-    """Checkpoints 'before' and after each training stage, for target and English text."""
+    """Checkpoints 'before' and after each training stage, for each held-out text."""
     labels = {0.0: "before"}
-    series: dict[str, list] = {"target": [], "english": []}
+    series: dict[str, list] = {k: [] for k in _bpc_texts(bpc)}
     x = 0.0
     first = True
-    for stage in TRAIN_STAGES:
+    for stage in stages.TRAINING:
         data = bpc.get(stage)
         if not isinstance(data, dict) or "_error" in data:
             continue
@@ -601,22 +295,24 @@ def _section_bpc(data: dict, language: str) -> str:
     if not bpc:
         return '<section id="bpc"><h2>Held-out bits per character</h2>' + _not_run("Training stages (align, pretrain, sft)") + "</section>"
     series, labels = _bpc_points(bpc)
-    names = {"target": f"{_lang_name(language)} (target)", "english": "English"}
+    texts = _bpc_texts(bpc)
+    names = {"target": f"{lang_name(language)} (target)", "english": "English",
+             "target_documents": f"{lang_name(language)} documents", "english_documents": "English documents"}
     chart = svg_line_chart([(names.get(k, k), v) for k, v in series], title="Held-out bits per character after each stage",
                            xlabel="checkpoint", ylabel="bits per character", x_labels=labels)
     rows = []
-    for stage in TRAIN_STAGES:
+    for stage in stages.TRAINING:
         d = bpc.get(stage)
         if not isinstance(d, dict):
-            rows.append(f'<tr><td class="name">{stage}</td><td colspan="4" class="name not-run">not run</td></tr>')
+            rows.append(f'<tr><td class="name">{stage}</td><td colspan="{2 * len(texts)}" class="name not-run">not run</td></tr>')
             continue
         cells = []
-        for lang in ("target", "english"):
+        for lang in texts:
             v = d.get(lang) if isinstance(d.get(lang), dict) else {}
             cells += [f"<td>{_num(v.get('start'), 3)}</td>", f"<td>{_num(v.get('end'), 3)}</td>"]
         rows.append(f'<tr><td class="name">{stage}</td>{"".join(cells)}</tr>')
     phases: dict[str, list] = {}
-    for stage in TRAIN_STAGES:
+    for stage in stages.TRAINING:
         d = bpc.get(stage)
         if isinstance(d, dict) and isinstance((d.get("target") or {}).get("steps"), list):
             for s in d["target"]["steps"]:
@@ -624,18 +320,19 @@ def _section_bpc(data: dict, language: str) -> str:
                     name = f"{stage} · {s['name']}" if s.get("name") and s.get("name") != stage else stage
                     phases.setdefault(name, []).append((float(s["step"]), float(s["bpc"])))
     step_series = [(k, v) for k, v in _in_sequence(phases) if len(v) > 1]
-    steps_chart = svg_line_chart(step_series, title=f"{_lang_name(language)} bits per character during training",
+    steps_chart = svg_line_chart(step_series, title=f"{lang_name(language)} bits per character during training",
                                  xlabel="optimizer step (stages and their parts in order)",
                                  ylabel="bits per character") if step_series else ""
     return ('<section id="bpc"><h2>Held-out bits per character</h2><div class="charts">' + chart + steps_chart + "</div>"
-            f'<table><tr><th class="name">stage</th><th>{_e(names["target"])} start</th><th>end</th><th>English start</th>'
-            f'<th>end</th></tr>{"".join(rows)}</table><p class="note">Bits per UTF-8 character on held-out text: '
-            'comparable across tokenizers; lower is better. A rise on English after a stage is forgetting.</p></section>')
+            '<table><tr><th class="name">stage</th>' + "".join(f"<th>{_e(names[k])} start</th><th>end</th>" for k in texts)
+            + f'</tr>{"".join(rows)}</table><p class="note">Bits per UTF-8 character on held-out text: '
+            'comparable across tokenizers; lower is better. A rise on English after a stage is forgetting. Lines are '
+            'scored one by one; documents whole, later windows seeing the earlier text.</p></section>')
 
 
 def _section_loss(data: dict) -> str:
     charts = []
-    for stage in TRAIN_STAGES:
+    for stage in stages.TRAINING:
         rows = data["metrics"].get(stage) or []
         by: dict[str, list] = {}
         for r in rows:
@@ -747,15 +444,3 @@ def render_html(data: dict) -> str:
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
             f'content="width=device-width, initial-scale=1"><title>langadapt report: {_e(data["name"])}</title>'
             f'<style>{CSS}</style></head><body>{"".join(body)}</body></html>\n')
-
-
-def write_report(run_dir: Path, out: Path | None = None) -> tuple[Path, str]:
-    """Render the run's report to ``out`` (default ``RUN_DIR/report.html``); returns (path, Markdown table)."""
-    run_dir = Path(run_dir)
-    data = collect(run_dir)
-    out = Path(out) if out else run_dir / "report.html"
-    with atomic_path(out) as tmp:
-        tmp.write_text(render_html(data), encoding="utf-8")
-    results = data["results"] if isinstance(data.get("results"), dict) and "_error" not in data["results"] else None
-    md = markdown_tables(results) if results else "_no evaluation results (the eval stage has not run)_"
-    return out, md

@@ -15,49 +15,27 @@ adapter folder. Tied embeddings stay tied (the head is the embedding tensor, sav
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 from langadapt.errors import LangadaptError
-from langadapt.files import atomic_path
-from langadapt.stages import is_main_process, wait_for_everyone
-
-
-def save_adapter(model, tokenizer, final: Path, base: str) -> None:
-    """Write a PEFT adapter folder (+ tokenizer) whose config names ``base`` as its base model."""
-    from langadapt.train.core import save_model
-
-    with atomic_path(final) as tmp:
-        save_model(model, tmp)
-        tokenizer.save_pretrained(str(tmp))
-        cfg_path = tmp / "adapter_config.json"
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-        cfg["base_model_name_or_path"] = base
-        cfg_path.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
 
 
 def _start_bpc(ctx, start_from: str) -> dict[str, float] | None:
     """The starting model's held-out bits per character, when align measured them at its end on the
     same held-out text: a fresh LoRA (B = 0) leaves the model's outputs unchanged, so they are ours."""
-    from langadapt.files import read_json
-
-    f = ctx.stage_dir(start_from) / "bpc.json"
-    if start_from != "align" or not f.is_file():
+    if start_from != "align":
         return None
-    try:
-        return {k: float(v["end"]) for k, v in read_json(f).items() if isinstance(v, dict) and "end" in v}
-    except (ValueError, TypeError):
-        return None
+    return ctx.layout.bpc_end(start_from) or None
 
 
 def run(ctx) -> dict:
     from langadapt.models import load_model_and_tokenizer
-    from langadapt.stages.align import base_vocab_of
     from langadapt.train.bpc import read_heldout
-    from langadapt.train.core import describe_bpc, load_dtype, train_model
-    from langadapt.train.store import corpus_store
+    from langadapt.train import replay
+    from langadapt.train.core import load_dtype, lr_note, train_model
+    from langadapt.train.finish import base_vocab_of, finish_stage
     from langadapt.train.freeze import apply_policy, lora_targets, stage_policy
+    from langadapt.train.store import corpus_store
 
     recipe = ctx.recipe
     cfg = recipe.pretrain
@@ -71,30 +49,24 @@ def run(ctx) -> dict:
     targets = lora_targets(model) if lora.targets == "all-linear" else list(lora.targets)
     frozen, counts = apply_policy(model, embeddings=rows, lora=lora, base_vocab=base_vocab_of(model, rows, start),
                                    seed=recipe.seed)
-    corpus = corpus_store(ctx.stage_dir("clean"), tokenizer, out / "tokens", limit=cfg.max_examples)
-    ctx.log(f"pretrain: from {cfg.start_from} ({start}); {corpus.documents:,} sentences ({corpus.total:,} tokens); "
-            f"LoRA r={lora.r} "
-            f"alpha={lora.alpha:g} on {', '.join(targets)}; embeddings/head rows: {rows}; trainable "
+    corpus = corpus_store(ctx.layout.clean_shards(), tokenizer, out / "tokens", limit=cfg.max_examples,
+                          replay=replay.for_stage(recipe, cfg, recipe.seed))
+    ctx.log(f"pretrain: from {cfg.start_from} ({start}); {corpus.documents:,} documents ({corpus.total:,} tokens"
+            f"{replay.describe(corpus.replay)}); LoRA r={lora.r} "
+            f"alpha={lora.alpha:g} on {', '.join(targets)}; embeddings/head rows: {rows}{lr_note(cfg)}; trainable "
             f"{counts.trainable:,} of {counts.total:,} ({counts.percent:.2f}%)")
 
     result = train_model(frozen, tokenizer, corpus, cfg, out, resume=ctx.resume,
                          heldout=read_heldout(recipe), log=ctx.log, name="pretrain", seed=recipe.seed,
-                         bpc_start=_start_bpc(ctx, cfg.start_from))
+                         bpc_start=_start_bpc(ctx, cfg.start_from), report_to=recipe.report_to, project=recipe.name)
     corpus.remove()
-    if is_main_process():
-        save_adapter(result.model, tokenizer, out / "adapter", str(Path(start).resolve()))
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # adapter/ holds the result now
-    wait_for_everyone()
-    if result.bpc:
-        ctx.log("pretrain: held-out bits per character, before -> after the stage\n" + describe_bpc(result.bpc))
-    else:
-        ctx.log("pretrain: no held-out text in data.heldout; bits per character not measured")
-    ctx.log(f"pretrain: saved {out / 'adapter'}")
+    finish_stage(ctx, result.model, tokenizer, base=start)
     return {
         "start_from": cfg.start_from,
         "lora_targets": targets,
         "train_rows": rows,
-        "sentences": corpus.documents,
+        "documents": corpus.documents,
+        **({"replay": corpus.replay} if corpus.replay else {}),
         **result.summary(),
         "trainable": counts.trainable,
         "total": counts.total,

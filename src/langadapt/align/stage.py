@@ -16,38 +16,20 @@ kept and skipped); checkpoints live in ``checkpoints/`` while the stage runs.
 
 from __future__ import annotations
 
-import shutil
-
-from langadapt.errors import LangadaptError
-from langadapt.files import atomic_path, write_json
-from langadapt.stages import is_main_process, wait_for_everyone
-
-
-def base_vocab_of(model, train_rows: str, where: str) -> int | None:
-    """Rows before the tokenizer merge (``langadapt_base_vocab_size`` in the model's config)."""
-    rows = getattr(model.config, "langadapt_base_vocab_size", None)
-    if train_rows == "new" and rows is None:
-        raise LangadaptError(f"train_rows: new needs to know which embedding rows are new, but {where}/config.json "
-                             "has no 'langadapt_base_vocab_size' (was it made by the tokenizer stage?); "
-                             "use train_rows: all")
-    return rows
-
-
-def unpeft(model):
-    """A plain model: trainable-token deltas (new rows only) written back into the embedding rows."""
-    from peft import PeftModel
-
-    return model.merge_and_unload() if isinstance(model, PeftModel) else model
+from langadapt.distributed import is_main_process
+from langadapt.files import write_json
 
 
 def run(ctx) -> dict:
     from langadapt.data.parallel import read_parallel
     from langadapt.models import load_model_and_tokenizer
     from langadapt.train.bpc import read_heldout
-    from langadapt.train.core import describe_bpc, load_dtype, train_model
+    from langadapt.train.core import load_dtype, lr_note, train_model
     from langadapt.train.examples import bilingual_examples
-    from langadapt.train.store import corpus_store
+    from langadapt.train.finish import base_vocab_of, finish_stage, unpeft
     from langadapt.train.freeze import apply_policy, stage_policy
+    from langadapt.train import replay
+    from langadapt.train.store import corpus_store
 
     recipe = ctx.recipe
     cfg = recipe.align
@@ -59,26 +41,25 @@ def run(ctx) -> dict:
 
     # ---- step 1: monolingual
     mono = cfg.monolingual
-    corpus = corpus_store(ctx.stage_dir("clean"), tokenizer, out / "tokens", limit=mono.max_examples)
+    corpus = corpus_store(ctx.layout.clean_shards(), tokenizer, out / "tokens", limit=mono.max_examples,
+                          replay=replay.for_stage(recipe, mono, recipe.seed))
     rows, _ = stage_policy(recipe, "align", "monolingual")
     frozen, counts = apply_policy(model, embeddings=rows, base_vocab=base_vocab_of(model, rows, start))
-    ctx.log(f"align (monolingual): {corpus.documents:,} sentences ({corpus.total:,} tokens); trainable "
-            f"{counts.trainable:,} of {counts.total:,} parameters ({counts.percent:.2f}%, embeddings/head rows: {rows})")
+    ctx.log(f"align (monolingual): {corpus.documents:,} documents ({corpus.total:,} tokens{replay.describe(corpus.replay)}); "
+            f"trainable {counts.trainable:,} of {counts.total:,} parameters ({counts.percent:.2f}%, embeddings/head "
+            f"rows: {rows}{lr_note(mono)})")
     r1 = train_model(frozen, tokenizer, corpus, mono, out, resume=ctx.resume,
-                     heldout=heldout, log=ctx.log, name="monolingual", seed=recipe.seed)
+                     heldout=heldout, log=ctx.log, name="monolingual", seed=recipe.seed,
+                     report_to=recipe.report_to, project=recipe.name)
     corpus.remove()
     model = unpeft(r1.model)
-    summary["monolingual"] = _step_summary(r1, corpus.documents, counts.trainable)
+    summary["monolingual"] = {**_step_summary(r1, corpus.documents, counts.trainable),
+                              **({"replay": corpus.replay} if corpus.replay else {})}
     end_bpc = {k: v["end"] for k, v in r1.bpc.items()}
 
     # ---- step 2: bilingual
     bil = cfg.bilingual
     if bil.enabled:
-        known = [s.name for s in recipe.data.parallel]
-        unknown = [n for n in (bil.sources or []) if n not in known]
-        if unknown:
-            raise LangadaptError(f"align.bilingual.sources: {', '.join(unknown)} not in data.parallel "
-                                 f"(known: {', '.join(known) or 'none'})", path=str(recipe.source_path or ""))
         pairs, reports = read_parallel(recipe, bil.sources)
         for rep in reports:
             ctx.log(f"align (bilingual): {rep.summary()}")
@@ -88,34 +69,25 @@ def run(ctx) -> dict:
             pairs = pairs[: bil.max_examples]
         rows, _ = stage_policy(recipe, "align", "bilingual")
         frozen, counts = apply_policy(model, embeddings=rows, base_vocab=base_vocab_of(model, rows, start))
+        examples, mixed = bilingual_examples(tokenizer, pairs, bil, seed=recipe.seed), None
+        wanted = replay.for_stage(recipe, bil, recipe.seed)
+        if wanted:
+            examples, mixed = replay.mix_examples(examples, tokenizer, wanted[0], wanted[1])
         ctx.log(f"align (bilingual): {len(pairs):,} pairs, {bil.order.replace('_', ' ')}"
-                f"{f', {bil.reverse_share:.0%} reversed' if bil.reverse_share else ''}; trainable "
-                f"{counts.trainable:,} parameters (embeddings/head rows: {rows})")
-        r2 = train_model(frozen, tokenizer, bilingual_examples(tokenizer, pairs, bil, seed=recipe.seed), bil, out,
+                f"{f', {bil.reverse_share:.0%} reversed' if bil.reverse_share else ''}{replay.describe(mixed)}; trainable "
+                f"{counts.trainable:,} parameters (embeddings/head rows: {rows}{lr_note(bil)})")
+        r2 = train_model(frozen, tokenizer, examples, bil, out,
                          resume=ctx.resume, heldout=heldout, log=ctx.log, name="bilingual", seed=recipe.seed,
-                         bpc_start=end_bpc)
+                         bpc_start=end_bpc, report_to=recipe.report_to, project=recipe.name)
         model = unpeft(r2.model)
-        summary["bilingual"] = _step_summary(r2, len(pairs), counts.trainable)
+        summary["bilingual"] = {**_step_summary(r2, len(pairs), counts.trainable), **({"replay": mixed} if mixed else {})}
         summary["parallel"] = {rep.name: {"kept": rep.kept, "skipped": rep.skipped_count} for rep in reports}
 
     # ---- output (frozen weights were loaded in the precision's dtype; trained ones were fp32)
-    model = model.to(load_dtype(cfg.monolingual.precision))
-    if is_main_process():
-        with atomic_path(out / "model") as tmp:
-            model.save_pretrained(str(tmp))
-            tokenizer.save_pretrained(str(tmp))
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # model/ holds the result now
-    wait_for_everyone()
-    bpc_path = out / "bpc.json"
-    if bpc_path.is_file():
-        from langadapt.files import read_json
-
-        bpc = read_json(bpc_path)
+    finish_stage(ctx, model.to(load_dtype(cfg.monolingual.precision)), tokenizer)
+    bpc = ctx.layout.bpc("align")
+    if bpc:
         summary["bpc"] = {k: {"start": v["start"], "end": v["end"]} for k, v in bpc.items()}
-        ctx.log("align: held-out bits per character, before -> after the stage\n" + describe_bpc(bpc))
-    else:
-        ctx.log("align: no held-out text in data.heldout; bits per character not measured")
-    ctx.log(f"align: saved {out / 'model'}")
     return summary
 
 

