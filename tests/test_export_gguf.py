@@ -163,13 +163,16 @@ def test_other_llama_cpp_architectures_round_trip(tmp_path, arch):
 # ---------------------------------------------------------------------------- tokenizers
 
 
-def merged_tokenizer(tmp_path, persian_sp, base, *, extend: bool = True):
-    from langadapt.tokenizer.merge import merge_pieces, read_sentencepiece
+def merged_tokenizer(tmp_path, persian_sp, base, *, extend: bool = True, normalize: bool = False):
+    from langadapt.clean.normalize import char_map
+    from langadapt.tokenizer.merge import add_normalizer, merge_pieces, read_sentencepiece, target_characters
     from langadapt.tokenizer.stage import save_tokenizer
 
-    merged = merge_pieces(json.loads(base.backend_tokenizer.to_str()), read_sentencepiece(persian_sp),
-                          extend_pre_tokenizer=extend)
-    out = tmp_path / f"merged-{extend}"
+    pieces = read_sentencepiece(persian_sp)
+    merged = merge_pieces(json.loads(base.backend_tokenizer.to_str()), pieces, extend_pre_tokenizer=extend)
+    if normalize:  # as the tokenizer stage does with tokenizer.normalize (its default)
+        add_normalizer(merged.tokenizer_json, char_map("fa"), target_characters(pieces)[0])
+    out = tmp_path / f"merged-{extend}-{normalize}"
     out.mkdir()
     return save_tokenizer(base, merged.tokenizer_json, out, pad_token=None, pad_id=None)
 
@@ -261,6 +264,35 @@ def test_a_merged_sentencepiece_tokenizer_is_written_with_scores_that_replay_its
     assert len(tok(phrase)["input_ids"]) < len(base(phrase)["input_ids"]), "the merged pieces are in use"
 
 
+ARABIC_LETTERS = ["كتاب‌هاي زيادي در كتابخانه هست", "يك روز خوب", "ميخواهم به مدرسه بروم"]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "sentencepiece"])
+def test_the_tokenizer_stage_character_rewrites_are_reported_as_lost_in_llama_cpp(tmp_path, persian_sp, family):
+    """llama.cpp applies no tokenizer.json normalizer: text with Arabic yeh/kaf meets the base's pieces
+    there. The report names the rewrites, the emulation (and transformers' GGUF reader, which builds
+    its tokenizer from the file alone) agree, and text without those letters keeps its ids."""
+    from langadapt.serve.gguf import llama_cpp_tokenizer, tokenizer_caveats, tokenizer_drift
+
+    base = byte_level_base("gpt2") if family == "gpt2" else sentencepiece_base(tmp_path, "json")
+    tok = merged_tokenizer(tmp_path, persian_sp, base, extend=False, normalize=True)
+    assert tok("يك")["input_ids"] == tok("یک")["input_ids"], "the merged tokenizer rewrites Arabic letters"
+    report = export_tokenizer(tok, tmp_path / "g")
+    assert report.dropped_word_pattern is None and report.tokenizes_differently
+    assert {"ي": "ی", "ك": "ک"}.items() <= report.dropped_rewrites.items()
+    assert "ي\u2192ی" in tokenizer_caveats(report)[0]
+    _, gguf_tok = read_back(tmp_path / "g")
+    emulated = llama_cpp_tokenizer(json.loads(tok.backend_tokenizer.to_str()))
+    special = family != "gpt2"  # the SentencePiece forms compare with their bos, as read_back's tokenizer adds it
+    for line in ARABIC_LETTERS + FA + EN:
+        assert gguf_tok(line, add_special_tokens=special)["input_ids"] == \
+            emulated.encode(line, add_special_tokens=special).ids
+    for line in FA + EN:
+        assert gguf_tok(line, add_special_tokens=special)["input_ids"] == tok(line, add_special_tokens=special)["input_ids"]
+    drift = tokenizer_drift(tok, ARABIC_LETTERS + FA)
+    assert drift["differ"] == len(ARABIC_LETTERS) and drift["tokens_llama_cpp"] > drift["tokens"]
+
+
 # ---------------------------------------------------------------------------- refusals
 
 
@@ -301,6 +333,13 @@ def test_export_cli_writes_the_gguf_and_refuses_mixed_flags(tmp_path):
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert (run / "export" / "sft-gguf" / "demo-sft-q8_0.gguf").is_file()
     assert "llama-cli -m" in ok.stderr
+
+    from langadapt.serve.export import EXPORT_MARKER, export_model
+
+    folder = run / "export" / "sft-gguf"  # an earlier GGUF export is replaced with --force, whole
+    assert json.loads((folder / EXPORT_MARKER).read_text())["quant"] == "q8_0"
+    export_model(str(run), stage="sft", fmt="gguf", quant="f16", force=True, log=lambda m: None)
+    assert {p.name for p in folder.iterdir()} == {"README.md", "demo-sft-f16.gguf", EXPORT_MARKER}
 
 
 @pytest.mark.slow

@@ -119,7 +119,7 @@ def export_model(source: str, *, stage: str | None = None, out: str | os.PathLik
 
 def _export_gguf(model, tokenizer, ref: ModelRef, out: Path, *, quant: str, card: bool, recipe, merged: bool,
                  log) -> Path:
-    from langadapt.serve.gguf import tokenizer_drift, write_gguf
+    from langadapt.serve.gguf import tokenizer_caveats, tokenizer_drift, write_gguf
 
     stem = ref.name.replace("/", "-").replace(os.sep, "-").strip("-.") or "model"
     file_name = f"{stem}-{quant}.gguf"
@@ -129,13 +129,12 @@ def _export_gguf(model, tokenizer, ref: ModelRef, out: Path, *, quant: str, card
         report = write_gguf(model, tokenizer, tmp / file_name, quant=quant, name=stem, log=log)
         (tmp / EXPORT_MARKER).write_text(json.dumps({"source": str(ref.path), "stage": ref.stage, "format": "gguf",
                                                      "quant": quant}, indent=2) + "\n", encoding="utf-8")
-        if report.dropped_word_pattern is not None:
+        if report.tokenizes_differently:
             lines, where = _target_lines(recipe, ref)
             drift = tokenizer_drift(tokenizer, lines)
             if drift:
                 drift["text"] = where
-            log(f"note: llama.cpp has no pre-tokenizer for the tokenizer stage's target-word pattern; the file names "
-                f"'{report.pre}', so llama.cpp splits target-language words where the base tokenizer does"
+            log("note: " + "; ".join(tokenizer_caveats(report))
                 + (f" ({drift['differ']} of {drift['lines']} {where} get other ids than in training)" if drift else "")
                 + "; the --format hf export keeps the training tokenization")
         if card:
@@ -324,7 +323,7 @@ def model_card(ref: ModelRef, *, out_name: str, recipe=None, dtype: str = "float
     """README.md text for an exported model (hub front matter, recipe, data, evaluation, usage).
 
     ``gguf`` (a ``serve.gguf.GgufReport``) makes it the card of a GGUF export; ``drift`` is what
-    ``serve.gguf.tokenizer_drift`` measured when llama.cpp cannot apply the merged pre-tokenizer."""
+    ``serve.gguf.tokenizer_drift`` measured when llama.cpp cannot apply all of the merged tokenizer."""
     title = ref.name.replace("/", "-")
     lines = [_front_matter(recipe, merged, gguf=gguf is not None), "", f"# {title}", ""]
     what = f"The `{ref.stage}` stage of the langadapt run `{ref.run_dir.name}`" if ref.run_dir and ref.stage \
@@ -345,11 +344,10 @@ def model_card(ref: ModelRef, *, out_name: str, recipe=None, dtype: str = "float
                  f". Weights in {dtype}" + (f", {params:,} parameters" if params else "") +
                  (f", a vocabulary of {vocab:,} tokens" if vocab else "") + ".")
     lines.append("")
-    if gguf is not None and gguf.dropped_word_pattern is not None:
-        lines += ["**Tokenizer in llama.cpp.** llama.cpp chooses its pre-tokenizer by name and has none for the "
-                  "target-word pattern langadapt's tokenizer stage added, so the file names the base's "
-                  f"(`{gguf.pre}`) and llama.cpp splits {lang} words where the base tokenizer does (Persian: at the "
-                  "zero-width non-joiner); merged pieces that span that point are not used there"
+    if gguf is not None and gguf.tokenizes_differently:
+        from langadapt.serve.gguf import tokenizer_caveats
+
+        lines += ["**Tokenizer in llama.cpp.** " + "; ".join(c[0].upper() + c[1:] for c in tokenizer_caveats(gguf, lang))
                   + (f" ({drift['differ']} of {drift['lines']} {drift.get('text', 'lines')} tokenize differently "
                      f"from transformers, {drift['tokens_llama_cpp']:,} tokens instead of {drift['tokens']:,})"
                      if drift else "")

@@ -22,6 +22,11 @@ the tensors, and why:
   that point never form. ``llama_cpp_tokenizer`` builds that tokenizer with ``tokenizers`` so the
   difference can be measured before anyone runs llama.cpp (bench/gguf_check.py checks it against
   llama.cpp itself); ``export`` reports it.
+* Nor does llama.cpp apply a ``tokenizer.json`` normalizer (byte-level: none at all; SentencePiece:
+  only its own space escaping). The tokenizer stage's character rewrites (Persian: Arabic yeh and
+  kaf to Persian, tatweel removed) are therefore lost there: text written with those characters
+  meets the base's pieces for them. No GGUF field can say two byte strings are one token, so this
+  is reported (``dropped_rewrites``) and measured the same way, not fixed.
 * SentencePiece-style BPE (Llama-2, Mistral, Gemma) is written as ``"llama"`` with scores.
   llama.cpp's SentencePiece tokenizer joins the adjacent pair whose joined text is the
   highest-scoring token; transformers joins the pair of the earliest merge. A token's score is
@@ -152,9 +157,29 @@ def llama_cpp_pre(tj: dict) -> tuple[str, str | None]:
     return name, word
 
 
+def _is_space_escape(step: dict) -> bool:
+    """SentencePiece's own space handling, which llama.cpp does itself."""
+    return step.get("type") == "Prepend" or (step.get("type") == "Replace" and step.get("pattern") == {"String": " "}
+                                             and step.get("content") == "\u2581")
+
+
+def normalizer_for_llama_cpp(tj: dict) -> tuple[dict | None, dict[str, str]]:
+    """(the part of ``tj``'s normalizer llama.cpp applies, the string rewrites it drops: from -> to).
+
+    llama.cpp's byte-level tokenizer normalizes nothing, its SentencePiece one only escapes spaces."""
+    from langadapt.tokenizer.merge import BYTE_LEVEL, detect_family
+
+    steps = _steps(tj.get("normalizer"), "normalizers")
+    kept = [] if detect_family(tj) == BYTE_LEVEL else [s for s in steps if _is_space_escape(s)]
+    dropped = {s["pattern"]["String"]: s.get("content", "") for s in steps
+               if s not in kept and s.get("type") == "Replace" and "String" in s.get("pattern", {})}
+    return ({"type": "Sequence", "normalizers": kept} if kept else None), dropped
+
+
 def llama_cpp_tokenizer(tj: dict):
     """A ``tokenizers.Tokenizer`` that splits text the way llama.cpp will run the exported file:
-    the same vocabulary and merges, without the target-word alternative of the pre-tokenizer."""
+    the same vocabulary and merges, without the target-word alternative of the pre-tokenizer and
+    without the normalizer steps llama.cpp does not apply."""
     from tokenizers import Tokenizer
 
     from langadapt.tokenizer.merge import BYTE_LEVEL, detect_family
@@ -164,6 +189,7 @@ def llama_cpp_tokenizer(tj: dict):
         _, word = llama_cpp_pre(tj)
         if word is not None:
             tj["pre_tokenizer"] = _strip_word(tj["pre_tokenizer"], word)
+    tj["normalizer"], _ = normalizer_for_llama_cpp(tj)
     return Tokenizer.from_str(json.dumps(tj))
 
 
@@ -206,6 +232,7 @@ class GgufVocab:
     pre: str | None = None
     dropped_word_pattern: str | None = None  # the tokenizer stage's alternative llama.cpp does not apply
     add_space_prefix: bool | None = None
+    dropped_rewrites: dict[str, str] = field(default_factory=dict)  # normalizer rewrites llama.cpp does not apply
 
 
 def _add_space_prefix(tj: dict) -> bool:
@@ -256,12 +283,13 @@ def gguf_vocab(tj: dict, rows: int) -> GgufVocab:
         dup = next(t for t in tokens if t in seen or seen.add(t))
         raise LangadaptError(f"GGUF export: the token {dup!r} appears twice; llama.cpp needs unique token texts")
     pairs = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model.get("merges", [])]
+    _, rewrites = normalizer_for_llama_cpp(tj)
     if family == BYTE_LEVEL:
         if any(" " in a or " " in b for a, b in pairs):
             raise LangadaptError("GGUF export: a merge holds a raw space, which byte-level BPE never produces")
         pre, word = llama_cpp_pre(tj)
         return GgufVocab("gpt2", tokens, [int(t) for t in types], merges=[f"{a} {b}" for a, b in pairs],
-                         pre=pre, dropped_word_pattern=word)
+                         pre=pre, dropped_word_pattern=word, dropped_rewrites=rewrites)
     # SentencePiece-style: score = minus the rank of the first merge that builds the token, so
     # llama.cpp's "best-scoring joined token first" replays transformers' "earliest merge first".
     first_rank: dict[str, int] = {}
@@ -270,7 +298,8 @@ def gguf_vocab(tj: dict, rows: int) -> GgufVocab:
     floor = -float(len(pairs) + 1)  # tokens no merge builds: joined only when nothing else can be
     scores = [-float(first_rank[t]) if types[i] == T.NORMAL and t in first_rank else
               (floor if types[i] == T.NORMAL and len(t) > 1 else 0.0) for i, t in enumerate(tokens)]
-    return GgufVocab("llama", tokens, [int(t) for t in types], scores=scores, add_space_prefix=_add_space_prefix(tj))
+    return GgufVocab("llama", tokens, [int(t) for t in types], scores=scores, add_space_prefix=_add_space_prefix(tj),
+                     dropped_rewrites=rewrites)
 
 
 def _adds_special(tokenizer) -> tuple[bool, bool]:
@@ -421,6 +450,12 @@ class GgufReport:
     dropped_word_pattern: str | None
     tensors: int
     bytes: int
+    dropped_rewrites: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def tokenizes_differently(self) -> bool:
+        """Whether llama.cpp may tokenize some text other than transformers does with this tokenizer."""
+        return self.dropped_word_pattern is not None or bool(self.dropped_rewrites)
 
 
 def write_gguf(model, tokenizer, path: str | os.PathLike, *, quant: str = "f16", name: str = "model",
@@ -496,7 +531,7 @@ def write_gguf(model, tokenizer, path: str | os.PathLike, *, quant: str = "f16",
             w.write_tensor_data(_tensor_data(model, arch, item, state))
         w.close()
     return GgufReport(path, arch.gguf_arch.lower(), quant, rows, vocab.model, vocab.pre, vocab.dropped_word_pattern,
-                      len(plan), path.stat().st_size)
+                      len(plan), path.stat().st_size, vocab.dropped_rewrites)
 
 
 def _add_tokenizer(w, tokenizer, vocab: GgufVocab, cfg, rows: int) -> None:
@@ -527,6 +562,20 @@ def _add_tokenizer(w, tokenizer, vocab: GgufVocab, cfg, rows: int) -> None:
     special.add_to_gguf(w, quiet=True)
     if special.chat_template is None and getattr(tokenizer, "chat_template", None):
         w.add_chat_template(tokenizer.chat_template)
+
+
+def tokenizer_caveats(report: GgufReport, lang: str = "target-language") -> list[str]:
+    """Why llama.cpp may tokenize text otherwise than transformers, one clause per cause (none: [])."""
+    out = []
+    if report.dropped_word_pattern is not None:
+        out.append(f"llama.cpp has no pre-tokenizer for the tokenizer stage's target-word pattern, so the file names "
+                   f"the base's ('{report.pre}') and llama.cpp splits {lang} words where the base tokenizer does "
+                   "(Persian: at the zero-width non-joiner)")
+    if report.dropped_rewrites:
+        shown = ", ".join(f"{k}\u2192{v}" if v else f"{k} removed" for k, v in report.dropped_rewrites.items())
+        out.append(f"llama.cpp applies no tokenizer.json normalizer, so the tokenizer stage's character rewrites "
+                   f"({shown}) are not made there: text written with those characters gets the base's pieces")
+    return out
 
 
 def usage_lines(file_name: str) -> list[str]:
