@@ -10,13 +10,13 @@ environment (a native build of several minutes; it is not a langadapt dependency
 This script runs in langadapt's environment and sends llama.cpp's part to the other interpreter
 (``--worker``, which needs only llama_cpp and numpy). What it measures:
 
-1. Tokenizers, on 400 real lines (200 Persian: 100 verses of the Persian Quran and 100 ParsiNLU
-   reviews; 200 English verses), ids from transformers vs ids from llama.cpp reading our GGUF, for
-   the run's merged tokenizer (target-word pre-tokenizer), the same merge with the base
-   pre-tokenizer kept (``merge_pieces(..., extend_pre_tokenizer=False)``), the same two for a
-   20,000-piece tokenizer trained as bench/tokenizer_bench.py does (``--pieces 0`` skips it), and
-   SmolLM2 itself; also whether ``serve.gguf.llama_cpp_tokenizer`` predicts llama.cpp's ids, and
-   tokens per word.
+1. Tokenizers, on 405 real lines (200 Persian: 100 verses of the Persian Quran and 100 ParsiNLU
+   reviews; 200 English verses; the Persian lines with an Arabic yeh or kaf), ids from transformers
+   vs ids from llama.cpp reading our GGUF, for the run's merged tokenizer and for a 20,000-piece
+   tokenizer trained as bench/tokenizer_bench.py does (``--pieces 0`` skips it), each with the
+   target-word pre-tokenizer or the base's (``merge_pieces(..., extend_pre_tokenizer=False)``) and
+   with or without the stage's normalizer (``tokenizer.normalize``), and SmolLM2 itself; also
+   whether ``serve.gguf.llama_cpp_tokenizer`` predicts llama.cpp's ids, and tokens per word.
 2. The sft stage's model (when the run has one) exported in f32, f16 and q8_0: logits of llama.cpp
    and of transformers' own GGUF reader against the merged source model, and greedy generations.
 """
@@ -54,7 +54,7 @@ def worker(job_path: str) -> None:
         llm = llama_cpp.Llama(job["gguf"], vocab_only=True, verbose=False)
         out["ids"] = [llm.tokenize(t.encode("utf-8"), add_bos=False, special=True) for t in job["texts"]]
         out["ids_with_specials"] = [llm.tokenize(t.encode("utf-8"), add_bos=True, special=True)
-                                    for t in job["texts"][-5:]]
+                                    for t in job.get("special_texts", [])]
         del llm
     if job.get("prompts") is not None:
         llm = llama_cpp.Llama(job["gguf"], n_ctx=512, logits_all=True, n_threads=2, verbose=False, seed=0)
@@ -98,8 +98,12 @@ def every_kth(lines: list[str], n: int) -> list[str]:
     return lines[::step][:n]
 
 
+ARABIC_FORMS = "\u064a\u0649\u0643\u0629\u0640"  # Arabic yeh, alef maksura, kaf, teh marbuta; tatweel
+
+
 def test_lines(data: Path) -> dict[str, list[str]]:
-    """100 Persian verses, 100 reviews (each once), 200 English verses, spread over the files."""
+    """100 Persian verses, 100 reviews (each once), 200 English verses, spread over the files; and
+    every Persian verse or review that holds a letter the tokenizer stage's normalizer rewrites."""
     fa = [x for x in (data / "quran" / "fa.makarem.txt").read_text(encoding="utf-8").split("\n") if x.strip()]
     en = [x for x in (data / "quran" / "en.yusufali.txt").read_text(encoding="utf-8").split("\n") if x.strip()]
     reviews: dict[str, None] = {}
@@ -109,8 +113,9 @@ def test_lines(data: Path) -> dict[str, list[str]]:
                 r = json.loads(line)["review"]
                 if r.strip():
                     reviews.setdefault(r, None)
+    arabic = [x for x in fa + list(reviews) if any(c in x for c in ARABIC_FORMS)]
     return {"quran_fa": every_kth(fa, 100), "reviews_fa": every_kth(list(reviews), 100), "quran_en": every_kth(en, 200),
-            "all_quran_fa": fa, "all_reviews_fa": list(reviews)}
+            "arabic_letters_fa": arabic, "all_quran_fa": fa, "all_reviews_fa": list(reviews)}
 
 
 # ---------------------------------------------------------------------------- tokenizer variants
@@ -129,12 +134,18 @@ def vocab_gguf(tok, path: Path) -> None:
     write_gguf(model, tok, path, quant="f32", name=path.stem, log=lambda m: None)
 
 
-def kept_variant(tok, base_tj: dict, folder: Path):
-    """The run's merged tokenizer with the base pre-tokenizer, i.e. ``merge_pieces(extend_pre_tokenizer=False)``."""
+def variant(tok, folder: Path, *, base_tj: dict | None = None, normalizer: bool = True):
+    """The run's merged tokenizer with the base pre-tokenizer (``base_tj`` given: what
+    ``merge_pieces(extend_pre_tokenizer=False)`` makes) and/or without the tokenizer stage's
+    normalizer (``tokenizer.normalize: false``)."""
     from transformers import AutoTokenizer
 
     tj = json.loads(tok.backend_tokenizer.to_str())
-    tj["pre_tokenizer"] = base_tj["pre_tokenizer"]
+    if base_tj is not None:
+        tj["pre_tokenizer"] = base_tj["pre_tokenizer"]
+    if not normalizer:
+        tj["normalizer"] = base_tj["normalizer"] if base_tj is not None else None
+    folder.mkdir()
     tok.save_pretrained(folder)
     (folder / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False), encoding="utf-8")
     return AutoTokenizer.from_pretrained(folder)
@@ -149,7 +160,8 @@ def tokenizer_rows(name: str, tok, python: str, lines: dict, tmp: Path, *, gguf_
     if gguf_file is None:
         vocab_gguf(tok, path)
     texts = [t for group in lines.values() for t in group]
-    got = llama_cpp(python, {"gguf": str(path), "texts": texts}, tmp)
+    english = lines["quran_en"][:5]  # bos/eos: the same ids either way
+    got = llama_cpp(python, {"gguf": str(path), "texts": texts, "special_texts": english}, tmp)
     emulated = llama_cpp_tokenizer(json.loads(tok.backend_tokenizer.to_str()))
     row: dict = {"tokenizer": name, "vocabulary": len(tok)}
     i = 0
@@ -163,8 +175,7 @@ def tokenizer_rows(name: str, tok, python: str, lines: dict, tmp: Path, *, gguf_
                       "predicted_exactly": sum(a == b for a, b in zip(em, lc)),
                       "tokens_per_word_transformers": round(sum(map(len, hf)) / words, 3),
                       "tokens_per_word_llama_cpp": round(sum(map(len, lc)) / words, 3)}
-    specials = [tok(t)["input_ids"] for t in texts[-5:]]  # English: the same ids either way
-    row["bos_eos_as_transformers"] = specials == got["ids_with_specials"]
+    row["bos_eos_as_transformers"] = [tok(t)["input_ids"] for t in english] == got["ids_with_specials"]
     for group, group_lines in (whole or {}).items():  # larger sets: llama.cpp's side from the emulation
         row[group] = {"lines": len(group_lines),
                       "differ_predicted": sum(tok(t, add_special_tokens=False)["input_ids"] !=
@@ -179,7 +190,8 @@ def big_tokenizer(base, pieces: int, data: Path, tmp: Path):
     sys.path.insert(0, str(Path(__file__).parent))
     import tokenizer_bench
 
-    from langadapt.tokenizer.merge import merge_pieces, read_sentencepiece
+    from langadapt.clean.normalize import char_map
+    from langadapt.tokenizer.merge import add_normalizer, merge_pieces, read_sentencepiece, target_characters
     from langadapt.tokenizer.stage import save_tokenizer
     from langadapt.tokenizer.train import reservoir_sample, train_sentencepiece
 
@@ -192,6 +204,7 @@ def big_tokenizer(base, pieces: int, data: Path, tmp: Path):
     out = {}
     for name, extend in (("extend", True), ("keep", False)):
         merged = merge_pieces(base_tj, sp, base_rows=len(base), extend_pre_tokenizer=extend)
+        add_normalizer(merged.tokenizer_json, char_map("fa"), target_characters(sp)[0])  # as the stage's default
         folder = tmp / f"big-{name}"
         folder.mkdir()
         out[name] = save_tokenizer(base, merged.tokenizer_json, folder, pad_token=None, pad_id=None)
@@ -348,13 +361,17 @@ def main() -> None:
             base_tj = json.loads(base.backend_tokenizer.to_str())
             variants = [("SmolLM2 base", base)]
             demo = AutoTokenizer.from_pretrained(run / "tokenizer" / "model")
-            (tmp / "demo-keep").mkdir()
-            variants += [("demo, target-word pre-tokenizer (default)", demo),
-                         ("demo, base pre-tokenizer kept", kept_variant(demo, base_tj, tmp / "demo-keep"))]
+            toks = [("demo", demo)]
             if args.pieces:
                 big = big_tokenizer(base, args.pieces, data, tmp)
-                variants += [(f"{args.pieces:,} pieces, target-word pre-tokenizer (default)", big["extend"]),
-                             (f"{args.pieces:,} pieces, base pre-tokenizer kept", big["keep"])]
+                toks.append((f"{args.pieces:,} pieces", big["extend"]))
+            for name, tok in toks:  # pre-tokenizer extend/keep x the stage's normalizer on/off
+                stem = tmp / name.replace(",", "").replace(" ", "-")
+                variants += [(f"{name}: extend, normalizer", tok),
+                             (f"{name}: keep, normalizer", variant(tok, Path(f"{stem}-k"), base_tj=base_tj)),
+                             (f"{name}: extend, no normalizer", variant(tok, Path(f"{stem}-n"), normalizer=False)),
+                             (f"{name}: keep, no normalizer", variant(tok, Path(f"{stem}-kn"), base_tj=base_tj,
+                                                                      normalizer=False))]
             own = tokenizer_rows("smollm2-own", base, args.llama_python, lines, tmp, gguf_file=smollm2_path())
             own["tokenizer"] = "SmolLM2's own GGUF file (pre 'smollm') vs transformers' reading of it"
             results["tokenizers"].append(own)
