@@ -212,3 +212,109 @@ def test_out_dot_is_a_one_line_error_not_a_traceback(tmp_path, monkeypatch, caps
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: --out ") and "current folder" in err and len(err.splitlines()) == 1
     assert work.is_dir() and (run / "sft" / "adapter").is_dir()
+
+
+# ---------------------------------------------------------------------------- --push-to-hub
+
+
+class FakeHfApi:
+    """Stands in for huggingface_hub.HfApi: records what would be created and uploaded."""
+
+    calls: list = []
+    fail_with: Exception | None = None
+
+    def __init__(self, token=None, **kw):
+        FakeHfApi.calls.append(("init", token))
+
+    def create_repo(self, repo_id, **kw):
+        if FakeHfApi.fail_with is not None:
+            raise FakeHfApi.fail_with
+        FakeHfApi.calls.append(("create_repo", repo_id, kw))
+        return f"https://huggingface.co/{repo_id}"
+
+    def upload_folder(self, *, repo_id, folder_path, ignore_patterns=None, **kw):
+        from fnmatch import fnmatch
+
+        files = {p.relative_to(folder_path).as_posix(): p.read_bytes()[:200]
+                 for p in Path(folder_path).rglob("*") if p.is_file()
+                 and not any(fnmatch(p.relative_to(folder_path).as_posix(), x) for x in ignore_patterns or [])}
+        FakeHfApi.calls.append(("upload_folder", repo_id, files, kw))
+
+
+@pytest.fixture
+def fake_hub(monkeypatch, tmp_path):
+    import huggingface_hub
+
+    FakeHfApi.calls, FakeHfApi.fail_with = [], None
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no stored login from this machine
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    return FakeHfApi
+
+
+def test_push_to_hub_uploads_the_exported_folder_with_its_card(tmp_path, fake_hub, monkeypatch, capsys):
+    from langadapt.cli import main
+
+    run, _ = make_run(tmp_path, tied=True)
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    assert main(["export", str(run), "--stage", "sft", "--format", "gguf", "--quant", "q8_0",
+                 "--push-to-hub", "someone/smollm2-fa", "--private"]) == 0
+    kinds = [c[0] for c in fake_hub.calls]
+    assert kinds == ["init", "create_repo", "upload_folder"]
+    assert fake_hub.calls[0][1] == "hf_test_token"
+    _, repo, kw = fake_hub.calls[1]
+    assert repo == "someone/smollm2-fa" and kw["private"] is True and kw["exist_ok"] is True
+    _, repo, files, _ = fake_hub.calls[2]
+    assert sorted(files) == ["README.md", "demo-sft-q8_0.gguf"], "the local --force marker stays here"
+    assert files["demo-sft-q8_0.gguf"].startswith(b"GGUF")
+    assert b"langadapt" in files["README.md"]
+    assert "uploaded to https://huggingface.co/someone/smollm2-fa" in capsys.readouterr().err
+
+
+def test_push_to_hub_of_a_transformers_export_uploads_weights_tokenizer_and_card(tmp_path, fake_hub, monkeypatch):
+    from langadapt.cli import main
+
+    run, _ = make_run(tmp_path, tied=True)
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    assert main(["export", str(run), "--stage", "sft", "--push-to-hub", "someone/m"]) == 0
+    _, _, kw = fake_hub.calls[1]
+    assert kw["private"] is False
+    files = fake_hub.calls[2][2]
+    assert {"README.md", "config.json", "model.safetensors", "tokenizer.json"} <= set(files)
+
+
+def test_push_to_hub_without_a_token_fails_in_one_line_before_exporting(tmp_path, fake_hub, capsys):
+    from langadapt.cli import main
+
+    run, _ = make_run(tmp_path, tied=True)
+    capsys.readouterr()
+    assert main(["export", str(run), "--stage", "sft", "--push-to-hub", "someone/m"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "HF_TOKEN" in err and "hf auth login" in err
+    assert not (run / "export").exists(), "nothing exported when the upload cannot happen"
+    assert fake_hub.calls == []
+
+
+def test_push_to_hub_errors_are_one_line(tmp_path, fake_hub, monkeypatch, capsys):
+    from langadapt.cli import main
+    from langadapt.serve.hub import _transport_errors
+
+    run, _ = make_run(tmp_path, tied=True)
+    capsys.readouterr()
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    assert main(["export", str(run), "--stage", "sft", "--push-to-hub", "not a repo"]) == 2
+    assert "USER/NAME" in capsys.readouterr().err
+    assert main(["export", str(run), "--stage", "sft", "--private"]) == 2
+    assert "--private applies to --push-to-hub" in capsys.readouterr().err
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["export", str(run), "--stage", "sft", "--push-to-hub", "someone/m"]) == 2
+    assert "HF_HUB_OFFLINE" in capsys.readouterr().err
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    transport = (_transport_errors() or (OSError,))[0]  # the HTTP client huggingface_hub uses here
+    fake_hub.fail_with = transport("[Errno -3] Temporary failure in name resolution")
+    assert main(["export", str(run), "--stage", "sft", "--push-to-hub", "someone/m"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: cannot reach the Hugging Face hub to upload someone/m (")
+    assert not any("Traceback" in x for x in err)
+    assert (run / "export" / "sft").is_dir(), "the export itself is kept for a later upload"

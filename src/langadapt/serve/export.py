@@ -5,6 +5,9 @@ A LoRA adapter (pretrain, sft) is loaded onto its base, merged into the weights,
 ``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained`` alone (no langadapt,
 no PEFT). A ``README.md`` model card lists the recipe, the data and the evaluation table when
 the run has them, with a front matter the Hugging Face hub reads.
+
+``--format gguf`` writes the same merged model as one GGUF file for llama.cpp and Ollama instead
+(``serve/gguf.py``); ``--push-to-hub`` uploads the folder written (``serve/hub.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from langadapt.files import atomic_path, remove_leftovers
 from langadapt.serve.source import ModelRef, resolve_ref
 
 DTYPES = ("float32", "bfloat16", "float16")
+FORMATS = ("hf", "gguf")
 # Hub ids of the short model names langadapt accepts, for the card's base_model field.
 _HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 EXPORT_MARKER = "langadapt-export.json"
@@ -54,19 +58,29 @@ def merge(model):
 
 def export_model(source: str, *, stage: str | None = None, out: str | os.PathLike | None = None,
                  dtype: str = "float32", card: bool = True, recipe: str | os.PathLike | None = None,
-                 force: bool = False, log=print) -> Path:
-    """Export ``source`` (see ``resolve_export_source``) to ``out``; return the folder written."""
+                 force: bool = False, fmt: str = "hf", quant: str = "f16", log=print) -> Path:
+    """Export ``source`` (see ``resolve_export_source``) to ``out``; return the folder written.
+
+    ``fmt`` "hf" writes a transformers folder in ``dtype``; "gguf" a folder holding one GGUF file
+    in ``quant`` (f32, f16, q8_0) and the model card."""
     import torch
 
     from langadapt.models import load_model, load_tokenizer, resolve_model
 
     if dtype not in DTYPES:
         raise LangadaptError(f"--dtype must be one of {', '.join(DTYPES)} (got {dtype})")
+    if fmt not in FORMATS:
+        raise LangadaptError(f"--format must be one of {', '.join(FORMATS)} (got {fmt})")
+    if fmt == "gguf":
+        from langadapt.serve.gguf import QUANTS
+
+        if quant not in QUANTS:
+            raise LangadaptError(f"--quant must be one of {', '.join(QUANTS)} (got {quant})")
     ref = resolve_export_source(source, stage)
     if out is None:
         if ref.run_dir is None or ref.stage is None:
             raise LangadaptError(f"{source} is not a run's stage output: say where to write with --out DIR")
-        out = ref.run_dir / "export" / ref.stage
+        out = ref.run_dir / "export" / (ref.stage if fmt == "hf" else f"{ref.stage}-gguf")
     out = check_output_folder(out, force=force, source=ref.path)
 
     src = resolve_model(ref.path)
@@ -79,6 +93,9 @@ def export_model(source: str, *, stage: str | None = None, out: str | os.PathLik
     if len(tokenizer) > rows:
         raise LangadaptError(f"{ref.path}: the tokenizer has {len(tokenizer):,} tokens but the model only {rows:,} "
                              "embedding rows; the stage output is inconsistent")
+    if fmt == "gguf":
+        return _export_gguf(model, tokenizer, ref, out, quant=quant, card=card, recipe=_find_recipe(ref, recipe),
+                            merged=was_adapter, log=log)
     model = model.to(getattr(torch, dtype))
     config = model.config
     for attr in ("auto_map", "_name_or_path"):
@@ -98,6 +115,58 @@ def export_model(source: str, *, stage: str | None = None, out: str | os.PathLik
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     log(f"wrote {out}/ ({size / 2**20:,.1f} MiB{', LoRA merged' if was_adapter else ''})")
     return out
+
+
+def _export_gguf(model, tokenizer, ref: ModelRef, out: Path, *, quant: str, card: bool, recipe, merged: bool,
+                 log) -> Path:
+    from langadapt.serve.gguf import tokenizer_caveats, tokenizer_drift, write_gguf
+
+    stem = ref.name.replace("/", "-").replace(os.sep, "-").strip("-.") or "model"
+    file_name = f"{stem}-{quant}.gguf"
+    drift = None
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        report = write_gguf(model, tokenizer, tmp / file_name, quant=quant, name=stem, log=log)
+        (tmp / EXPORT_MARKER).write_text(json.dumps({"source": str(ref.path), "stage": ref.stage, "format": "gguf",
+                                                     "quant": quant}, indent=2) + "\n", encoding="utf-8")
+        if report.tokenizes_differently:
+            lines, where = _target_lines(recipe, ref)
+            drift = tokenizer_drift(tokenizer, lines)
+            if drift:
+                drift["text"] = where
+            log("note: " + "; ".join(tokenizer_caveats(report))
+                + (f" ({drift['differ']} of {drift['lines']} {where} get other ids than in training)" if drift else "")
+                + "; the --format hf export keeps the training tokenization")
+        if card:
+            (tmp / "README.md").write_text(model_card(ref, out_name=str(out), recipe=recipe, dtype=quant, merged=merged,
+                                                      vocab=len(tokenizer),
+                                                      params=sum(p.numel() for p in model.parameters()),
+                                                      gguf=report, drift=drift), encoding="utf-8")
+    log(f"wrote {out / file_name} ({report.bytes / 2**20:,.1f} MiB, {report.arch}, {quant}, tokenizer "
+        f"{report.tokenizer_model}/{report.pre or 'sentencepiece'}{', LoRA merged' if merged else ''})")
+    return out
+
+
+def _target_lines(recipe, ref: ModelRef, limit: int = 200) -> tuple[list[str], str]:
+    """Up to ``limit`` target-language lines and what they are: the recipe's held-out text, else the
+    lines of the run's cleaned text (any such text shows where llama.cpp's tokenization departs)."""
+    from langadapt.files import iter_jsonl
+
+    path = getattr(getattr(getattr(recipe, "data", None), "heldout", None), "target", None)
+    if path and recipe.resolve(path).is_file():
+        with open(recipe.resolve(path), encoding="utf-8") as f:
+            return [x for x in (line.strip() for line in f) if x][:limit], "held-out target lines"
+    lines: list[str] = []
+    try:
+        shards = RunLayout(ref.run_dir).clean_shards() if ref.run_dir is not None else []
+    except LangadaptError:  # no clean stage in this run: nothing to measure on
+        shards = []
+    for shard in (s for s in shards if s.suffix == ".jsonl"):
+        for row in iter_jsonl(shard):
+            lines += [x.strip() for x in str(row.get("text") or "").split("\n") if x.strip()]
+            if len(lines) >= limit:
+                return lines[:limit], "cleaned target lines"
+    return lines, "cleaned target lines"
 
 
 def _holds_runs(folder: Path) -> bool:
@@ -165,7 +234,7 @@ def _find_recipe(ref: ModelRef, recipe: str | os.PathLike | None):
 # ---------------------------------------------------------------------------- the model card
 
 
-def _front_matter(recipe, merged: bool) -> str:
+def _front_matter(recipe, merged: bool, gguf: bool = False) -> str:
     base = recipe.base_model if recipe is not None else None
     base = _HUB_IDS.get(base.lower(), base) if base else None
     lines = ["---"]
@@ -174,8 +243,10 @@ def _front_matter(recipe, merged: bool) -> str:
     langs = [recipe.language.code, "en"] if recipe is not None else ["en"]
     lines.append("language:")
     lines += [f"- {code}" for code in dict.fromkeys(langs)]
-    lines += ["library_name: transformers", "pipeline_tag: text-generation", "tags:", "- langadapt",
-              "- vocabulary-extension"]
+    lines += [] if gguf else ["library_name: transformers"]
+    lines += ["pipeline_tag: text-generation", "tags:", "- langadapt", "- vocabulary-extension"]
+    if gguf:
+        lines.append("- gguf")
     if merged:
         lines.append("- lora-merged")
     lines.append("---")
@@ -248,10 +319,13 @@ def _marker_section(run_dir: Path) -> list[str]:
 
 
 def model_card(ref: ModelRef, *, out_name: str, recipe=None, dtype: str = "float32", merged: bool = True,
-               vocab: int | None = None, params: int | None = None) -> str:
-    """README.md text for an exported model (hub front matter, recipe, data, evaluation, usage)."""
+               vocab: int | None = None, params: int | None = None, gguf=None, drift: dict | None = None) -> str:
+    """README.md text for an exported model (hub front matter, recipe, data, evaluation, usage).
+
+    ``gguf`` (a ``serve.gguf.GgufReport``) makes it the card of a GGUF export; ``drift`` is what
+    ``serve.gguf.tokenizer_drift`` measured when llama.cpp cannot apply all of the merged tokenizer."""
     title = ref.name.replace("/", "-")
-    lines = [_front_matter(recipe, merged), "", f"# {title}", ""]
+    lines = [_front_matter(recipe, merged, gguf=gguf is not None), "", f"# {title}", ""]
     what = f"The `{ref.stage}` stage of the langadapt run `{ref.run_dir.name}`" if ref.run_dir and ref.stage \
         else f"The model `{ref.path}`"
     lang = recipe.language.name if recipe is not None else "a new language"
@@ -262,12 +336,22 @@ def model_card(ref: ModelRef, *, out_name: str, recipe=None, dtype: str = "float
         done = [steps[st] for st in stages.ORDER[: upto + 1] if st in steps and recipe.enabled(st)]
     else:
         done = []
-    lines.append(f"{what}, exported as a plain transformers model: a causal language model taught {lang} with "
+    form = f"a GGUF file for llama.cpp and Ollama (`{gguf.path.name}`)" if gguf is not None \
+        else "a plain transformers model"
+    lines.append(f"{what}, exported as {form}: a causal language model taught {lang} with "
                  "langadapt" + (f" ({', '.join(done)})" if done else "") +
                  (", its LoRA weights merged into the base" if merged else "") +
                  f". Weights in {dtype}" + (f", {params:,} parameters" if params else "") +
                  (f", a vocabulary of {vocab:,} tokens" if vocab else "") + ".")
     lines.append("")
+    if gguf is not None and gguf.tokenizes_differently:
+        from langadapt.serve.gguf import tokenizer_caveats
+
+        lines += ["**Tokenizer in llama.cpp.** " + "; ".join(c[0].upper() + c[1:] for c in tokenizer_caveats(gguf, lang))
+                  + (f" ({drift['differ']} of {drift['lines']} {drift.get('text', 'lines')} tokenize differently "
+                     f"from transformers, {drift['tokens_llama_cpp']:,} tokens instead of {drift['tokens']:,})"
+                     if drift else "")
+                  + ". The transformers export of the same stage keeps the training tokenization.", ""]
     if recipe is not None:
         lines += _recipe_section(recipe, ref.stage)
     else:
@@ -282,6 +366,11 @@ def model_card(ref: ModelRef, *, out_name: str, recipe=None, dtype: str = "float
             table = markdown_tables(results).split("\n") if full else rows_table(results)  # the eval stage's, or bare rows
             lines += ["## Evaluation", ""]
             lines += (table or ["`eval/results.json` exists but is not in a format this card can tabulate."]) + [""]
+    if gguf is not None:
+        from langadapt.serve.gguf import usage_lines
+
+        lines += usage_lines(gguf.path.name)
+        return "\n".join(lines)
     lines += ["## Use", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
               f'tokenizer = AutoTokenizer.from_pretrained("{out_name}")',
               f'model = AutoModelForCausalLM.from_pretrained("{out_name}")',
@@ -301,28 +390,64 @@ def run_export(args) -> int:
     from rich.console import Console
 
     console = Console(stderr=True)
+    fmt = getattr(args, "format", "hf")
+    if fmt == "gguf" and args.dtype != "float32":
+        raise LangadaptError("--dtype is for --format hf; a GGUF export takes --quant (f32, f16, q8_0)")
+    if fmt == "hf" and getattr(args, "quant", None) is not None:
+        raise LangadaptError("--quant is for --format gguf; a transformers export takes --dtype")
+    push = getattr(args, "push_to_hub", None)
+    if getattr(args, "private", False) and not push:
+        raise LangadaptError("--private applies to --push-to-hub USER/NAME, which was not given")
+    token = None
+    if push:
+        from langadapt.serve.hub import check_push
+
+        token = check_push(push)  # before the export: a missing token should not cost a merge
+    log = lambda m: console.print(m, highlight=False)  # noqa: E731
     out = export_model(args.source, stage=args.stage, out=args.out, dtype=args.dtype, card=not args.no_card,
-                       recipe=args.recipe, force=args.force, log=lambda m: console.print(m, highlight=False))
-    console.print(f"load it with: AutoModelForCausalLM.from_pretrained(\"{out}\")", highlight=False)
+                       recipe=args.recipe, force=args.force, fmt=fmt, quant=getattr(args, "quant", None) or "f16",
+                       log=log)
+    if fmt == "gguf":
+        name = next(out.glob("*.gguf")).name
+        console.print(f"run it with: llama-cli -m {out / name}", highlight=False)
+    else:
+        console.print(f"load it with: AutoModelForCausalLM.from_pretrained(\"{out}\")", highlight=False)
+    if push:
+        from langadapt.serve.hub import push_folder
+
+        # the marker is the local bookkeeping of --force (it holds a local path): not for the Hub
+        url = push_folder(out, push, token=token, private=args.private, log=log, skip=(EXPORT_MARKER,))
+        console.print(f"uploaded to {url}", highlight=False)
     return 0
 
 
 def add_parser(sub) -> None:
     """Register ``langadapt export`` on the CLI's subparsers."""
     p = sub.add_parser(
-        "export", help="merge a stage's LoRA into the weights and save a plain transformers model folder",
+        "export", help="merge a stage's LoRA into the weights and save a transformers folder or a GGUF file",
         description="Export a run's stage output (for example the sft adapter) as a plain transformers model "
         "folder: the LoRA adapter is loaded onto its base, merged into the weights, and saved with the merged "
         "tokenizer, so AutoModelForCausalLM/AutoTokenizer.from_pretrained load it without langadapt or PEFT. "
+        "With --format gguf the merged model is written instead as one GGUF file that llama.cpp, Ollama and "
+        "LM Studio run (Llama, Mistral, Qwen2 and Gemma models). "
         "A README.md model card lists the recipe, data sizes and the evaluation table (when eval/results.json "
-        "exists). SOURCE is a run folder or recipe with --stage, a stage folder (runs/NAME/STAGE), or a "
-        "model/adapter folder with --out.",
-        epilog="Example: langadapt export runs/demo --stage sft      (writes runs/demo/export/sft/)")
+        "exists); --push-to-hub uploads the folder. SOURCE is a run folder or recipe with --stage, a stage "
+        "folder (runs/NAME/STAGE), or a model/adapter folder with --out.",
+        epilog="Examples: `langadapt export runs/demo --stage sft` writes runs/demo/export/sft/; "
+        "`langadapt export runs/demo --stage sft --format gguf --quant q8_0` writes runs/demo/export/sft-gguf/; "
+        "`langadapt export runs/demo --stage sft --push-to-hub me/smollm2-fa --private` also uploads it.")
     p.add_argument("source", metavar="SOURCE", help="run folder (runs/NAME), recipe file, stage folder, or model/adapter folder")
     p.add_argument("--stage", help="which stage's model to export (align, pretrain, sft)")
-    p.add_argument("--out", help="output folder (default: RUN/export/STAGE)")
+    p.add_argument("--out", help="output folder (default: RUN/export/STAGE, or RUN/export/STAGE-gguf)")
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="precision of the saved weights (default float32)")
     p.add_argument("--recipe", help="the run's recipe, for the model card (found automatically when SOURCE is a recipe)")
+    p.add_argument("--format", default="hf", choices=FORMATS,
+                   help="hf: a transformers folder (default); gguf: one GGUF file for llama.cpp / Ollama")
+    p.add_argument("--quant", choices=("f32", "f16", "q8_0"),
+                   help="GGUF weight type (default f16; q8_0 is about half the size)")
+    p.add_argument("--push-to-hub", metavar="USER/NAME",
+                   help="upload the exported folder to this Hugging Face model repository (needs HF_TOKEN or a login)")
+    p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository as private")
     p.add_argument("--no-card", action="store_true", help="do not write README.md")
     p.add_argument("--force", action="store_true", help="replace the output folder if it is an earlier export "
                    "(other folders are never replaced)")
