@@ -1,7 +1,7 @@
 """Benchmark of issue 18: how new embedding rows are initialised, and how many new pieces to add.
 
     python bench/init_bench.py step0  [--pieces 20000] [--methods mean,plain,...]
-    python bench/init_bench.py train  [--methods mean,...] [--align-steps 20] [--pretrain-steps 20]
+    python bench/init_bench.py train  [--methods mean,...] [--align-steps 20] [--pretrain-steps 10]
     python bench/init_bench.py sweep  [--sweep 2000,5000,10000,20000] [--method ...]
 
 Runs the pipeline's own stages on ``../shared/data`` into ``--out`` (default /tmp/langadapt-init-bench).
@@ -365,7 +365,7 @@ def main() -> None:
     p.add_argument("--out", default="/tmp/langadapt-init-bench")
     p.add_argument("--pieces", type=int, default=20000)
     p.add_argument("--methods", default="plain,mean,calibrated,hewitt")
-    p.add_argument("--method", default="calibrated", help="sweep: the init method")
+    p.add_argument("--method", default="mean", help="sweep: the init method")
     p.add_argument("--sweep", default="2000,5000,10000,20000")
     p.add_argument("--max-chars", type=int, default=6000, help="held-out characters per language (Quran suras)")
     p.add_argument("--khayyam-chars", type=int, default=4000)
@@ -373,7 +373,7 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--align-steps", type=int, default=20)
     p.add_argument("--bilingual-steps", type=int, default=6)
-    p.add_argument("--pretrain-steps", type=int, default=20)
+    p.add_argument("--pretrain-steps", type=int, default=10)
     p.add_argument("--no-pretrain", action="store_true", help="train: align only")
     p.add_argument("--no-train", action="store_true", help="sweep: step 0 only (the tokenizer stage)")
     p.add_argument("--no-khayyam", action="store_true", help="train: no Khayyam bits per character")
