@@ -329,7 +329,8 @@ class TokenizerConfig(Section):
         "mean", description="new rows: mean (of the rows of the base tokens that spell the token); calibrated (the "
         "mean, and each new token's logit raised by its log frequency in the corpus, so new tokens start with the "
         "probability they have in the text instead of an even share: much lower bits per character before any "
-        "training); or plain (the model's random init, as in the paper)")
+        "training, but after align mean is as good on the target and loses less English; bench/README.md); or "
+        "plain (the model's random init, as in the paper)")
     normalize: bool = Field(True, description="the merged tokenizer rewrites the characters the clean stage "
                             "normalizes (Persian: Arabic yeh/kaf to Persian, Arabic-Indic digits), so raw text costs "
                             "what clean text does; English and other scripts keep their ids")
