@@ -226,3 +226,24 @@ def test_tokenizer_stage_calibrated_init_keeps_the_mean_when_the_base_has_no_com
     assert "share no common direction" in capsys.readouterr().out
     assert not cal["calibration"]["applied"] and cal["calibration"]["direction_spread"] > 0.1
     assert torch.equal(AutoModelForCausalLM.from_pretrained(out / "model").get_input_embeddings().weight, mean_rows)
+
+
+def test_pre_tokenizer_keep_leaves_the_base_split_for_llama_cpp(workspace):
+    from transformers import AutoTokenizer
+
+    tmp_path, base = workspace
+    recipe, out = make_recipe(tmp_path, base, pre_tokenizer="keep")
+    report = tokenizer_stage(StageContext(recipe=recipe, stage="tokenizer", out_dir=out))
+    merged = json.loads((out / "model" / "tokenizer.json").read_text(encoding="utf-8"))
+    base_json = json.loads(AutoTokenizer.from_pretrained(base).backend_tokenizer.to_str())
+    assert report["pre_tokenizer"] == "keep" and merged["pre_tokenizer"] == base_json["pre_tokenizer"]
+    assert report["english_identical"] and report["target_roundtrip_failures"] == 0
+
+    extended = tmp_path / "ext"
+    recipe, out = make_recipe(extended, base)
+    (extended / "runs" / "tiny" / "clean").symlink_to(tmp_path / "runs" / "tiny" / "clean")
+    (extended / "held_fa.txt").write_text((tmp_path / "held_fa.txt").read_text(encoding="utf-8"), encoding="utf-8")
+    (extended / "held_en.txt").write_text((tmp_path / "held_en.txt").read_text(encoding="utf-8"), encoding="utf-8")
+    tokenizer_stage(StageContext(recipe=recipe, stage="tokenizer", out_dir=out))
+    merged = json.loads((out / "model" / "tokenizer.json").read_text(encoding="utf-8"))
+    assert merged["pre_tokenizer"] != base_json["pre_tokenizer"]  # the default puts the target-word pattern first

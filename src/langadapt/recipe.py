@@ -334,6 +334,10 @@ class TokenizerConfig(Section):
     normalize: bool = Field(True, description="the merged tokenizer rewrites the characters the clean stage "
                             "normalizes (Persian: Arabic yeh/kaf to Persian, Arabic-Indic digits), so raw text costs "
                             "what clean text does; English and other scripts keep their ids")
+    pre_tokenizer: Literal["extend", "keep"] = Field(
+        "extend", description="byte-level bases: extend puts a target-word pattern in front of the base's split "
+        "(words with a zero-width non-joiner stay one pre-token: fewer tokens); keep leaves the base's pattern, "
+        "which llama.cpp applies to an exported GGUF exactly (bench/README.md, GGUF section)")
     pad_to_multiple_of: int | None = Field(None, ge=1)
     add_pad_token: bool = Field(False, description="add <pad> when the base has no padding token or pads with EOS")
     merged_vocab_size: int | None = Field(

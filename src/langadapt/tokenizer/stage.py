@@ -124,7 +124,8 @@ def run(ctx) -> dict:
     timings["load_base"] = round(time.perf_counter() - t0, 2)
     base_rows = model.get_input_embeddings().weight.shape[0]
     t0 = time.perf_counter()
-    merged = merge_pieces(json.loads(base_tok.backend_tokenizer.to_str()), pieces, base_rows=base_rows)
+    merged = merge_pieces(json.loads(base_tok.backend_tokenizer.to_str()), pieces, base_rows=base_rows,
+                          extend_pre_tokenizer=cfg.pre_tokenizer == "extend")
     rewrites: dict[str, str] = {}
     if cfg.normalize:  # raw text meets the pieces as the clean stage's normalized text did
         digits = recipe.clean.digits if recipe.clean is not None else "keep"
@@ -228,6 +229,7 @@ def run(ctx) -> dict:
         "pad_to_multiple_of": cfg.pad_to_multiple_of,
         "sentencepiece": info,
         **{k: v for k, v in merged.stats.items() if k != "family"},
+        "pre_tokenizer": cfg.pre_tokenizer,
         "normalizer": {f"U+{ord(k):04X}": f"U+{ord(v):04X}" if v else "" for k, v in rewrites.items()},
         "merged_vocab_size_declared": cfg.merged_vocab_size,
         "init": cfg.init,
