@@ -109,6 +109,8 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--pieces", type=int, default=8000)
     p.add_argument("--out", default="/tmp/langadapt-documents-bench")
+    p.add_argument("--only", nargs="*", default=None, help="train only these runs (labels as in the table); "
+                   "the table still shows every run already finished in --out")
     args = p.parse_args()
     if not DATA.is_dir():
         sys.exit(f"{DATA} is not present; this benchmark needs ../shared/data")
@@ -138,7 +140,10 @@ def main() -> None:
     for label, (doc_per, extra) in variants.items():
         name = label.replace(" ", "_").replace(".", "")
         r = load(work, recipe(work, name, doc_per, args, extra))
-        if r.layout.marker("pretrain") is None:
+        done = (r.layout.stage_dir("pretrain") / "COMPLETE.json").is_file()
+        if args.only is not None and label not in args.only and not done:
+            continue
+        if not done:
             if name != "sentences":
                 run_stage(r, "clean", resume=True)  # this variant's own documents
                 for stage in ("tokenizer", "align"):  # the shared ones, copied
@@ -162,9 +167,13 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for label, r in results["runs"].items():
         b = r["bpc"]
-        cell = lambda k: f"{b[k]['start']:.3f} -> {b[k]['end']:.3f}" if k in b else "n/a"  # noqa: E731
         share = f"{100 * r['replay']['share']:.1f}%" if r.get("replay") else "0"
-        print(f"| {label} | {r['tokens']:,} | {share} | {cell('target')} | {cell('target_documents')} | {cell('english')} |")
+        print(f"| {label} | {r['tokens']:,} | {share} | {_cell(b, 'target')} | {_cell(b, 'target_documents')} | "
+              f"{_cell(b, 'english')} |")
+
+
+def _cell(bpc: dict, key: str) -> str:
+    return f"{bpc[key]['start']:.3f} -> {bpc[key]['end']:.3f}" if key in bpc else "n/a"
 
 
 if __name__ == "__main__":
