@@ -21,6 +21,7 @@ from langadapt.distributed import is_main_process, wait_for_everyone
 from langadapt.errors import LangadaptError
 from langadapt.files import fingerprint_path, read_json, stable_hash, write_json
 from langadapt.layout import STARTED
+from langadapt.memory import StageUsage, describe
 from langadapt.recipe import Recipe, check_against_base
 
 
@@ -178,8 +179,14 @@ def run_stage(recipe: Recipe, stage: str, *, resume: bool, console=None, extra: 
             resuming = bool(read_json(out / STARTED).get("resume"))
     ctx = StageContext(recipe=recipe, stage=stage, out_dir=out, resume=resuming, console=console, extra=extra or {})
     t0 = time.time()
-    summary = _import(spec.entry)(ctx) or {}
+    usage = StageUsage().start()
+    try:
+        summary = _import(spec.entry)(ctx) or {}
+    finally:
+        figures = usage.stop()
+    summary = {**summary, **figures}  # the report and bench/README read where memory and disk went
     if main:
+        ctx.log(f"{stage}: {describe(figures)}")
         write_json(recipe.layout.marker_path(stage), {
             "stage": stage,
             "hash": h,
