@@ -11,7 +11,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "langadapt"
 # Lower number = lower layer. A module may import modules of its own layer or below, never above.
 LAYERS = [
     ("errors", "files", "distributed", "stages", "layout", "memory"),  # 0: no knowledge of recipes or models
-    ("recipe", "models"),  # 1: the validated recipe, loading models
+    ("recipe", "models", "weights"),  # 1: the validated recipe, loading models
     ("data", "train", "plan", "clean.*", "tokenizer.*", "sft.*", "translate.*", "eval.*"),  # 2: parts of stages
     ("clean.stage", "tokenizer.stage", "align", "pretrain", "translate.stage", "sft.stage", "eval.stage",
      "report"),  # 3: the stages, and the report that reads what they wrote

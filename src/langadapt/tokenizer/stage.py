@@ -82,6 +82,7 @@ def run(ctx) -> dict:
     from langadapt.clean.normalize import char_map
     from langadapt.tokenizer.merge import add_normalizer, merge_pieces, read_sentencepiece, target_characters
     from langadapt.tokenizer.train import train_sentencepiece
+    from langadapt.weights import save_pretrained_shared
 
     recipe, cfg, out = ctx.recipe, ctx.recipe.tokenizer, ctx.out_dir
     seed = cfg.seed if cfg.seed is not None else recipe.seed
@@ -167,7 +168,7 @@ def run(ctx) -> dict:
             model.config.pad_token_id = pad_id
             if getattr(model, "generation_config", None) is not None:
                 model.generation_config.pad_token_id = pad_id
-        model.save_pretrained(model_dir)
+        save_pretrained_shared(model, model_dir)  # body and embeddings apart: align's model links the body
     timings["save"] = round(time.perf_counter() - t0, 2)
 
     # 4. Round trips and fertility on the held-out text.
