@@ -236,7 +236,7 @@ def test_doc_per_file_and_jsonl_field_and_errors_name_file_and_line(tmp_path):
     (folder / "a.txt").write_text("اول\nدوم\n", encoding="utf-8")
     (folder / "b.txt").write_text("سوم\n", encoding="utf-8")
     _, records = _read_all(_source(path=str(folder), doc_per="file"))
-    assert [(Path(r.where).name, r.text) for r in records] == [("a.txt", "اول"), ("a.txt", "دوم"), ("b.txt", "سوم")]
+    assert [(Path(r.where).name, r.text) for r in records] == [("a.txt", "اول\nدوم"), ("b.txt", "سوم")]  # a file: one document
 
     j = tmp_path / "news.jsonl"
     j.write_text(json.dumps({"id": 1, "body": "متن خبر"}, ensure_ascii=False) + "\n\n"

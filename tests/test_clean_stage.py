@@ -337,7 +337,7 @@ def test_near_duplicates_removed_only_with_the_flag_and_parquet_output(tmp_path)
     out, summary = _clean(tmp_path / "on", src, near_dedup=True, rejects=True, output_format="parquet")
     assert summary["sentences_out"] == 2 and summary["drops"]["near_duplicate"] == 1
     rows = [r for f in sorted((out / "documents").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
-    assert sorted(rows[0]) == ["lang_prob", "source", "text", "type"] and len(rows) == 2
+    assert sorted(rows[0]) == ["lang_prob", "sentences", "source", "text", "type"] and len(rows) == 2
     assert [r["reason"] for r in _rejects(out)] == ["near_duplicate"]
 
 

@@ -46,7 +46,9 @@ Public entry point (stable; later additions are keyword arguments only)::
 - ``seed``: seeds torch/numpy/random and the data order.
 
 Works unchanged under ``accelerate launch`` (DDP, FSDP, DeepSpeed): every process builds the
-same rows and takes its own slice of each global batch.
+same rows and takes its own slice of each global batch; every predicted token weighs the same whichever
+process it falls in. Without a GPU, FSDP and DeepSpeed configs still get their engine (``sharding.py``),
+so tests/test_sharded.py runs FSDP2 and ZeRO-2 on two CPU processes.
 
 Fast paths (``settings``; none changes the computation beyond floating-point rounding):
 ``fused_loss`` (on: the head and cross-entropy run ``loss_chunk`` tokens at a time and only on tokens
@@ -70,6 +72,7 @@ from typing import Any
 
 from langadapt.errors import LangadaptError
 from langadapt.layout import BPC
+from langadapt.train import sharding
 from langadapt.train.checkpoint import Checkpoints, last_checkpoint, load_trained_weights, save_model  # noqa: F401
 from langadapt.train.metrics import HeldOut, MetricsLog, Totals, describe_bpc, elapsed, memory_mb, merge_bpc  # noqa: F401
 
@@ -78,7 +81,8 @@ from langadapt.train.metrics import HeldOut, MetricsLog, Totals, describe_bpc, e
 class TrainResult:
     """What a call to ``train_model`` produced."""
 
-    model: Any  # the trained model, unwrapped from any distributed wrapper (still PEFT if it was)
+    model: Any  # the trained model, unwrapped from any distributed wrapper (still PEFT if it was); under FSDP
+    # gathered from the shards into a plain copy on the CPU of every process (train/sharding.py)
     steps: int
     final_loss: float | None
     tokens_per_s: float
@@ -139,8 +143,13 @@ def _make_accelerator(precision: str, grad_accum: int):
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
     mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    cpu = not torch.cuda.is_available()
+    # accelerate takes FSDP and DeepSpeed settings on GPUs only (plain data parallel on the CPU otherwise)
+    plugins = sharding.cpu_plugins() if cpu else {}
     # cpu=True on a machine without a GPU makes `accelerate launch` (torchrun) processes use gloo.
-    return Accelerator(mixed_precision=mp, gradient_accumulation_steps=grad_accum, cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(mixed_precision=mp, gradient_accumulation_steps=grad_accum, cpu=cpu, **plugins)
+    sharding.enable(accelerator, plugins)
+    return accelerator
 
 
 def lr_note(settings) -> str:
@@ -214,12 +223,14 @@ def _fast_paths(model, settings, accelerator, say, name: str) -> tuple[list[Call
         undo.append(lambda: [setattr(b, "_compiled_call_impl", None) for b in blocks])
     use_fused = False
     if getattr(settings, "fused_loss", False):
-        reason = fused.why_not(model)
         kind = accelerator.distributed_type
+        # checked first: why_not reads the head's weight, which a sharded model holds only in pieces
         if kind == DistributedType.FSDP:
             reason = "FSDP shards the head's weight"
         elif kind == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3:
             reason = "ZeRO-3 shards the head's weight"
+        else:
+            reason = fused.why_not(model)
         if reason is None:
             undo.append(fused.install(model, settings.loss_chunk))
             use_fused = True
@@ -331,8 +342,16 @@ def train_model(
     optimizer = _optimizer(model, settings, accelerator.device)
     scheduler = _scheduler(optimizer, settings, total_steps)
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = bs
-    model, optimizer = accelerator.prepare(model, optimizer)
+        ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
+        ds_config["train_micro_batch_size_per_gpu"] = bs
+        # DeepSpeed clips inside its own step (at 1.0 unless told): the recipe's bound, 0 for none
+        ds_config["gradient_clipping"] = settings.max_grad_norm or 0.0
+    skeleton = None
+    if accelerator.distributed_type == DistributedType.FSDP:  # FSDP shards the model in place
+        sharding.check_precision(accelerator, precision)
+        model, optimizer, skeleton = sharding.prepare(accelerator, model, optimizer)
+    else:
+        model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
     sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
     # Model weights go to the checkpoint's standard model/ folder, not into accelerate's state;
@@ -379,10 +398,11 @@ def train_model(
     try:
         for step in range(start_step, total_steps):
             t_step, cpu_step = time.time(), time.process_time()
-            batches, n_pred, tokens = _micro_batches(rows, order, row_tokens, step, bs, accum, world,
-                                                     accelerator.process_index, use_fused)
+            batches, n_pred, tokens, n_all = _micro_batches(rows, order, row_tokens, step, bs, accum, world,
+                                                            accelerator.process_index, use_fused)
             totals.window_tokens += tokens
-            step_loss, grad_norm = _train_step(model, optimizer, scheduler, accelerator, batches, n_pred, settings)
+            step_loss, grad_norm = _train_step(model, optimizer, scheduler, accelerator, batches, n_pred, settings,
+                                               n_all)
             done = step + 1
             totals.window_seconds += time.time() - t_step
             totals.cpu_seconds += time.process_time() - cpu_step
@@ -436,10 +456,11 @@ def train_model(
     bpc = held.result()
     if main and bpc:
         merge_bpc(out_dir / BPC, name, bpc)
+    result_model = skeleton.rebuild(accelerator, model) if skeleton is not None else unwrapped
     accelerator.wait_for_everyone()
     accelerator.free_memory()
     return TrainResult(
-        model=unwrapped,
+        model=result_model,
         steps=total_steps,
         final_loss=final_loss,
         tokens_per_s=totals.tokens / totals.train_seconds if totals.train_seconds > 0 else 0.0,
@@ -465,31 +486,41 @@ def _embedding_lr(optimizer, scheduler) -> dict:
 
 
 def _micro_batches(rows, order, row_tokens, step: int, bs: int, accum: int, world: int, rank: int, use_fused: bool):
-    """This process's micro-batches for ``step``, the predicted tokens of each (so that every predicted token
-    weighs the same whatever micro-batch it falls in), and the tokens all processes feed the model. Counted
-    on the host copy of the rows, so the loop never waits for the device."""
+    """This process's micro-batches for ``step``, the predicted tokens of each, the tokens all processes feed
+    the model, and the predicted tokens of all processes' micro-batches (so that every predicted token weighs
+    the same whatever micro-batch and process it falls in). Counted on the host copy of the rows, so the loop
+    never waits for the device."""
+    import torch
+
     from langadapt.train import loss as fused_loss
     from langadapt.train import packing
 
-    batches, n_pred, tokens = [], [], 0
+    batches, n_pred, tokens, n_all = [], [], 0, 0
     for a in range(accum):
         first = (step * accum + a) * world * bs
-        tokens += int(row_tokens[order.rows(first, bs * world)].sum())
-        b = rows.batch(order.rows(first + rank * bs, bs))
+        every = order.rows(first, bs * world)
+        tokens += int(row_tokens[every].sum())
+        b = rows.batch(every[rank * bs : (rank + 1) * bs])
         n_pred.append(int((b["labels"][:, 1:] != packing.IGNORE).sum()))
+        n_all += n_pred[-1]
+        if world > 1:  # the other processes' rows, counted here instead of asked for over the network
+            others = torch.cat([every[: rank * bs], every[(rank + 1) * bs :]])
+            n_all += int((rows.batch(others)["labels"][:, 1:] != packing.IGNORE).sum())
         if use_fused:
             b["target_index"] = fused_loss.target_index(b["labels"])
         batches.append(b)
-    return batches, n_pred, tokens
+    return batches, n_pred, tokens, n_all
 
 
-def _train_step(model, optimizer, scheduler, accelerator, batches, n_pred, settings):
-    """One optimizer step over the micro-batches; (summed loss on the device, gradient norm or None)."""
+def _train_step(model, optimizer, scheduler, accelerator, batches, n_pred, settings, n_all):
+    """One optimizer step over the micro-batches; (summed loss on the device, gradient norm or None).
+    ``n_all``: predicted tokens of every process's micro-batches of the step."""
     import torch
 
     cuda = accelerator.device.type == "cuda"
     accum = len(batches)
-    n_total = max(1, sum(n_pred))
+    # Data parallel engines average gradients over the processes, hence the factor of their number.
+    n_total = max(1, n_all) / accelerator.num_processes
     step_loss = torch.zeros((), device=accelerator.device)
     grad_norm = None
     for b, n in zip(batches, n_pred):
@@ -507,7 +538,7 @@ def _train_step(model, optimizer, scheduler, accelerator, batches, n_pred, setti
             step_loss += loss.detach().float()
             grad_norm = None
             if accelerator.sync_gradients and settings.max_grad_norm:
-                grad_norm = accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+                grad_norm = sharding.full(accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm))
             optimizer.step()
             if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
                 scheduler.step()
