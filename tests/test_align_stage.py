@@ -239,3 +239,19 @@ def test_undecodable_parallel_line_is_named(tmp_path):
     (tmp_path / "a.tsv").write_bytes("یک\tone\n".encode() + b"\xff\xfe\ttwo\n")
     with pytest.raises(DataError, match=r"a.tsv:2: not UTF-8"):
         read_source(source(format="tsv", path=str(tmp_path / "a.tsv")))
+
+
+def test_a_diverging_align_stage_leaves_no_model_and_no_completion_marker(tmp_path):
+    """Issue 17 item 4: a NaN run saved 29 million NaN weights, wrote COMPLETE.json and exited 0."""
+    from langadapt.errors import DivergedError
+    from langadapt.run import run_stage, stage_status
+
+    ws = make_workspace(tmp_path)
+    recipe = recipe_for(ws)
+    recipe.align.monolingual.lr = 1e30
+    mark_done(recipe, "clean", "tokenizer")
+    with pytest.raises(DivergedError, match="monolingual: .*NaN or infinite"):
+        run_stage(recipe, "align", resume=False)
+    out = recipe.run_dir / "align"
+    assert not (out / "COMPLETE.json").exists() and not (out / "model").exists()
+    assert stage_status(recipe, "align") == "partial"

@@ -15,7 +15,7 @@ LAYERS = [
     ("data", "train", "plan", "clean.*", "tokenizer.*", "sft.*", "translate.*", "eval.*"),  # 2: parts of stages
     ("clean.stage", "tokenizer.stage", "align", "pretrain", "translate.stage", "sft.stage", "eval.stage",
      "report"),  # 3: the stages, and the report that reads what they wrote
-    ("serve", "run", "cleanup"),  # 4: what uses finished stages, and the runner
+    ("serve", "run", "check", "cleanup"),  # 4: what uses finished stages, the runner, its checks before a run, clean-up
     ("cli", "__main__"),  # 5
 ]
 

@@ -267,3 +267,14 @@ def test_parquet_and_saved_dataset_sources(tmp_path):
     datasets.Dataset.from_dict({"text": ["الف", "ب", "پ"]}).save_to_disk(str(tmp_path / "ds"))
     plan, records = _read_all(_source(path=str(tmp_path / "ds"), format="hf"), tasks=2)
     assert sorted(r.text for r in records) == ["الف", "ب", "پ"]
+
+
+@pytest.mark.parametrize("lang,text,expected", [
+    ("hi", "भारत एक देश है। यहाँ कई भाषाएँ हैं॥ ठीक है", ["भारत एक देश है।", "यहाँ कई भाषाएँ हैं॥", "ठीक है"]),
+    ("mr", "हे घर आहे। ते झाड आहे।", ["हे घर आहे।", "ते झाड आहे।"]),
+    ("am", "ኢትዮጵያ ሀገር ናት። ሰላም ነው፧", ["ኢትዮጵያ ሀገር ናት።", "ሰላም ነው፧"]),
+    ("zh", "我爱北京。天安门很大！「好」。", ["我爱北京。", "天安门很大！", "「好」。"]),
+    ("fa", "متن। ادامه", ["متن। ادامه"]),  # the danda is no Persian sentence end
+])
+def test_sentence_ends_of_other_scripts(lang, text, expected):
+    assert split_sentences(text, lang) == expected

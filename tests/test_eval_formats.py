@@ -189,3 +189,28 @@ def test_files_that_are_not_utf8_are_one_line_errors_naming_file_and_line(tmp_pa
     task_file.write_bytes(b"suite: s\ntasks:\n  - name: sentiment # caf\xe9\n")
     with pytest.raises(RecipeError, match=r"suite\.yaml:3: not UTF-8 text"):
         load_tasks([str(task_file)])
+
+
+def test_rows_without_a_gold_label_are_skipped_and_counted(tmp_path):
+    """The official ParsiNLU entailment test file has two rows labelled '-': the eval stage refused the whole file."""
+    from langadapt.eval.evaluate import EvalSettings, task_info
+
+    f = write(tmp_path / "entailment_test.csv", ",sent1,sent2,label,source\n"
+              "1,او آمد.,او رفت.,c,natural-wiki\n"
+              "2,هوا گرم است.,هوا سرد نیست.,-,natural-wiki\n"
+              '3,"کتاب، روی میز.",کتاب هست.,e,natural-wiki\n'
+              "4,باران بارید.,زمین خیس شد.,-,translation-train\n"
+              "5,ما رفتیم.,ما آمدیم.,n,natural-wiki\n")
+    t, ex = one_task(tmp_path, {"name": "entailment", "language": "fa", "data": {"format": "parsinlu_entailment", "path": str(f)}})
+    assert [e.label for e in ex] == ["contradiction", "entailment", "neutral"]
+    assert t.unlabeled == 2 and task_info(t, EvalSettings())["unlabeled"] == 2
+    mc = jsonl(tmp_path / "mc.jsonl", [{"answer": a, "candidates": ["x", "y"], "question": "q"} for a in ("1", "", "2", "-")])
+    t, ex = one_task(tmp_path, {"name": "multiple_choice", "language": "fa", "data": {"format": "parsinlu_mc", "path": str(mc)}})
+    assert [e.label for e in ex] == ["1", "2"] and t.unlabeled == 2
+    # a label that is there but unknown is still the data's mistake, and a file of unlabeled rows has nothing to score
+    bad = write(tmp_path / "bad.csv", ",sent1,sent2,label,source\n1,a,b,x,w\n")
+    with pytest.raises(DataError, match="label 'x' is not in the task's label_map"):
+        one_task(tmp_path, {"name": "entailment", "language": "fa", "data": {"format": "parsinlu_entailment", "path": str(bad)}})
+    none = write(tmp_path / "none.csv", ",sent1,sent2,label,source\n1,a,b,-,w\n2,c,d,,w\n")
+    with pytest.raises(DataError, match=r"no usable examples \(2 rows without a label"):
+        one_task(tmp_path, {"name": "entailment", "language": "fa", "data": {"format": "parsinlu_entailment", "path": str(none)}})

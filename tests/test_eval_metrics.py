@@ -41,6 +41,22 @@ def test_accuracy_and_random_baseline_of_uniform_guessing():
     assert metrics.random_accuracy([4, 4, 2]) == pytest.approx((0.25 + 0.25 + 0.5) / 3)
 
 
+def test_majority_share_and_macro_f1_expose_a_model_that_answers_one_label():
+    """Issue 18: on ParsiNLU a 135M model answered "1" to nearly every multiple-choice question; accuracy
+    (the share of gold "1"s) hid it, majority share and macro-F1 do not."""
+    gold = ["1"] * 6 + ["2", "3", "4", "2"]
+    always_one = ["1"] * 10
+    assert metrics.accuracy(always_one, gold) == pytest.approx(0.6)
+    assert metrics.majority_share(gold) == pytest.approx(0.6)  # the accuracy of always answering the majority
+    assert metrics.majority_share(always_one) == 1.0
+    # F1 of class "1": 2*6/(10+6) = 0.75; classes 2, 3, 4: 0 -> macro 0.1875
+    assert metrics.macro_f1(always_one, gold) == pytest.approx(0.75 / 4)
+    assert metrics.macro_f1(gold, gold) == 1.0
+    # hand-computed: class a: tp 1, predicted 2, actual 2 -> 0.5; b: tp 1, 1, 2 -> 2/3; "x" counts against b only
+    assert metrics.macro_f1(["a", "a", "b", "x"], ["a", "b", "b", "a"]) == pytest.approx((0.5 + 2 / 3) / 2)
+    assert metrics.majority_share([]) == 0.0 and metrics.macro_f1([], []) == 0.0
+
+
 def test_random_column_comes_from_each_task_label_set(tmp_path):
     def jl(name, rows):
         p = tmp_path / name

@@ -104,6 +104,21 @@ def test_eval_stage_writes_results_csv_json_and_report_then_resumes(tmp_path, ti
     marker = json.loads((out / "COMPLETE.json").read_text(encoding="utf-8"))
     assert set(marker["summary"]["table"]) == {"english", "target"}
 
+    # beside accuracy: macro-F1 and the majority shares, from the predictions themselves (issue 18)
+    from sklearn.metrics import f1_score
+
+    preds = [json.loads(x) for x in (out / "predictions" / "base__fa_sentiment.jsonl").read_text(encoding="utf-8").splitlines()]
+    gold, said = [p["gold"] for p in preds], [p["prediction"] for p in preds]
+    f1 = float(got[("base", "fa", "sentiment", "macro_f1", "original")]["value"])
+    assert f1 == pytest.approx(f1_score(gold, said, average="macro", labels=sorted(set(gold))), abs=1e-6)
+    top = max(said.count(x) for x in set(said)) / len(said)
+    assert float(got[("base", "fa", "sentiment", "majority_predicted", "original")]["value"]) == pytest.approx(top, abs=1e-6)
+    assert float(got[("base", "fa", "sentiment", "majority_gold", "original")]["value"]) == pytest.approx(
+        max(gold.count(x) for x in set(gold)) / len(gold), abs=1e-6)
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert "Classification beyond accuracy" in md and "| fa/sentiment | base | 4 |" in md
+    assert 'id="classification"' in (out / "report.html").read_text(encoding="utf-8")
+
     # A killed evaluation resumes at the next model: cached models are not loaded again.
     (out / "COMPLETE.json").unlink()
     (out / "cache" / "twin.json").unlink()
@@ -126,6 +141,7 @@ def test_generate_mode_counts_answers_that_do_not_follow(tmp_path, tiny_model_di
     assert by["accuracy"]["settings"]["mode"] == "generate" and by["accuracy"]["settings"]["repetition_penalty"] == 1.1
     # a random tiny model names no label: every answer is counted as not following
     assert by["non_following"]["value"] == by["non_following"]["n"] == 4
+    assert by["macro_f1"]["value"] == 0 and by["majority_predicted"]["value"] == 0  # no label named at all
 
 
 class RecordingBackend:

@@ -152,3 +152,63 @@ def test_export_refuses_unclear_or_existing_targets(tmp_path):
         export_model(str(run), stage="sft", log=lambda m: None)
     with pytest.raises(LangadaptError, match="--out"):
         export_model(str(run / "align" / "model"), log=lambda m: None)
+
+
+def test_force_replaces_only_an_earlier_export_never_a_run_or_other_folder(tmp_path, monkeypatch):
+    """Issue 17 item 1: --force into the run folder deleted the whole run; into any non-empty folder, its files."""
+    from langadapt.errors import LangadaptError
+    from langadapt.serve.export import EXPORT_MARKER, export_model
+
+    run, adapter = make_run(tmp_path, tied=True)
+    (run / "clean").mkdir()
+    (run / "clean" / "COMPLETE.json").write_text("{}", encoding="utf-8")
+    before = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+
+    with pytest.raises(LangadaptError, match="holds the model being exported"):
+        export_model(str(run), stage="sft", out=run, force=True, log=lambda m: None)
+    with pytest.raises(LangadaptError, match="holds the model being exported"):
+        export_model(str(run), stage="sft", out=run.parent, force=True, log=lambda m: None)
+    other = tmp_path / "elsewhere" / "runs"
+    (other / "x" / "pretrain").mkdir(parents=True)
+    (other / "x" / "pretrain" / "STARTED.json").write_text("{}", encoding="utf-8")
+    for target in (run / "align", other / "x" / "pretrain", other / "x", other):  # stage, run, folder of runs
+        with pytest.raises(LangadaptError, match="holds the outputs of a langadapt run"):
+            export_model(str(run), stage="sft", out=target, force=True, log=lambda m: None)
+    assert (other / "x" / "pretrain" / "STARTED.json").is_file()
+    mine = tmp_path / "my-folder"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me", encoding="utf-8")
+    with pytest.raises(LangadaptError, match=f"not an earlier langadapt export .no {EXPORT_MARKER}"):
+        export_model(str(run), stage="sft", out=mine, force=True, log=lambda m: None)
+    assert (mine / "notes.txt").read_text(encoding="utf-8") == "keep me"
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == before
+
+    # an earlier export is replaced, and a killed export's leftover beside it is removed
+    out = export_model(str(run), stage="sft", out=tmp_path / "exported", log=lambda m: None)
+    assert json.loads((out / EXPORT_MARKER).read_text())["stage"] == "sft"
+    (tmp_path / ".tmp-exported-k1ll3d").mkdir()
+    (out / "config.json").write_text("{}", encoding="utf-8")  # something to see replaced
+    with pytest.raises(LangadaptError, match="already exists; use --force"):
+        export_model(str(run), stage="sft", out=out, log=lambda m: None)
+    export_model(str(run), stage="sft", out=out, force=True, log=lambda m: None)
+    assert json.loads((out / "config.json").read_text())["model_type"] == "llama"
+    assert not (tmp_path / ".tmp-exported-k1ll3d").exists()
+    # a folder made by an export but holding a folder since is not replaced either
+    (out / "extra").mkdir()
+    with pytest.raises(LangadaptError, match="not an earlier langadapt export"):
+        export_model(str(run), stage="sft", out=out, force=True, log=lambda m: None)
+
+
+def test_out_dot_is_a_one_line_error_not_a_traceback(tmp_path, monkeypatch, capsys):
+    from langadapt.cli import main
+
+    run, _ = make_run(tmp_path, tied=True)
+    work = tmp_path / "a" / "work"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    capsys.readouterr()
+    for out in (".", ".."):
+        assert main(["export", str(run), "--stage", "sft", "--out", out, "--force"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: --out ") and "current folder" in err and len(err.splitlines()) == 1
+    assert work.is_dir() and (run / "sft" / "adapter").is_dir()

@@ -208,7 +208,7 @@ def test_hub_dataset_id_offline_is_a_one_line_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    with pytest.raises(DataError, match="cannot load dataset 'nobody/no-such-dataset'"):
+    with pytest.raises(DataError, match="dataset 'nobody/no-such-dataset' is not in the local cache and HF_HUB_OFFLINE=1"):
         read_instructions(src("nobody/no-such-dataset", "alpaca"))
 
 

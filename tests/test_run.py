@@ -185,3 +185,113 @@ def test_under_two_processes_single_process_stages_run_once_and_training_stages_
     calls = sorted((tmp_path / "runs" / "calls.txt").read_text().splitlines())
     assert calls == ["clean 0 False", "tokenizer 0 False", "tokenizer 1 False"]
     assert (tmp_path / "runs" / "t" / "tokenizer" / "COMPLETE.json").is_file()
+
+
+# --------------------------------------------------------------------------- resume by default (issue 17 items 2, 3)
+
+SEEN: list[bool] = []
+
+
+def fake_training(ctx):
+    """A training stage's footprint: a checkpoint while it runs, a model at the end."""
+    SEEN.append(ctx.resume)
+    ckpt = ctx.out_dir / "checkpoints" / "train" / "step-2"
+    if CRASH.get("training"):
+        ckpt.mkdir(parents=True)
+        (ckpt / "trainer_state.json").write_text("{}")
+        raise RuntimeError("killed")
+    SEEN.append(ckpt.is_dir())
+    (ctx.out_dir / "model").mkdir()
+    return {}
+
+
+def test_a_stage_command_resumes_an_interrupted_run_unless_told_to_restart(recipe_file, monkeypatch, capsys):
+    from langadapt.cli import main
+
+    monkeypatch.setitem(stages.BY_NAME, "tokenizer", replace(stages.get("tokenizer"), entry=f"{__name__}:fake_training"))
+    assert main(["clean", str(recipe_file)]) == 0
+    SEEN.clear()
+    CRASH["training"] = True
+    with pytest.raises(RuntimeError):
+        main(["tokenizer", str(recipe_file)])
+    CRASH.clear()
+    capsys.readouterr()
+    assert main(["tokenizer", str(recipe_file)]) == 0  # no flag: the checkpoint is used
+    out = capsys.readouterr().out
+    assert SEEN == [False, True, True]
+    assert "tokenizer: resuming from the interrupted run's checkpoint (train step-2); --restart discards it" in out
+
+    # --force on a finished stage starts it over; --restart discards an interrupted run's checkpoint
+    SEEN.clear()
+    CRASH["training"] = True
+    with pytest.raises(RuntimeError):
+        main(["tokenizer", str(recipe_file), "--force"])
+    CRASH.clear()
+    capsys.readouterr()
+    assert main(["tokenizer", str(recipe_file), "--restart"]) == 0
+    out = capsys.readouterr().out
+    assert SEEN == [False, False, False]
+    assert "tokenizer: discarding the interrupted run's checkpoint (train step-2): --restart" in out
+    assert main(["tokenizer", str(recipe_file), "--resume", "--restart"]) == 2
+
+
+def test_a_changed_recipe_discards_the_checkpoint_and_says_so(recipe_file, monkeypatch, capsys):
+    monkeypatch.setitem(stages.BY_NAME, "tokenizer", replace(stages.get("tokenizer"), entry=f"{__name__}:fake_training"))
+    SEEN.clear()
+    CRASH["training"] = True
+    with pytest.raises(RuntimeError):
+        runmod.run_recipe(load_recipe(recipe_file))
+    CRASH.clear()
+    recipe_file.write_text(recipe_file.read_text().replace("new_pieces: 10", "new_pieces: 12"))
+    lines = []
+    runmod.run_recipe(load_recipe(recipe_file), console=type("C", (), {"print": lambda self, m: lines.append(m)})())
+    assert SEEN == [False, False, False]
+    assert ("tokenizer: discarding the interrupted run's checkpoint (train step-2): the settings or inputs changed "
+            "since it was made") in lines
+
+
+KILLED_WRITE = '''
+import os, signal, sys
+from dataclasses import replace
+from langadapt import run as runmod, stages
+from langadapt.files import atomic_path
+from langadapt.recipe import load_recipe
+
+def fake(ctx):
+    if sys.argv[2] == "kill":  # a checkpoint torn by an earlier kill, too
+        (ctx.out_dir / "checkpoints" / "train" / ".tmp-step-4").mkdir(parents=True)
+    with atomic_path(ctx.out_dir / "model") as tmp:
+        tmp.mkdir()
+        (tmp / "model.safetensors").write_bytes(b"0" * 4096)
+        if sys.argv[2] == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+    return {}
+
+def clean(ctx):
+    return {}
+
+stages.BY_NAME["clean"] = replace(stages.get("clean"), entry="__main__:clean")
+stages.BY_NAME["tokenizer"] = replace(stages.get("tokenizer"), entry="__main__:fake")
+runmod.preflight = lambda recipe: None
+runmod.run_recipe(load_recipe(sys.argv[1]))
+'''
+
+
+def test_a_kill_during_the_final_model_write_leaves_nothing_in_the_finished_stage(recipe_file, tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_WRITE)
+    stage_dir = tmp_path / "runs" / "t" / "tokenizer"
+    killed = subprocess.run([sys.executable, str(script), str(recipe_file), "kill"], capture_output=True, text=True,
+                            timeout=120)
+    assert killed.returncode == -9
+    assert [p.name for p in stage_dir.iterdir() if p.name.startswith(".tmp-model-")]  # what the kill left
+    done = subprocess.run([sys.executable, str(script), str(recipe_file), "finish"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "tokenizer: removed 2 leftovers of writes a kill interrupted" in done.stdout
+    assert (stage_dir / "COMPLETE.json").is_file() and (stage_dir / "model" / "model.safetensors").is_file()
+    left = [str(p.relative_to(stage_dir)) for p in stage_dir.rglob(".*") if p.name.startswith((".tmp-", ".old-"))]
+    assert left == []

@@ -372,3 +372,66 @@ def test_lora_initialisation_follows_the_seed_not_the_global_rng():
     torch.manual_seed(3)
     apply_policy(model, embeddings="all", lora=lora, seed=5)
     assert torch.equal(torch.rand(3), expected)  # the caller's random stream is left alone
+
+
+# --------------------------------------------------------------------------- divergence (issue 17 item 4)
+
+
+def test_a_diverging_run_stops_at_the_first_nonfinite_step_and_saves_nothing_of_it(tmp_path):
+    """lr 1e30 (finite, so the recipe takes it): step 2's gradient is NaN; training used to go on, checkpoint
+    the NaN weights and finish with loss=nan."""
+    from langadapt.errors import DivergedError
+    from langadapt.train.core import last_checkpoint, train_model
+    from langadapt.train.freeze import apply_policy
+
+    tok = tiny_tokenizer()
+    for i, extra in enumerate([{}, {"max_grad_norm": None, "log_every": 5}]):  # a logged NaN; weights at the save
+        model, _ = apply_policy(tiny_llama(), embeddings="all")
+        out = tmp_path / str(i)
+        with pytest.raises(DivergedError, match=r"NaN or infinite (at step 2|.*at step 2 or before).*Lower lr"):
+            train_model(model, tok, documents(tok), settings(max_steps=6, lr=1e30, save_every=2, **extra), out,
+                        log=lambda m: None)
+        assert last_checkpoint(out, "train") is None
+        rows = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []
+        assert [json.loads(r)["step"] for r in rows] == ([1] if not extra else [])
+
+
+def test_a_nan_loss_between_logged_steps_stops_before_the_next_checkpoint(tmp_path):
+    from langadapt.errors import DivergedError
+    from langadapt.train.core import last_checkpoint, train_model
+    from langadapt.train.freeze import apply_policy
+
+    tok = tiny_tokenizer()
+    model, _ = apply_policy(tiny_llama(), embeddings="all")
+
+    def poison(step, row):
+        if step == 3:
+            with torch.no_grad():
+                model.get_input_embeddings().weight.fill_(float("nan"))
+
+    with pytest.raises(DivergedError, match=r"step 4 or before"):
+        train_model(model, tok, documents(tok), settings(max_steps=8, save_every=2, log_every=10), tmp_path,
+                    callback=poison, log=lambda m: None)
+    assert last_checkpoint(tmp_path, "train").name == "step-2"  # the last one before the NaN
+    model, _ = apply_policy(tiny_llama(), embeddings="all")
+    with pytest.raises(DivergedError, match=r"the training loss is nan at step 4 "):  # logged: named at once
+        train_model(model, tok, documents(tok), settings(max_steps=8), tmp_path / "b", callback=poison,
+                    log=lambda m: None)
+
+
+def test_finish_stage_refuses_a_model_with_nan_weights(tmp_path):
+    from types import SimpleNamespace
+
+    from langadapt.errors import DivergedError
+    from langadapt.layout import RunLayout
+    from langadapt.train.finish import finish_stage
+
+    model = tiny_llama()
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight[0, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    ctx = SimpleNamespace(out_dir=tmp_path / "align", stage="align", layout=RunLayout(tmp_path), log=lambda m: None)
+    ctx.out_dir.mkdir()
+    with pytest.raises(DivergedError, match=r"align: the trained model has 3 NaN or infinite weights "
+                                            r"\(in model.layers.1.mlp.down_proj.weight\); it was not saved"):
+        finish_stage(ctx, model, tiny_tokenizer())
+    assert list(ctx.out_dir.iterdir()) == []

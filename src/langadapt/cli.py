@@ -62,10 +62,31 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_check(args) -> int:
+    from langadapt.check import run_checks
+    from langadapt.run import stage_status
+
+    recipe = _load(args)
+    console = _console()
+    checked, seconds = run_checks(recipe, log=lambda line: console.print(f"[green]✓[/green] {line}", highlight=False))
+    plan = {"done": "runs again (an earlier stage runs)", "stale": "runs again (settings or inputs changed)",
+            "partial": "interrupted: resumes from its checkpoint if its settings are unchanged", "new": "runs (not run yet)"}
+    cascade = False
+    for stage in recipe.enabled_stages():
+        status = stage_status(recipe, stage)
+        cascade = cascade or status != "done"
+        console.print(f"  {stage}: {plan[status] if cascade else 'up to date (skipped)'}", highlight=False)
+    console.print(f"[bold green]ready[/bold green]: {len(checked)} inputs read and checked, and the base model's "
+                  f"vocabulary against the recipe ({seconds:.1f} s)")
+    return 0
+
+
 def make_stage_command(stage: str) -> Callable:
     def handler(args) -> int:
         from langadapt.run import preflight, run_stage, stage_status
 
+        if args.resume and args.restart:
+            raise LangadaptError("--resume and --restart contradict each other; give one (resuming is the default)")
         recipe = _load(args)
         console = _console()
         if not recipe.enabled(stage):
@@ -74,7 +95,7 @@ def make_stage_command(stage: str) -> Callable:
         if stage_status(recipe, stage) == "done" and not args.force:
             console.print(f"[green]✓[/green] {stage}: up to date with the recipe (use --force to run it again)")
             return 0
-        run_stage(recipe, stage, resume=args.resume, console=console)
+        run_stage(recipe, stage, resume=not args.restart, console=console)
         console.print(f"[bold green]done[/bold green]: {recipe.layout.stage_dir(stage)}/")
         return 0
 
@@ -119,14 +140,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rerun every stage even if it is up to date")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("check", help="read every input of the recipe's enabled stages now (first records), before a run",
+                       description="Check a recipe before running it: besides the recipe itself, read the first records "
+                       "of every input the enabled stages use (corpora, parallel text with its alignment checks, "
+                       "instructions, held-out text), every evaluation suite and task file, and resolve Hugging Face hub "
+                       "ids (one quick call each; with HF_HUB_OFFLINE=1 the local cache). `run` does the same before its "
+                       "first stage. Prints one line per input and what `run` would do with each stage; any problem is "
+                       "one line naming the file and line, exit status 2.")
+    recipe_arg(p)
+    p.set_defaults(func=cmd_check)
+
     for spec in stages.TABLE:
         stage = spec.name
         p = sub.add_parser(stage, help=spec.help.split(" (paper")[0].rstrip("."), description=spec.help +
                            " Reads the outputs of the earlier stages of the same run and writes "
                            f"<output_dir>/<name>/{stage}/.")
         recipe_arg(p)
-        p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint of an interrupted run")
-        p.add_argument("--force", action="store_true", help="run even if the stage is up to date")
+        p.add_argument("--resume", action="store_true",
+                       help="continue an interrupted run from its last complete checkpoint (the default)")
+        p.add_argument("--restart", action="store_true",
+                       help="discard an interrupted run's checkpoints and start the stage over")
+        p.add_argument("--force", action="store_true", help="run even if the stage is up to date (from the start)")
         p.set_defaults(func=make_stage_command(stage))
 
     for register in EXTRA_COMMANDS:

@@ -28,3 +28,7 @@ class ModelNotFoundError(LangadaptError):
 
 class DataError(LangadaptError):
     """An input data file is malformed in a way that cannot be skipped."""
+
+
+class DivergedError(LangadaptError):
+    """Training produced a loss or weights that are NaN or infinite (too high a learning rate, fp16 overflow, ...)."""

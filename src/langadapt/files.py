@@ -37,6 +37,36 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+TEMPORARY_PREFIXES = (".tmp-", ".old-")
+"""Names ``atomic_path`` (and the training checkpoints) give what they write before the final rename."""
+
+
+def remove_leftovers(folder: str | os.PathLike, *, name: str | None = None, recursive: bool = True) -> list[Path]:
+    """Delete what killed atomic writes left in ``folder``: ``.tmp-*`` and ``.old-*`` entries (only those
+    of ``name``, as ``atomic_path(folder / name)`` makes them, when given); return what was removed.
+
+    A kill between the temporary write and the rename leaves such a sibling behind (a SmolLM2 model is
+    half a gigabyte). Call it only when nothing else is writing into ``folder``: a stage folder when the
+    stage starts, an export's parent folder before the export.
+    """
+    folder = Path(folder)
+    prefixes = tuple(f"{p}{name}-" for p in TEMPORARY_PREFIXES) if name is not None else TEMPORARY_PREFIXES
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for root, dirs, files in os.walk(folder):
+        for entry in [*dirs, *files]:
+            if entry.startswith(prefixes):
+                path = Path(root) / entry
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+                removed.append(path)
+        dirs[:] = [d for d in dirs if not d.startswith(prefixes)] if recursive else []
+    return removed
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write JSON atomically (UTF-8, readable indentation, Persian kept as text)."""
     with atomic_path(path) as tmp:

@@ -7,6 +7,7 @@ its own folder; what other code may read of it is listed here:
 | stage | files others read |
 | --- | --- |
 | every stage | ``COMPLETE.json`` (marker: hash, seconds, summary), ``STARTED.json`` (an unfinished run) |
+| align, pretrain, sft (while unfinished) | ``checkpoints/<name>/step-N/`` (complete once ``trainer_state.json`` is in it) |
 | clean | ``documents/*.jsonl`` or ``*.parquet`` (``{"text", ...}`` per line/row; ``sentences/`` in older runs), ``report.json`` |
 | tokenizer | ``model/``, ``report.json`` |
 | align, pretrain, sft | ``model/`` or ``adapter/``, ``bpc.json``, ``metrics.jsonl`` |
@@ -32,6 +33,7 @@ TRANSLATED = "instructions"
 TRANSLATED_INDEX = "index.json"
 BPC = "bpc.json"
 METRICS = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
 REPORT = "report.json"
 RESULTS = "results.json"
 
@@ -79,6 +81,13 @@ class RunLayout:
         if self.marker(stage) is not None:
             return "complete"
         return "partial" if self.started_path(stage).is_file() else "not run"
+
+    def checkpoints(self, stage: str) -> list[Path]:
+        """The complete checkpoints an unfinished training stage left (``checkpoints/<name>/step-N``), by name."""
+        root = self.root / stage / CHECKPOINTS
+        if not root.is_dir():
+            return []
+        return sorted(d for d in root.glob("*/step-*") if d.name[5:].isdigit() and (d / "trainer_state.json").is_file())
 
     # ---- models
 

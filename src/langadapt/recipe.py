@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
 from langadapt import stages
 from langadapt.errors import RecipeError
@@ -29,6 +29,10 @@ PretrainStart = Literal[stages.models_before("pretrain", base=False)]
 SftStart = Literal[stages.models_before("sft")]
 EvalStage = Literal[stages.models_before("eval")]
 TranslatorStage = Literal[stages.models_before("translate")]
+
+# Experiment trackers the training core can log to: accelerate's names (train/tracking.py knows their packages).
+TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio")
+LM_EVAL_PREFIX = "lm_eval:"
 
 
 def _value_kinds(annotation: Any) -> set:
@@ -69,7 +73,71 @@ class Language(Section):
     name: str = "Persian"
 
 
-class CorpusSource(Section):
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+               "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+
+def parse_size(value: Any) -> Any:
+    """``2GB`` / ``500 MB`` / ``1.5GiB`` / ``300000`` -> bytes (other values are left to the field's type)."""
+    if not isinstance(value, str):
+        return value
+    m = _SIZE.match(value)
+    if not m:
+        raise ValueError("not a size (write a number of bytes or e.g. 500MB, 2GB, 1GiB)")
+    unit = (m.group(2) or "").lower().removesuffix("b")
+    return int(float(m.group(1)) * _SIZE_UNITS[unit])
+
+
+class HubOptions(Section):
+    """How any source (corpus, parallel, instructions, held-out, evaluation data) reads a Hugging Face
+    dataset: a hub id such as ``HuggingFaceFW/fineweb-2`` or a local dataset repository folder
+    (``README.md`` with ``configs:``, data files per config and split), loaded by ``datasets.load_dataset``
+    (see ``langadapt.data.hub``). Access uses ``HF_TOKEN`` or the ``huggingface-cli login`` token;
+    ``HF_HUB_OFFLINE=1`` reads the local cache."""
+
+    split: str = Field("train", description="dataset split")
+    config: str | None = Field(None, description="dataset config (subset), e.g. pes_Arab (FineWeb-2), 20231101.fa "
+                               "(Wikipedia); None: the dataset's only or default config")
+    data_files: str | list[str] | dict[str, str | list[str]] | None = Field(
+        None, description="files or globs inside the dataset repository, e.g. data/pes_Arab/train/*.parquet")
+    revision: str | None = Field(None, description="branch, tag or commit of a hub dataset; None: main")
+    streaming: bool | None = Field(None, description="read as a stream, never downloading the whole dataset "
+                                   "(None: on for corpora, off for the other sources)")
+    id_field: str | None = Field(None, description="field holding a record's id (None: its position)")
+    max_documents: int | None = Field(None, ge=1, description="read at most this many records (documents)")
+    max_bytes: int | None = Field(None, ge=1, description="stop after this many UTF-8 bytes of text, e.g. 2GB")
+    max_tokens: int | None = Field(None, ge=1, description="stop after this many tokens of the base model's "
+                                   "tokenizer")
+    shuffle_buffer: int | None = Field(None, ge=1, description="shuffle with the recipe's seed: a stream in a "
+                                       "buffer of this many records (and its files' order), a downloaded "
+                                       "dataset whole")
+
+    # The model whose tokenizer ``max_tokens`` counts with, set by the recipe (its base model).
+    _tokens_with: str | None = PrivateAttr(None)
+
+    @field_validator("max_bytes", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        return parse_size(value)
+
+    def hub_keys_set(self) -> list[str]:
+        """The Hugging Face dataset settings given (for refusing them on sources that are not datasets)."""
+        return [k for k in HUB_KEYS if getattr(self, k) is not None]
+
+
+HUB_KEYS = ("config", "data_files", "revision", "streaming", "id_field", "max_documents", "max_bytes", "max_tokens",
+            "shuffle_buffer")
+
+
+def only_for_datasets(source: HubOptions, kind: str, is_dataset: bool) -> None:
+    given = source.hub_keys_set()
+    if given and not is_dataset:
+        raise ValueError(f"{', '.join(given)}: only for a Hugging Face dataset (format hf); {kind} of "
+                         f"format '{source.format}' is read from its files as they are")
+
+
+class CorpusSource(HubOptions):
     """A monolingual source for the clean stage (paper Table 1: one row per source)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
@@ -82,7 +150,11 @@ class CorpusSource(Section):
         "also by a blank line (text: poems, verses), a whole file (text), a record (jsonl, parquet, hf; for "
         "them 'line' means the same)")
     doc_chars: int = Field(2000, ge=100, le=1_000_000, description="doc_per lines: characters a run of lines may reach")
-    split: str = "train"
+
+    @model_validator(mode="after")
+    def _dataset_keys(self) -> CorpusSource:
+        only_for_datasets(self, "a corpus source", self.format == "hf")
+        return self
 
     @model_validator(mode="after")
     def _documents(self) -> CorpusSource:
@@ -108,7 +180,7 @@ class ReplaySettings(Section):
     share: float = Field(0.1, gt=0.0, le=0.9, description="share of the training tokens that are replay text")
 
 
-class ParallelSource(Section):
+class ParallelSource(HubOptions):
     """Target-language / English sentence pairs: a TSV, two line-aligned files, or a dataset."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
@@ -120,7 +192,6 @@ class ParallelSource(Section):
     english_column: int = Field(1, ge=0)
     target_field: str = "target"
     english_field: str = "english"
-    split: str = "train"
     checks: bool = Field(True, description="skip pairs whose sides are swapped, in the wrong language or far off the "
                          "source's length ratio, and refuse a source shifted by a line (false: only empty sides and "
                          "column counts)")
@@ -133,28 +204,46 @@ class ParallelSource(Section):
             raise ValueError("format 'pair' needs both 'target' and 'english' files")
         if self.format in ("tsv", "hf") and self.path is None:
             raise ValueError(f"format '{self.format}' needs 'path'")
+        only_for_datasets(self, "a parallel source", self.format == "hf")
         return self
 
 
-class InstructionSource(Section):
+class InstructionSource(HubOptions):
     """Instruction data for the sft stage (and input of ``translate``)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     format: Literal["alpaca", "dolly", "oasst", "sni", "messages", "pn_summary"]
-    path: str
+    path: str = Field(description="file, folder, save_to_disk folder, hub dataset id or local dataset repository")
     language: str = Field(pattern=r"^[a-z]{2,3}$", description="'en' or the target language code")
-    split: str = "train"
+    fields: dict[str, str] = Field({}, description="the format's field -> the dataset's, e.g. {instruction: inputs, "
+                                   "output: targets}")
     max_records: int | None = Field(None, ge=1)
     task: str | None = Field(None, description="task label for records that name none (for sft.holdout_tasks)")
     prompt: str | None = Field(None, description="pn_summary: the summarization instruction (default: varied built-in phrasings)")
     examples: int = Field(0, ge=0, description="sni: positive examples shown before each input")
 
 
+class HeldoutSource(HubOptions):
+    """Held-out text from a dataset: the ``text_field`` of its records, one per line."""
+
+    path: str = Field(description="hub dataset id or local dataset folder")
+    format: Literal["hf"] = "hf"
+    text_field: str = "text"
+
+
+# A text file, or a mapping naming a dataset; told apart before validation (see _ModelEntry below).
+HeldoutText = Annotated[
+    Annotated[str, Tag("[file]")] | Annotated[HeldoutSource, Tag("[dataset]")],
+    Discriminator(lambda v: "[file]" if isinstance(v, str) else "[dataset]"),
+]
+
+
 class Heldout(Section):
     """Held-out text for bits per character, measured before and after every training stage."""
 
-    target: str | None = Field(None, description="lines, each scored on its own")
-    english: str | None = None
+    target: HeldoutText | None = Field(None, description="a UTF-8 text file, or {path: dataset, config, split, "
+                                       "text_field, ...}")
+    english: HeldoutText | None = None
     target_documents: str | None = Field(None, description="documents (JSONL records with 'text', or paragraphs "
                                          "separated by blank lines), each scored whole: later windows see the earlier text")
     english_documents: str | None = None
@@ -420,7 +509,10 @@ class EvalConfig(Section):
     """Stage 6 (paper 5): five tasks in two languages."""
 
     enabled: bool = True
-    tasks: list[str] = Field(["demo"], description="built-in task suite names (demo, parsinlu, paper) or task YAML files")
+    tasks: list[str] = Field(["demo"], description="built-in task suite names (demo, parsinlu, paper), task YAML files, "
+                             "or lm-evaluation-harness tasks as lm_eval:<task> (e.g. lm_eval:belebele_pes_Arab)")
+    lm_eval_include: list[str] = Field([], description="folders of lm-evaluation-harness task YAML files for lm_eval: "
+                                       "tasks (its TaskManager include_path); relative to the recipe")
     select: list[str] | None = Field(None, description="keep only these tasks: names (sentiment) or ids (fa/sentiment)")
     mode: Literal["loglik", "generate"] = Field("loglik", description="classification by option log-likelihood or by generating and parsing")
     batch_size: int = Field(8, ge=1, le=4096, description="prompts per model call (API models send eval.models[].concurrency at once)")
@@ -448,6 +540,12 @@ class EvalConfig(Section):
         names = [m if isinstance(m, str) else m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError("eval.models: model names must be unique")
+        for t in self.tasks:
+            if t.startswith(LM_EVAL_PREFIX) and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", t[len(LM_EVAL_PREFIX):]):
+                raise ValueError(f"eval.tasks: '{t}' is not lm_eval:<task name> (for example lm_eval:belebele_pes_Arab)")
+        dup = sorted({t for t in self.tasks if self.tasks.count(t) > 1})
+        if dup:
+            raise ValueError(f"eval.tasks: {', '.join(dup)} listed twice")
         return self
 
 
@@ -500,6 +598,9 @@ class Recipe(Section):
     language: Language = Language()
     output_dir: str = "runs"
     seed: int = 0
+    report_to: list[Literal[TRACKERS]] = Field(  # type: ignore[valid-type]
+        [], description="experiment trackers every training call (align, pretrain, sft) logs to through accelerate: "
+        "tensorboard (event files in <stage>/tensorboard/<call>/), wandb, mlflow, ...; []: metrics.jsonl only")
     data: Data = Data()
     clean: CleanConfig | None = None
     tokenizer: TokenizerConfig | None = None
@@ -511,6 +612,19 @@ class Recipe(Section):
 
     # Set by load_recipe, not by the user.
     source_path: Path | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _tokens_of_the_base(self) -> Recipe:
+        # a source's max_tokens counts tokens of the base model's tokenizer
+        for source in self.data_sources():
+            source._tokens_with = self.base_model
+        return self
+
+    def data_sources(self) -> list[HubOptions]:
+        """Every source of ``data`` (corpus, parallel, instructions, held-out datasets)."""
+        d = self.data
+        held = [h for h in (d.heldout.target, d.heldout.english) if isinstance(h, HeldoutSource)]
+        return [*d.corpus, *d.parallel, *d.instructions, *held]
 
     def enabled(self, stage: str) -> bool:
         section = getattr(self, stage, None)
@@ -625,13 +739,13 @@ def _section_at(loc: tuple) -> type[BaseModel] | None:
         field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
         if field is None:
             return None
-        ann = field.annotation
-        candidates = [ann, *getattr(ann, "__args__", ())]
         nxt = None
-        for c in candidates:
-            for cc in [c, *getattr(c, "__args__", ())]:
-                if isinstance(cc, type) and issubclass(cc, BaseModel):
-                    nxt = cc
+        stack = [field.annotation]
+        while stack:  # the last model class in the annotation, through unions and Annotated
+            c = stack.pop(0)
+            if isinstance(c, type) and issubclass(c, BaseModel):
+                nxt = c
+            stack += typing.get_args(c)
         if nxt is None:
             return None
         model = nxt
@@ -833,10 +947,18 @@ def check_inputs_exist(recipe: Recipe, *, path: str, lines: dict[tuple, int]) ->
         need(("data", "instructions", i, "path"), s.path, hub_ok=True)
     for key in ("target", "english", "target_documents", "english_documents"):
         v = getattr(d.heldout, key)
-        if v is not None:
+        if isinstance(v, HeldoutSource):
+            need(("data", "heldout", key, "path"), v.path, hub_ok=True)
+        elif v is not None:
             need(("data", "heldout", key), v, file=True)
     if recipe.base_config is not None:
         need(("base_config",), recipe.base_config, file=True)
+    if recipe.eval is not None:
+        for i, folder in enumerate(recipe.eval.lm_eval_include):
+            need(("eval", "lm_eval_include", i), folder)
+            if not recipe.resolve(folder).is_dir():
+                raise RecipeError(f"eval.lm_eval_include: expected a folder of lm-eval task YAML files, found a file: "
+                                  f"{folder}", path=path, line=lines.get(("eval", "lm_eval_include", i)))
 
 
 def check_output_dir(recipe: Recipe, *, path: str, lines: dict[tuple, int]) -> None:

@@ -19,7 +19,7 @@ from typing import Any, Callable
 from langadapt import stages
 from langadapt.distributed import is_main_process, wait_for_everyone
 from langadapt.errors import LangadaptError
-from langadapt.files import fingerprint_path, read_json, stable_hash, write_json
+from langadapt.files import fingerprint_path, read_json, remove_leftovers, stable_hash, write_json
 from langadapt.layout import STARTED
 from langadapt.memory import StageUsage, describe
 from langadapt.recipe import Recipe, check_against_base
@@ -64,23 +64,36 @@ class StageContext:
             print(message, flush=True)
 
 
-def preflight(recipe: Recipe) -> None:
+def preflight(recipe: Recipe, *, log: Callable | None = None) -> list:
     """Checks that need the base model's config or the first records of the inputs, done before any
-    stage starts: the vocabulary size against the recipe, the replay sources' languages.
+    stage starts: every input of the enabled stages read on its first records and hub ids resolved
+    (``langadapt.check``), the replay sources' languages, the packages of the ``report_to`` trackers,
+    the names of ``lm_eval:`` evaluation tasks, the vocabulary size against the recipe.
+    Returns what ``check.check_inputs`` read (``log`` sees each entry as it is read).
 
-    The config comes from ``base_config`` or a local model (a GGUF header, a config.json); a hub
-    id without ``base_config`` is checked when the first stage loads it.
+    The config comes from ``base_config`` or a local model (a GGUF header, a config.json); the
+    vocabulary of a hub model without ``base_config`` is checked when the first stage loads it.
     """
+    from langadapt.check import check_inputs
     from langadapt.models import load_config, resolve_model
     from langadapt.train.replay import check_sources
+    from langadapt.train.tracking import check_installed
 
+    checked = check_inputs(recipe, log=log)
     check_sources(recipe)
+    if any(recipe.enabled(s) for s in stages.TRAINING):
+        check_installed(recipe.report_to)
+    if recipe.enabled("eval"):
+        from langadapt.eval.harness import check_tasks
+
+        check_tasks(recipe)
     if recipe.base_config is None:
         src = resolve_model(recipe.base_model)  # raises ModelNotFoundError with what to do
         if src.kind == "hub":
-            return
+            return checked
     config = load_config(recipe.base_model, recipe.resolve(recipe.base_config) if recipe.base_config else None)
     check_against_base(recipe, config.vocab_size)
+    return checked
 
 
 def stage_hash(recipe: Recipe, stage: str) -> str:
@@ -103,7 +116,8 @@ def stage_hash(recipe: Recipe, stage: str) -> str:
         for item in value if isinstance(value, list) else [value]:
             for key in ("path", "target", "english"):
                 v = getattr(item, key, None)
-                if v is not None and recipe.resolve(v).exists():
+                v = getattr(v, "path", v)  # a held-out dataset: its folder, when local
+                if isinstance(v, str) and recipe.resolve(v).exists():
                     files.append(fingerprint_path(recipe.resolve(v)))
         parts["data"][kind] = {"settings": dumped, "files": files}
     if spec is not None and spec.files:
@@ -125,14 +139,26 @@ def stage_status(recipe: Recipe, stage: str) -> str:
     return "partial" if recipe.layout.started_path(stage).is_file() else "new"
 
 
-def _prepare(recipe: Recipe, stage: str, h: str, *, resume: bool) -> bool:
+def _checkpoint_names(recipe: Recipe, stage: str) -> str:
+    """The newest checkpoint of each training call of the stage: ``monolingual step-40``."""
+    newest: dict[str, int] = {}
+    for c in recipe.layout.checkpoints(stage):
+        newest[c.parent.name] = max(newest.get(c.parent.name, 0), int(c.name[5:]))
+    return ", ".join(f"{name} step-{step}" for name, step in newest.items())
+
+
+def _prepare(recipe: Recipe, stage: str, h: str, *, resume: bool, console=None) -> bool:
     """Make the stage folder ready; return whether the stage should resume from its checkpoints.
 
-    The decision is written into STARTED.json, so the other processes of a multi-process run
-    read it instead of racing the main process over the folder.
+    An interrupted run with the same settings is resumed unless ``resume`` is false (``--restart``);
+    one line says whether checkpoints were found and used or discarded. A resumed folder loses the
+    leftovers of writes that a kill interrupted (``.tmp-*``, ``.old-*``). The decision is written into
+    STARTED.json, so the other processes of a multi-process run read it instead of racing the main
+    process over the folder.
     """
     layout = recipe.layout
     out = layout.stage_dir(stage)
+    had_marker = layout.marker(stage) is not None
     layout.marker_path(stage).unlink(missing_ok=True)
     started = layout.started_path(stage)
     can_resume = False
@@ -141,9 +167,20 @@ def _prepare(recipe: Recipe, stage: str, h: str, *, resume: bool) -> bool:
             can_resume = read_json(started).get("hash") == h
         except ValueError:
             can_resume = False
-    resuming = resume and can_resume
+    resuming = resume and can_resume and not had_marker  # a finished stage run again starts over
+    found = _checkpoint_names(recipe, stage) if started.is_file() and not had_marker else ""
+    if found and resuming:
+        _say(console, f"{stage}: resuming from the interrupted run's checkpoint ({found}); --restart discards it")
+    elif found:
+        why = "--restart" if can_resume else "the settings or inputs changed since it was made"
+        _say(console, f"{stage}: discarding the interrupted run's checkpoint ({found}): {why}")
     if out.exists() and not resuming:
         shutil.rmtree(out)
+    elif resuming:
+        left = remove_leftovers(out)
+        if left:
+            _say(console, f"{stage}: removed {len(left)} leftover{'s' if len(left) > 1 else ''} of writes a kill "
+                 f"interrupted ({', '.join(str(p.relative_to(out)) for p in left[:3])}{', ...' if len(left) > 3 else ''})")
     out.mkdir(parents=True, exist_ok=True)
     write_json(started, {"stage": stage, "hash": h, "resume": resuming,
                          "started_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
@@ -179,7 +216,7 @@ def run_stage(recipe: Recipe, stage: str, *, resume: bool, console=None, extra: 
     if not main and not spec.distributed:
         return _wait_for_marker(recipe, stage, h).get("summary", {})
     if main:
-        resuming = _prepare(recipe, stage, h, resume=resume)
+        resuming = _prepare(recipe, stage, h, resume=resume, console=console)
     if spec.distributed:
         wait_for_everyone()
         if not main:
@@ -208,7 +245,11 @@ def run_stage(recipe: Recipe, stage: str, *, resume: bool, console=None, extra: 
 
 def run_recipe(recipe: Recipe, *, console=None, force: bool = False) -> list[tuple[str, str]]:
     """Run every enabled stage in order; return (stage, 'skipped'|'ran') pairs."""
-    preflight(recipe)
+    t0 = time.time()
+    checked = preflight(recipe)
+    if checked:
+        _say(console, f"[green]✓[/green] inputs: {len(checked)} read and checked in {time.time() - t0:.1f} s "
+             "(langadapt check RECIPE lists them)")
     order = recipe.enabled_stages()
     status = {s: stage_status(recipe, s) for s in order}
     to_run, cascade = set(), force
@@ -228,7 +269,7 @@ def run_recipe(recipe: Recipe, *, console=None, force: bool = False) -> list[tup
             _say(console, f"[green]✓[/green] {stage}: up to date, skipped{note}")
             done.append((stage, "skipped"))
             continue
-        why = {"stale": "settings or inputs changed", "partial": "resuming an interrupted run", "new": "not run yet",
+        why = {"stale": "settings or inputs changed", "partial": "interrupted before it finished", "new": "not run yet",
                "done": "an earlier stage reran", "dropped": "an earlier stage reran"}[status[stage]]
         if stage in restore and stage not in to_run:
             why = "its model was dropped by clean-up and a later stage needs it"

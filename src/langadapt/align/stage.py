@@ -49,7 +49,8 @@ def run(ctx) -> dict:
             f"trainable {counts.trainable:,} of {counts.total:,} parameters ({counts.percent:.2f}%, embeddings/head "
             f"rows: {rows}{lr_note(mono)})")
     r1 = train_model(frozen, tokenizer, corpus, mono, out, resume=ctx.resume,
-                     heldout=heldout, log=ctx.log, name="monolingual", seed=recipe.seed)
+                     heldout=heldout, log=ctx.log, name="monolingual", seed=recipe.seed,
+                     report_to=recipe.report_to, project=recipe.name)
     corpus.remove()
     model = unpeft(r1.model)
     summary["monolingual"] = {**_step_summary(r1, corpus.documents, counts.trainable),
@@ -77,7 +78,7 @@ def run(ctx) -> dict:
                 f"{counts.trainable:,} parameters (embeddings/head rows: {rows}{lr_note(bil)})")
         r2 = train_model(frozen, tokenizer, examples, bil, out,
                          resume=ctx.resume, heldout=heldout, log=ctx.log, name="bilingual", seed=recipe.seed,
-                         bpc_start=end_bpc)
+                         bpc_start=end_bpc, report_to=recipe.report_to, project=recipe.name)
         model = unpeft(r2.model)
         summary["bilingual"] = {**_step_summary(r2, len(pairs), counts.trainable), **({"replay": mixed} if mixed else {})}
         summary["parallel"] = {rep.name: {"kept": rep.kept, "skipped": rep.skipped_count} for rep in reports}

@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from datatrove.executor.local import LocalPipelineExecutor
@@ -140,6 +140,8 @@ class Job:
     lang: str
     cfg: object  # CleanConfig
     out_dir: Path
+    datasets: list = field(default_factory=list)  # (index, source, data.hub.Opened) of the format hf sources
+    seed: int = 0
 
     @property
     def work(self) -> Path:
@@ -197,8 +199,14 @@ def _build_passes(job: Job, plan: list) -> list[Pass]:
     markers = F.DEFAULT_CODE_MARKERS if cfg.code_markers is None else cfg.code_markers
     dedup_cfg = exact_config()
 
+    from langadapt.clean.hub import HubCorpusReader
+
+    # the local files' pieces, then each Hugging Face dataset read by datatrove's reader, in every task
+    readers = [CorpusReader(list(job.sources), plan, progress_dir=str(w / "progress"), rejects_dir=rej)]
+    readers += [HubCorpusReader(source, i, opened, seed=job.seed, progress_dir=str(w / "progress"))
+                for i, source, opened in job.datasets]
     passes = [Pass("filter", "read, split, filter", [
-        CorpusReader(list(job.sources), plan, progress_dir=str(w / "progress"), rejects_dir=rej),
+        *readers,
         SplitSentences(job.lang, cfg.digits),
         F.MinWordsFilter(cfg.min_words, exclusion_writer=rejects_writer(rej, "too_short")),
         F.CodeFilter(markers, exclusion_writer=rejects_writer(rej, "code")),

@@ -1,7 +1,9 @@
 """Sentence splitting that knows the target language's punctuation (paper 3.1).
 
 A sentence ends at a line break, or at a run of terminators (. ! ? … and, for Persian and
-Arabic-script languages, also ؟ ؛ ۔) followed by a space or the end of the line; closing quotes
+Arabic-script languages, also ؟ ؛ ۔; for languages written in Brahmic scripts, the danda । and ॥;
+for Amharic and Tigrinya, ። ፧ ፨) followed by a space or the end of the line; Chinese and Japanese
+full-width terminators (。！？) end a sentence with no space after them; closing quotes
 and brackets after the terminator stay with the sentence. A period does not end a sentence
 when it belongs to a decimal number (3.14, no space follows), an initial or a one-letter
 abbreviation (J. R. R. Tolkien, ق. م.), a dotted abbreviation (e.g., U.S., ه.ش.), a known
@@ -22,13 +24,25 @@ jan feb mar apr jun jul aug sep sept oct nov dec mt ft gen gov col lt sgt capt r
 _COMMON_TERMINATORS = ".!?…"
 _ARABIC_SCRIPT_TERMINATORS = "؟؛۔"
 _ARABIC_SCRIPT = {"fa", "fas", "pes", "ar", "ara", "ur", "urd", "ps", "pus", "ckb", "ku", "sd", "ug", "azb", "bal", "glk", "mzn"}
-_CLOSERS = "\"'»”’)]}›"
+_DANDA = "।॥"
+_DANDA_LANGS = {"hi", "hin", "mr", "mar", "ne", "nep", "npi", "sa", "san", "bn", "ben", "as", "asm", "mai", "bho",
+                "awa", "mag", "hne", "doi", "kok", "gom", "pa", "pan"}
+_ETHIOPIC_TERMINATORS = "።፧፨"
+_ETHIOPIC = {"am", "amh", "ti", "tir"}
+_CJK_TERMINATORS = "。！？"  # written without a following space
+_CJK = {"zh", "zho", "cmn", "yue", "ja", "jpn"}
+_CLOSERS = "\"'»”’)]}›」』）"
 
 
 @lru_cache(maxsize=None)
 def _boundary(lang: str) -> re.Pattern:
     term = _COMMON_TERMINATORS + (_ARABIC_SCRIPT_TERMINATORS if lang in _ARABIC_SCRIPT else "")
-    return re.compile(rf"[{re.escape(term)}]+[{re.escape(_CLOSERS)}]*(?=\s|$)")
+    term += _DANDA if lang in _DANDA_LANGS else ""
+    term += _ETHIOPIC_TERMINATORS if lang in _ETHIOPIC else ""
+    spaced = rf"[{re.escape(term)}]+[{re.escape(_CLOSERS)}]*(?=\s|$)"
+    if lang in _CJK:
+        return re.compile(rf"{spaced}|[{_CJK_TERMINATORS}]+[{re.escape(_CLOSERS)}]*")
+    return re.compile(spaced)
 
 
 _WINDOW = 48

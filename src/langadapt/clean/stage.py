@@ -29,18 +29,27 @@ def run(ctx) -> dict:
     from langadapt.clean.report import build_report, collect_counts, empty_result, print_report, write_report
     from langadapt.clean.langid import check_language
     from langadapt.data.corpus import plan_pieces
+    from langadapt.clean.hub import open_datasets
 
     lang = recipe.language.code
     check_language(lang)
-    job = Job(sources=recipe.data.corpus, resolve=recipe.resolve, lang=lang, cfg=cfg, out_dir=ctx.out_dir)
-    # every input is found and opened (Parquet schemas, dataset columns) before any work starts
-    plan = plan_pieces(job.sources, job.resolve, job.tasks)
-    total_bytes = sum(p.size for task in plan for p in task)
+    job = Job(sources=recipe.data.corpus, resolve=recipe.resolve, lang=lang, cfg=cfg, out_dir=ctx.out_dir,
+              seed=recipe.seed)
+    # every input is found and opened (Parquet schemas, dataset configs, splits and columns) before any work starts
+    plan = plan_pieces(job.sources, job.resolve, job.tasks, datasets=False)
+    job.datasets = open_datasets(job.sources, job.resolve)
+    total_bytes = sum(p.size for task in plan for p in task) + sum(s.max_bytes or 0 for _, s, _ in job.datasets)
     if job.work.exists() and not ctx.resume:
         shutil.rmtree(job.work)
     job.work.mkdir(parents=True, exist_ok=True)
     where = f"{job.tasks} Slurm tasks" if job.slurm else f"{job.workers} worker process(es)"
-    ctx.log(f"clean: {len(job.sources)} source(s), {total_bytes / 1e6:,.1f} MB, {where}, language {lang}")
+    size = f"{total_bytes / 1e6:,.1f} MB" + (" + Hugging Face datasets" if any(
+        s.max_bytes is None for _, s, _ in job.datasets) else "")
+    ctx.log(f"clean: {len(job.sources)} source(s), {size}, {where}, language {lang}")
+    for _, s, opened in job.datasets:
+        ctx.log(f"clean: {s.name}: dataset {opened.name}" + (f" ({opened.options['name']})" if opened.options.get("name")
+                else "") + f", split {opened.options.get('split', 'train')}, "
+                + (f"streamed in {opened.n_shards} file(s)" if opened.streaming else "downloaded"))
 
     t0 = time.time()
     run_passes(job, build_passes(job, plan), total_bytes=total_bytes, console=ctx.console)

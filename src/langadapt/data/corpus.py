@@ -2,8 +2,10 @@
 
 A source (a ``data.corpus`` entry of the recipe) is cut into :class:`Piece` s that workers read
 independently: byte ranges of plain-text and JSONL files (a line belongs to the piece its first
-byte lies in), row groups of Parquet files, shards of a dataset. :func:`plan_pieces` spreads the
-pieces over tasks so that each reads about the same number of bytes, whatever the file sizes.
+byte lies in), row groups of Parquet files, a Hugging Face dataset (read with its config, split,
+caps and shuffle by :mod:`langadapt.data.hub`; the clean stage reads those with datatrove's own
+reader instead, see :mod:`langadapt.clean.hub`). :func:`plan_pieces` spreads the pieces over
+tasks so that each reads about the same number of bytes, whatever the file sizes.
 
 :func:`read_piece` yields :class:`Record` s, one per line (or per document), each at most
 ``max_bytes`` long: a longer line (a 1 GB single-line file, a huge document) is cut into several
@@ -40,10 +42,10 @@ MAX_JSON_LINE_BYTES = 64 << 20
 JSONL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
 PARQUET_SUFFIXES = (".parquet",)
 
-# Where a long line may be cut: after a sentence end (the clean stage's terminators, any
-# script, with closing quotes or brackets) and the spaces after it. Cutting at any space left a
+# Where a long line may be cut: after a sentence end (terminators of the scripts corpora come in,
+# with closing quotes or brackets) and the spaces after it. Cutting at any space left a
 # half sentence on each side of every cut (12% of the sentences of a 50 MB single-line file).
-_TERMINATORS = ".!?…؟؛۔"
+_TERMINATORS = ".!?…؟؛۔।॥።。！？"  # Latin, Arabic script, Devanagari dandas, Ethiopic, CJK
 _CLOSERS = "\"'»”’)]}›"
 
 
@@ -80,7 +82,7 @@ class Piece:
     source: int  # index of the source in data.corpus
     path: str  # file, or dataset folder/id for kind "hf"
     kind: str  # "lines": byte range [start, end) of a text/JSONL file; "file": a whole file;
-    #            "parquet": row group ``start``; "hf": shard ``start`` of ``end`` shards
+    #            "parquet": row group ``start``; "hf": the whole dataset
     start: int = 0
     end: int = 0
     size: int = 0  # bytes (estimate for "hf"), for balancing the tasks
@@ -97,15 +99,6 @@ class Record:
 
 
 # --------------------------------------------------------------------------- finding the files
-
-
-def _is_saved_dataset(folder: Path) -> bool:
-    return (folder / "dataset_info.json").is_file() or (folder / "dataset_dict.json").is_file()
-
-
-def _looks_like_hub_id(s: str) -> bool:
-    parts = s.split("/")
-    return len(parts) == 2 and all(parts) and not s.startswith((".", "/", "~"))
 
 
 def source_files(source, resolve: Callable[[str], Path]) -> list[Path]:
@@ -133,18 +126,20 @@ def source_files(source, resolve: Callable[[str], Path]) -> list[Path]:
 
 
 def plan_pieces(sources: Sequence, resolve: Callable[[str], Path], tasks: int,
-                *, piece_bytes: int | None = None) -> list[list[Piece]]:
+                *, piece_bytes: int | None = None, datasets: bool = True) -> list[list[Piece]]:
     """Cut every source into pieces and give each of ``tasks`` tasks about the same number of bytes.
 
     Missing inputs raise DataError here, before any work starts. Pieces keep corpus order within
     a task; the plan depends only on the sources, the files and ``tasks`` (so a resumed run
-    gets the same plan).
+    gets the same plan). ``datasets=False`` leaves out the Hugging Face dataset sources (format
+    hf), which the clean stage reads with datatrove's own reader (``langadapt.clean.hub``).
     """
     files: list[tuple[int, Any, Path, int]] = []
     pieces: list[Piece] = []
     for i, s in enumerate(sources):
         if s.format == "hf":
-            pieces += _dataset_pieces(i, s, resolve, tasks)
+            if datasets:
+                pieces += _dataset_pieces(i, s, resolve)
             continue
         for f in source_files(s, resolve):
             files.append((i, s, f, f.stat().st_size))
@@ -194,40 +189,13 @@ def _parquet_pieces(i: int, source, f: Path) -> list[Piece]:
     return [Piece(i, str(f), "parquet", g, g + 1, meta.row_group(g).total_byte_size) for g in range(meta.num_row_groups)]
 
 
-def _dataset_pieces(i: int, source, resolve, tasks: int) -> list[Piece]:
-    p = resolve(source.path)
-    where = str(p) if p.exists() else source.path
-    if not p.exists() and not _looks_like_hub_id(source.path):
-        raise DataError(f"corpus source '{source.name}': dataset not found: {source.path} "
-                        f"(resolved to {p}; not a local folder nor a hub id like 'owner/name')")
-    ds = load_dataset_split(where, source)  # fail early: a wrong split or field stops the run here
-    size = ds.data.nbytes if hasattr(ds, "data") else 0
-    return [Piece(i, where, "hf", k, tasks, size // tasks) for k in range(tasks)]
+def _dataset_pieces(i: int, source, resolve) -> list[Piece]:
+    from langadapt.data.hub import open_dataset
 
-
-def load_dataset_split(where: str, source):
-    """The ``source.split`` split of a saved dataset folder, a folder of data files, or a hub id."""
-    import datasets
-
-    p = Path(where)
-    try:
-        if p.is_dir() and _is_saved_dataset(p):
-            ds = datasets.load_from_disk(str(p))
-        else:
-            ds = datasets.load_dataset(str(p) if p.is_dir() else where, split=source.split)
-        if isinstance(ds, datasets.DatasetDict):
-            if source.split not in ds:
-                raise DataError(f"dataset has no split '{source.split}' (splits: {', '.join(ds)})", path=where)
-            ds = ds[source.split]
-    except DataError:
-        raise
-    except Exception as e:  # datasets raises many types (offline, missing files, ...): one line for the user
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise DataError(f"cannot load dataset '{where}' (split {source.split}): {type(e).__name__}: {first}"[:400]) from None
-    if source.text_field not in ds.column_names:
-        raise DataError(f"dataset has no column '{source.text_field}' (columns: {', '.join(ds.column_names)}); "
-                        f"set text_field of corpus source '{source.name}'", path=where)
-    return ds
+    # fail early: a wrong config, split or field stops the run here
+    open_dataset(source, resolve(source.path), what=f"corpus source '{source.name}'", streaming=True,
+                 fields=(source.text_field,))
+    return [Piece(i, str(resolve(source.path)), "hf", 0, 1, 0)]
 
 
 # --------------------------------------------------------------------------- reading
@@ -441,30 +409,32 @@ def _read_parquet(piece: Piece, source, max_bytes: int) -> Iterator[Record]:
 
 
 def _read_dataset(piece: Piece, source, max_bytes: int) -> Iterator[Record]:
-    ds = load_dataset_split(piece.path, source)
-    shards = min(piece.end, len(ds))  # fewer rows than tasks: the last tasks read nothing
-    if piece.start >= shards:
-        return
-    shard = ds.shard(num_shards=shards, index=piece.start, contiguous=True)
-    row = 0
-    for batch in shard.iter(batch_size=1000):
-        for value in batch[source.text_field]:
-            where = f"{piece.path}[{source.split}]:{piece.start}/{row}"
-            if value is not None and not isinstance(value, str):
-                raise DataError(f"row {row + 1} of shard {piece.start}: column '{source.text_field}' is "
-                                f"{type(value).__name__}, not text", path=piece.path)
-            if value and not value.isspace():
-                yield from _cut(value, where, max_bytes)
-            else:
-                yield Record("", where, 0, empty=True)
-            row += 1
+    from langadapt.data.hub import rows
+
+    field = source.text_field
+    for where, row in rows(source, piece.path, what=f"corpus source '{source.name}'", streaming=True,
+                           fields=(field,), text_of=lambda r: r.get(field) if isinstance(r.get(field), str) else None):
+        value = row.get(field)
+        if value is not None and not isinstance(value, str):
+            raise DataError(f"corpus source '{source.name}': field '{field}' of {where} is "
+                            f"{type(value).__name__}, not text")
+        if value and not value.isspace():
+            yield from _cut(value, where, max_bytes)
+        else:
+            yield Record("", where, 0, empty=True)
 
 
 def _cut(text: str, where: str, max_bytes: int) -> Iterator[Record]:
-    """A document as records of at most ``max_bytes``, cut after a sentence end, else a space or newline, when possible."""
-    nbytes = len(text.encode("utf-8"))
-    if nbytes <= max_bytes:
-        yield Record(text, where, nbytes)
+    """A document as records of at most ``max_bytes`` (see :func:`cut_document`)."""
+    for part in cut_document(text, max_bytes):
+        yield Record(part, where, len(part.encode("utf-8")))
+
+
+def cut_document(text: str, max_bytes: int = MAX_RECORD_BYTES) -> Iterator[str]:
+    """A document in parts of at most ``max_bytes`` (UTF-8), cut after a sentence end, else a space or
+    newline, when possible; a short document is one part."""
+    if len(text) * 4 <= max_bytes or len(text.encode("utf-8")) <= max_bytes:
+        yield text
         return
     step = max(1, max_bytes // 4)  # characters: at most 4 bytes each, so a part never exceeds max_bytes
     i = 0
@@ -474,8 +444,7 @@ def _cut(text: str, where: str, max_bytes: int) -> Iterator[Record]:
             end = _last_end(_SENTENCE_END_TEXT, text, i + step // 2, j)
             k = max(text.rfind(" ", i + step // 2, j), text.rfind("\n", i + step // 2, j))
             j = end or (k + 1 if k >= 0 else j)
-        part = text[i:j]
-        yield Record(part, where, len(part.encode("utf-8")))
+        yield text[i:j]
         i = j
 
 
@@ -504,4 +473,4 @@ def describe_sources(sources: Sequence, resolve: Callable[[str], Path]) -> list[
 
 
 __all__ = ["Piece", "Record", "plan_pieces", "read_piece", "read_source", "source_files", "line_number",
-           "load_dataset_split", "describe_sources", "MAX_RECORD_BYTES"]
+           "cut_document", "describe_sources", "MAX_RECORD_BYTES"]

@@ -19,7 +19,10 @@ Formats (``format`` of a recipe ``data.instructions`` entry):
   in the source's language (a varied built-in phrasing, or the source's ``prompt``).
 
 A source's ``path`` is a file, a folder (every .json/.jsonl/.parquet inside, sorted), a local
-``datasets`` folder (``save_to_disk``), or a Hugging Face dataset id (when online).
+``datasets`` folder (``save_to_disk``), or a Hugging Face dataset: a hub id or a local dataset
+repository, with the source's ``config``, ``split``, ``data_files``, ``revision``, caps and
+``shuffle_buffer`` (:mod:`langadapt.data.hub`). ``fields`` maps a dataset's field names onto the
+format's (``{instruction: inputs, output: targets}`` reads Aya's records as Alpaca).
 
 Records that cannot become a conversation (missing fields, empty responses, ...) are counted per
 reason in a :class:`ReadReport` and skipped; only a file that cannot be parsed at all is an error.
@@ -201,27 +204,58 @@ def iter_records(path: Path, *, split: str = "train", hub_id: str | None = None)
     yield from _iter_dataset(path, split=split, hub_id=hub_id)
 
 
-def _iter_dataset(path: Path, *, split: str, hub_id: str | None) -> Iterator[tuple[str, Any, str]]:
-    import datasets
+def _iter_dataset(path: Path, *, split: str, hub_id: str | None, source=None,
+                  seed: int = 0) -> Iterator[tuple[str, Any, str]]:
+    from types import SimpleNamespace
 
-    name = str(path) if path.is_dir() else (hub_id or str(path))
-    try:
-        if path.is_dir():
-            ds = datasets.load_from_disk(str(path))
-        else:
-            ds = datasets.load_dataset(name, split=split)
-        if isinstance(ds, datasets.DatasetDict):
-            if split not in ds:
-                raise DataError(f"dataset has no split '{split}' (splits: {', '.join(ds)})", path=name)
-            ds = ds[split]
-    except DataError:
-        raise
-    except Exception as e:  # datasets raises many types; the user needs one line either way
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise DataError(f"cannot load dataset '{name}' (split {split}): {type(e).__name__}: {first}"[:400]) from None
+    from langadapt.data.hub import rows
+
+    name = str(path) if path.exists() else (hub_id or str(path))
+    source = source if source is not None else SimpleNamespace(path=name, split=split)
+    what = f"instruction source '{source.name}'" if hasattr(source, "name") else "instructions"
     stem = Path(name).name
-    for i, row in enumerate(ds):
-        yield f"{name}[{split}]:{i + 1}", row, stem
+    for where, row in rows(source, path if path.exists() else name, what=what, seed=seed, streaming=False):
+        yield where, row, stem
+
+
+def reads_as_dataset(source, location: Path) -> bool:
+    """Whether a source's records come through ``datasets`` (a hub id, a save_to_disk folder, a dataset
+    repository folder, or any Hugging Face dataset setting given) rather than from its files directly."""
+    from langadapt.data.hub import is_dataset_repo, is_saved_dataset
+
+    if any(getattr(source, k, None) is not None for k in ("config", "data_files", "revision", "streaming",
+                                                          "shuffle_buffer", "id_field")):
+        return True
+    if location.is_file():
+        return False
+    if location.is_dir():
+        return is_saved_dataset(location) or is_dataset_repo(location)
+    return True
+
+
+def source_records(source, path: Path | None = None, *, seed: int = 0) -> Iterator[tuple[str, Any, str]]:
+    """(where, record, file stem) of an ``InstructionSource``: its files or its dataset, the source's
+    ``fields`` renamed to the format's names, at most its caps (``max_documents``, ``max_bytes``,
+    ``max_tokens``)."""
+    from langadapt.data.hub import Caps, row_text
+
+    location = Path(path) if path is not None else Path(source.path)
+    if reads_as_dataset(source, location):
+        records = _iter_dataset(location, split=source.split, hub_id=source.path, source=source, seed=seed)
+        caps = None  # the dataset reader applies them
+    else:
+        records = iter_records(location, split=source.split, hub_id=source.path)
+        caps = Caps(source, what=f"instruction source '{source.name}'")
+        caps = caps if caps.any else None
+    rename = dict(getattr(source, "fields", None) or {})
+    for where, rec, stem in records:
+        if rename and isinstance(rec, dict):
+            rec = {**rec, **{ours: rec.get(theirs) for ours, theirs in rename.items()}}
+        if caps is not None:
+            if caps.full():
+                return
+            caps.add(row_text(rec) if isinstance(rec, dict) else "")
+        yield where, rec, stem
 
 
 # --------------------------------------------------------------------------- field helpers
@@ -480,16 +514,16 @@ def _pick(options: tuple[str, ...], key: str) -> str:
 # --------------------------------------------------------------------------- a whole source
 
 
-def read_instructions(source, *, path: Path | None = None) -> tuple[list[Conversation], ReadReport]:
+def read_instructions(source, *, path: Path | None = None, seed: int = 0) -> tuple[list[Conversation], ReadReport]:
     """Read a recipe ``InstructionSource`` into conversations, skipping (and counting) bad records.
 
     ``path`` is the resolved location (the recipe resolves relative paths); default ``source.path``.
+    ``seed`` shuffles a dataset source that sets ``shuffle_buffer``.
     """
     fmt = source.format
     lang = source.language
     report = ReadReport(source=source.name)
-    location = Path(path) if path is not None else Path(source.path)
-    records = iter_records(location, split=source.split, hub_id=source.path)
+    records = source_records(source, path, seed=seed)
     limit = source.max_records
     default_task = getattr(source, "task", None)
     out: list[Conversation] = []

@@ -4,9 +4,11 @@ and sft's translation instructions.
 Three formats (a ``data.parallel`` entry of the recipe):
 - ``tsv``: one pair per line, the sides in columns ``target_column`` and ``english_column``;
 - ``pair``: two line-aligned files, line i of ``english`` translating line i of ``target``;
-- ``hf``: a dataset id, a ``save_to_disk`` folder, or a local JSON/JSONL/Parquet/CSV file,
-  with ``target_field`` / ``english_field`` (dotted paths such as ``translation.fa`` reach
-  into nested records).
+- ``hf``: a Hugging Face dataset (a hub id with its ``config``, ``split``, ``data_files``,
+  ``revision``, caps and ``shuffle_buffer``, see :mod:`langadapt.data.hub`), a local dataset
+  repository or ``save_to_disk`` folder, or a local JSON/JSONL/Parquet/CSV file, with
+  ``target_field`` / ``english_field`` (dotted paths such as ``translation.fa`` reach into nested
+  records, as in the OPUS sets).
 
 Nothing misaligned is trained on silently. Two files with different line counts are refused
 (their alignment is unknowable). Lines with an empty side, and TSV lines with fewer or more
@@ -24,7 +26,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from itertools import zip_longest
+from itertools import islice, zip_longest
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -115,11 +117,11 @@ def _keep(report: ParallelReport, out: list[Pair], target: str, english: str, li
         report.kept += 1
 
 
-def _read_pair(src, resolve) -> tuple[list[Pair], ParallelReport]:
+def _read_pair(src, resolve, limit: int | None = None) -> tuple[list[Pair], ParallelReport]:
     tpath, epath = resolve(src.target), resolve(src.english)
     report = ParallelReport(src.name, f"{tpath} + {epath}")
     out: list[Pair] = []
-    for (nt, t), (ne, e) in zip_longest(_lines(tpath), _lines(epath), fillvalue=(None, None)):
+    for (nt, t), (ne, e) in islice(zip_longest(_lines(tpath), _lines(epath), fillvalue=(None, None)), limit):
         if t is None or e is None:
             nt_all, ne_all = _count_lines(tpath), _count_lines(epath)
             raise DataError(
@@ -131,16 +133,16 @@ def _read_pair(src, resolve) -> tuple[list[Pair], ParallelReport]:
     return out, report
 
 
-def _read_tsv(src, resolve) -> tuple[list[Pair], ParallelReport]:
+def _read_tsv(src, resolve, limit: int | None = None) -> tuple[list[Pair], ParallelReport]:
     path = resolve(src.path)
     report = ParallelReport(src.name, str(path))
     out: list[Pair] = []
     need = max(src.target_column, src.english_column) + 1
     # A stray tab inside a sentence cut its side short ("Please wash"); the file's most common
     # column count (a first pass) tells such lines apart from files that have more columns.
-    widths = Counter(line.count("\t") + 1 for _, line in _lines(path) if line.strip())
+    widths = Counter(line.count("\t") + 1 for _, line in islice(_lines(path), limit) if line.strip())
     usual = max(widths, key=lambda w: (widths[w], -w)) if widths else need
-    for n, line in _lines(path):
+    for n, line in islice(_lines(path), limit):
         report.lines = n
         if not line.strip():
             report.skip("blank", n)
@@ -165,32 +167,19 @@ def _field(row: Any, dotted: str):
     return value
 
 
-def _load_dataset(src, resolve):
-    import datasets
+def _read_hf(src, resolve, limit: int | None = None, seed: int = 0) -> tuple[list[Pair], ParallelReport]:
+    from langadapt.data.hub import rows
 
-    p = resolve(src.path)
-    try:
-        if p.is_dir() and ((p / "dataset_info.json").is_file() or (p / "state.json").is_file() or (p / "dataset_dict.json").is_file()):
-            ds = datasets.load_from_disk(str(p))
-            return ds[src.split] if isinstance(ds, datasets.DatasetDict) else ds
-        if p.is_file():
-            kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(p.suffix)
-            if kind is None:
-                raise DataError(f"format hf: cannot read a '{p.suffix}' file; give JSON, JSONL, Parquet or CSV", path=str(p))
-            return datasets.load_dataset(kind, data_files=str(p), split="train")
-        return datasets.load_dataset(str(p) if p.exists() else src.path, split=src.split)
-    except DataError:
-        raise
-    except Exception as e:  # datasets raises many kinds; all mean "cannot read this source"
-        raise DataError(f"cannot load parallel dataset '{src.path}' (split {src.split}): {type(e).__name__}: {e}",
-                        path=str(p)) from None
-
-
-def _read_hf(src, resolve) -> tuple[list[Pair], ParallelReport]:
-    ds = _load_dataset(src, resolve)
     report = ParallelReport(src.name, src.path)
     out: list[Pair] = []
-    for n, row in enumerate(ds, 1):
+
+    def sides(row: dict) -> str | None:
+        t, e = _field(row, src.target_field), _field(row, src.english_field)
+        return None if t is None or e is None else f"{t}\n{e}"
+
+    records = rows(src, resolve(src.path), what=f"parallel source '{src.name}'", seed=seed,
+                   fields=(src.target_field, src.english_field), text_of=sides)
+    for n, (_, row) in enumerate(islice(records, limit), 1):
         report.lines = n
         t, e = _field(row, src.target_field), _field(row, src.english_field)
         if t is None or e is None:
@@ -201,18 +190,22 @@ def _read_hf(src, resolve) -> tuple[list[Pair], ParallelReport]:
     return out, report
 
 
-def read_source(src, resolve=Path, *, lang: str | None = None) -> tuple[list[Pair], ParallelReport]:
+def read_source(src, resolve=Path, *, lang: str | None = None, limit: int | None = None, seed: int = 0
+                ) -> tuple[list[Pair], ParallelReport]:
     """Every usable pair of one ``ParallelSource``, and the report of what was skipped.
 
     ``resolve`` turns the recipe's paths into files (``recipe.resolve``); ``lang`` is the target
     language (``language.code``), whose side is checked to be in it (None: the languages are not
-    checked). Raises ``DataError`` for files of different lengths, undecodable lines, a shift
+    checked); ``limit``: read only the first lines (rows), and judge the source by them (the checks
+    before a run). Raises ``DataError`` for files of different lengths, undecodable lines, a shift
     between the sides, or a source with too many bad lines.
     """
     from langadapt.data.alignment import check_pairs
 
-    reader = {"pair": _read_pair, "tsv": _read_tsv, "hf": _read_hf}[src.format]
-    pairs, report = reader(src, resolve)
+    if src.format == "hf":
+        pairs, report = _read_hf(src, resolve, limit, seed)
+    else:
+        pairs, report = {"pair": _read_pair, "tsv": _read_tsv}[src.format](src, resolve, limit)
     if src.format == "pair":
         t, e = resolve(src.target), resolve(src.english)
         path, sides = str(t), (f"text in {t.name}", f"text in {e.name}")
@@ -243,7 +236,7 @@ def read_parallel(recipe, names: list[str] | None = None) -> tuple[list[Pair], l
     for src in recipe.data.parallel:
         if names is not None and src.name not in names:
             continue
-        p, r = read_source(src, recipe.resolve, lang=recipe.language.code)
+        p, r = read_source(src, recipe.resolve, lang=recipe.language.code, seed=recipe.seed)
         pairs.extend(p)
         reports.append(r)
     return pairs, reports

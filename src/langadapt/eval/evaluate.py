@@ -156,6 +156,14 @@ def evaluate_task(backend, task: Task, examples, settings: EvalSettings, *, mode
                         out["rouge_l"] = (metrics.rouge_l(hyps, refs), n)
                 out["non_following"] = (not_following, n)
 
+    if "accuracy" in out:  # what accuracy hides: a model answering one label for (nearly) everything
+        gold = [p["gold"] for p in preds]
+        answered = [p["prediction"] for p in preds]  # None (no label named) counts against its item
+        out["macro_f1"] = (metrics.macro_f1(answered, gold), n)
+        out["majority_gold"] = (metrics.majority_share(gold), n)
+        named = [a for a in answered if a is not None]  # the most common label named, over all n items
+        out["majority_predicted"] = (metrics.majority_share(named) * len(named) / n if n else 0.0, n)
+
     if "accuracy" in out and task.family == "multiple_choice":
         cats: dict[str, list[bool]] = {}
         for p in preds:
@@ -206,7 +214,7 @@ def task_info(task: Task, settings: EvalSettings) -> dict:
             "metrics": task.metrics, "suite": task.suite, "n": len(selected_examples(task, settings)),
             "random": random_baseline(task, settings), "direction": f"{task.source_lang}-{task.target_lang}"
             if task.family == "translation" else None,
-            "labels": task.label_set() if task.kind == "choice" else None}
+            "labels": task.label_set() if task.kind == "choice" else None, "unlabeled": task.unlabeled}
     return info
 
 

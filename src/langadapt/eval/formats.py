@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +45,14 @@ DEFAULT_LABEL_MAPS: dict[str, dict[str, str | None]] = {
 # Header cells that mark the first line of a translation TSV as a header rather than a pair.
 _HEADER_WORDS = {"source", "target", "reference", "src", "tgt", "ref", "english", "persian", "farsi", "en", "fa",
                  "input", "output", "translation"}
+
+
+NO_LABEL = ("", "-")
+"""Gold labels that mean "not labeled" (the official ParsiNLU entailment test file has two ``-`` rows)."""
+
+
+class Unlabeled(Exception):
+    """A row of a labeled task without a gold label: skipped and counted, not an error."""
 
 
 @dataclass
@@ -187,24 +194,20 @@ def read_sni(path: Path) -> Iterator[RawRow]:
                      meta={"definition": definition})
 
 
-def read_hf(path: str, split: str, config: str | None) -> Iterator[RawRow]:
-    """A Hugging Face dataset id or a local dataset folder (``datasets.load_dataset``/``load_from_disk``)."""
-    try:
-        import datasets
-    except ImportError:  # pragma: no cover - datasets is a dependency
-        raise DataError("format 'hf' needs the 'datasets' package", path=path) from None
-    try:
-        if Path(path).is_dir() and (Path(path) / "dataset_info.json").exists():
-            ds = datasets.load_from_disk(path)
-            ds = ds[split] if isinstance(ds, datasets.DatasetDict) else ds
-        else:
-            ds = datasets.load_dataset(path, config, split=split)
-    except Exception as e:  # noqa: BLE001 - datasets raises many kinds; all mean "cannot read this"
-        offline = " (HF_HUB_OFFLINE=1 is set)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
-        raise DataError(f"cannot load dataset split '{split}'{offline}: {type(e).__name__}: {str(e).splitlines()[0][:200]}",
-                        path=path) from None
-    for i, row in enumerate(ds):
-        yield RawRow(dict(row), f"{path}[{split}][{i}]")
+def read_hf(path: str, split: str, config: str | None, *, source=None, what: str | None = None) -> Iterator[RawRow]:
+    """A Hugging Face dataset: a hub id, a local dataset repository or ``save_to_disk`` folder, read by
+    :mod:`langadapt.data.hub` with the task data's ``config``, ``split``, ``data_files``, ``revision``,
+    caps and ``shuffle_buffer`` (``source``, a ``DataSpec``)."""
+    from types import SimpleNamespace
+
+    from langadapt.data.hub import rows
+
+    if source is None:
+        source = SimpleNamespace(path=path, split=split, config=config)
+    else:  # the path as resolved (variables expanded; one of several paths)
+        source = source.model_copy(update={"path": path})
+    for where, row in rows(source, path, what=what or f"task data '{path}'", streaming=False):
+        yield RawRow(dict(row), where)
 
 
 def not_utf8(paths: list[Path]) -> DataError | None:
@@ -231,12 +234,14 @@ def not_utf8(paths: list[Path]) -> DataError | None:
 
 def read_rows(fmt: str, paths: list[Path], *, split: str = "test", config: str | None = None,
               source_column: int = 0, reference_column: int = 1, header: str = "auto",
-              reference: Path | None = None) -> Iterator[RawRow]:
-    """Raw rows of one or more files in format ``fmt`` (see ``FORMATS``)."""
+              reference: Path | None = None, source=None, what: str | None = None) -> Iterator[RawRow]:
+    """Raw rows of one or more files in format ``fmt`` (see ``FORMATS``); ``source`` is the task's
+    ``DataSpec`` (its Hugging Face dataset settings, for format hf)."""
     files = [*paths, reference] if fmt == "pair" and reference is not None else list(paths)
     try:
         yield from _read_rows(fmt, paths, split=split, config=config, source_column=source_column,
-                              reference_column=reference_column, header=header, reference=reference)
+                              reference_column=reference_column, header=header, reference=reference,
+                              source=source, what=what)
     except UnicodeDecodeError:
         err = not_utf8(files) if fmt != "hf" else None
         if err is None:
@@ -245,7 +250,8 @@ def read_rows(fmt: str, paths: list[Path], *, split: str = "test", config: str |
 
 
 def _read_rows(fmt: str, paths: list[Path], *, split: str, config: str | None, source_column: int,
-               reference_column: int, header: str, reference: Path | None) -> Iterator[RawRow]:
+               reference_column: int, header: str, reference: Path | None, source=None,
+               what: str | None = None) -> Iterator[RawRow]:
     if fmt == "pair":
         if reference is None or len(paths) != 1:
             raise DataError("format 'pair' needs one 'path' (source side) and a 'reference' file")
@@ -253,7 +259,7 @@ def _read_rows(fmt: str, paths: list[Path], *, split: str, config: str | None, s
         return
     for p in paths:
         if fmt == "hf":
-            yield from read_hf(str(p), split, config)
+            yield from read_hf(str(p), split, config, source=source, what=what)
         elif fmt == "sni":
             yield from read_sni(p)
         elif fmt == "tsv":
@@ -285,6 +291,12 @@ def _get(raw: dict, fields: dict[str, str], ours: str, where: str, *, required: 
     key = fields.get(ours, ours)
     if key == "":
         return None
+    if key not in raw and "." in key:  # a dotted path into nested records: translation.fa (OPUS sets)
+        value = raw
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is not None:
+            return value
     if key not in raw:
         if required:
             have = ", ".join(sorted(map(str, raw)))[:200]
@@ -295,12 +307,15 @@ def _get(raw: dict, fields: dict[str, str], ours: str, where: str, *, required: 
 
 def to_example(family: str, row: RawRow, fields: dict[str, str], label_map: dict[str, str | None] | None,
                *, drop_unmapped: bool) -> Example | None:
-    """Normalise one raw row; ``None`` means the row is dropped by the label mapping."""
+    """Normalise one raw row; ``None`` means the row is dropped by the label mapping. Raises ``Unlabeled``
+    for a row of a labeled task whose gold label is empty or ``-``."""
     raw, where = row.values, row.where
     rid = _get(raw, fields, "id", where, required=False)
     rid = str(rid) if rid not in (None, "") else where.rsplit("/", 1)[-1]
 
     def label_of(value) -> str | None:
+        if value is None or (isinstance(value, str) and value.strip() in NO_LABEL):
+            raise Unlabeled(where)
         lab = _text(value, fields.get("label", "label"), where)
         if label_map is None:
             return lab
@@ -330,6 +345,8 @@ def to_example(family: str, row: RawRow, fields: dict[str, str], label_map: dict
             raise DataError("'candidates' must hold at least two non-empty options", path=where)
         cands = [_text(c, "candidates", where) for c in cands]
         ans = _get(raw, fields, "answer", where)
+        if ans is None or (isinstance(ans, str) and ans.strip() in NO_LABEL):
+            raise Unlabeled(where)
         try:
             idx = int(str(ans).strip())
         except ValueError:

@@ -1,5 +1,6 @@
-"""Metrics: accuracy, corpus BLEU and chrF from sacrebleu (with their signatures), ROUGE-L, and the
-expected accuracy of uniform guessing (the paper's "Random" column)."""
+"""Metrics: accuracy, majority-class share and macro-F1 (classification tasks), corpus BLEU and chrF
+from sacrebleu (with their signatures), ROUGE-L, and the expected accuracy of uniform guessing (the
+paper's "Random" column)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,33 @@ def random_accuracy(option_counts: Sequence[int]) -> float:
     if not option_counts:
         return 0.0
     return sum(1.0 / k for k in option_counts) / len(option_counts)
+
+
+def majority_share(labels: Sequence) -> float:
+    """Share of the most common value in ``labels``: of the gold labels, the accuracy of always answering
+    the majority class; of the predictions, how nearly the model answers one label for everything."""
+    if not labels:
+        return 0.0
+    counts: dict = {}
+    for x in labels:
+        counts[x] = counts.get(x, 0) + 1
+    return max(counts.values()) / len(labels)
+
+
+def macro_f1(predictions: Sequence, gold: Sequence) -> float:
+    """F1 averaged over the gold labels, each class weighing the same (as scikit-learn's ``f1_score(...,
+    average="macro", labels=sorted(set(gold)))``): a model that answers one label for everything scores
+    about 1/k of it however skewed the test set is. A prediction outside the gold labels counts against
+    its item's class only."""
+    if not gold:
+        return 0.0
+    scores = []
+    for c in set(gold):
+        tp = sum(p == c and g == c for p, g in zip(predictions, gold))
+        predicted = sum(p == c for p in predictions)
+        actual = sum(g == c for g in gold)
+        scores.append(2 * tp / (predicted + actual) if predicted + actual else 0.0)
+    return sum(scores) / len(scores)
 
 
 def bleu(hypotheses: Sequence[str], references: Sequence[str], *, tokenize: str | None = None) -> tuple[float, str]:

@@ -9,6 +9,9 @@ averages, columns the random baseline and each model, one block per language (En
 target-language tasks). Classification cells are accuracy; generation cells are BLEU/100 (the paper's
 scale). A cell is a dash when most answers did not follow the instruction (generation mode), and a
 dash counts as 0 in the averages, as in the paper's Table 6.
+
+lm-evaluation-harness tasks (rows whose task is ``lm_eval:<name>``) have a table of their own beside it
+(``harness_table``): their metrics are lm-eval's, on lm-eval's prompts, and stay out of the paper's averages.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from langadapt.layout import RESULTS
 FAMILY_ORDER = ("multiple_choice", "sentiment", "entailment", "summarization", "translation")
 CSV_COLUMNS = ("model", "stage", "task", "language", "metric", "value", "n", "protocol", "settings")
 DASH_SHARE = 0.5  # more than half of the answers not following the instruction: a dash
+HARNESS_PREFIX = "lm_eval:"  # the task of an lm-evaluation-harness row (recipe.LM_EVAL_PREFIX)
 LANG_NAMES = {"en": "English", "fa": "Persian", "ar": "Arabic", "ur": "Urdu", "tr": "Turkish", "de": "German",
               "fr": "French", "es": "Spanish", "ru": "Russian", "hi": "Hindi"}
 
@@ -132,8 +136,88 @@ def fmt(v: float | None, dash: bool = False, digits: int = 2) -> str:
     return f"{v:.{digits}f}"
 
 
+def harness_table(results: dict) -> dict | None:
+    """The lm-evaluation-harness rows as a table: one row per task (or group) and metric, one column per model;
+    None when there are none."""
+    rows = [r for r in results.get("rows", []) if str(r.get("task", "")).startswith(HARNESS_PREFIX)
+            and r.get("protocol", "original") == "original"]
+    if not rows:
+        return None
+    models = [m for m in _model_names(results) if any(r["model"] == m for r in rows)]
+    by = {(r["model"], r["task"], r["metric"]): r for r in rows}
+    out = []
+    for task, metric in dict.fromkeys((r["task"], r["metric"]) for r in rows):
+        first = next(r for r in rows if r["task"] == task and r["metric"] == metric)
+        higher = (first.get("settings") or {}).get("higher_is_better")
+        cells = []
+        for m in models:
+            r = by.get((m, task, metric))
+            cells.append({"value": None if r is None else r["value"],
+                          "stderr": None if r is None else (r.get("settings") or {}).get("stderr")})
+        vals = [c["value"] for c in cells if c["value"] is not None]
+        if vals and len(models) > 1 and higher is not None:
+            best = max(vals) if higher else min(vals)
+            for c in cells:
+                c["best"] = c["value"] is not None and abs(c["value"] - best) < 1e-9
+        out.append({"task": task[len(HARNESS_PREFIX):], "language": first["language"], "metric": metric,
+                    "n": first.get("n"), "higher_is_better": higher, "cells": cells,
+                    "part_of": (first.get("settings") or {}).get("part_of", "")[len(HARNESS_PREFIX):] or None})
+    return {"models": models, "rows": out}
+
+
+def _harness_markdown(results: dict) -> str:
+    t = harness_table(results)
+    if t is None:
+        return ""
+    head = ["lm-eval task", "Language", "Metric", "n", *t["models"]]
+    lines = ["**lm-evaluation-harness tasks**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in t["rows"]:
+        cells = []
+        for c in r["cells"]:
+            s = fmt(c["value"], digits=3) + (f" ±{c['stderr']:.3f}" if c["value"] is not None and c["stderr"] is not None else "")
+            cells.append(f"**{s}**" if c.get("best") else s)
+        arrow = {True: " ↑", False: " ↓"}.get(r["higher_is_better"], "")
+        lines.append(f"| {r['task']} | {r['language']} | {r['metric']}{arrow} | {r['n'] if r['n'] is not None else ''} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\nScored by lm-evaluation-harness on its own prompts (± standard error)."
+
+
+def classification_table(results: dict) -> list[dict] | None:
+    """Beside each classification task's accuracy: macro-F1 over the gold labels, the share of the most common
+    gold label (what always answering it scores) and of the most common answer (near 1: one label for
+    everything). One row per task and model, original protocol; None when no task has them."""
+    idx = _index(results.get("rows", []))
+    out = []
+    for t in results.get("tasks", []):
+        if t["kind"] != "choice":
+            continue
+        for m in _model_names(results):
+            key = (m, t["language"], t["name"])
+            got = {k: idx.get((*key, k, "original")) for k in ("accuracy", "macro_f1", "majority_gold",
+                                                              "majority_predicted")}
+            if got["macro_f1"] is None or got["accuracy"] is None:
+                continue
+            out.append({"task": f"{t['language']}/{t['name']}", "model": m, "n": got["accuracy"].get("n"),
+                        **{k: (r or {}).get("value") for k, r in got.items()}})
+    return out or None
+
+
+def _classification_markdown(results: dict) -> str:
+    rows = classification_table(results)
+    if not rows:
+        return ""
+    lines = ["**Classification beyond accuracy**", "",
+             "| Task | Model | n | Accuracy | Macro-F1 | Majority label (gold) | Most common answer |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['task']} | {r['model']} | {r['n']} | " + " | ".join(
+            fmt(r[k], digits=3) for k in ("accuracy", "macro_f1", "majority_gold", "majority_predicted")) + " |")
+    return "\n".join(lines) + ("\n\nMajority label: the share of the most common gold label (what answering it always "
+                               "scores); most common answer: the share of the model's most frequent answer (near 1: "
+                               "one label for nearly everything).")
+
+
 def markdown_tables(results: dict) -> str:
-    """The main table as Markdown, one table per language block."""
+    """The main table as Markdown, one table per language block, then the lm-evaluation-harness tasks."""
     out = []
     for b in main_table(results):
         head = ["Task", "Random", *b["models"]]
@@ -146,11 +230,13 @@ def markdown_tables(results: dict) -> str:
             rnd = fmt(r["random"]) if r["random"] is not None else "-"
             lines.append(f"| {'*' if r['star'] else ''}{r['title']} | {rnd} | " + " | ".join(cells) + " |")
         out.append("\n".join(lines))
+    harness = _harness_markdown(results)
     if not out:
-        return "_no evaluation results_"
+        return harness or "_no evaluation results_"
     note = ("Accuracy for classification, BLEU/100 for generation; * = held out of instruction tuning; "
             "- = most answers did not follow the instruction; n/a = not evaluated.")
-    return "\n\n".join(out) + "\n\n" + note
+    extra = [x for x in (_classification_markdown(results), harness) if x]
+    return "\n\n".join(out) + "\n\n" + note + "".join("\n\n" + x for x in extra)
 
 
 def summary_table(results: dict) -> dict:

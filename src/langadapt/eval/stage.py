@@ -1,5 +1,6 @@
 """The eval stage: the base model, every enabled stage's model and any extra models on the recipe's
-tasks, written as results.json/results.csv, with the run report beside them.
+tasks (lm-evaluation-harness ones too, ``harness.py``), written as results.json/results.csv, with the run
+report beside them.
 
 Each model's rows are cached in ``cache/`` as soon as it is done, so a killed evaluation resumes at
 the next model instead of starting over.
@@ -11,7 +12,7 @@ import time
 from pathlib import Path
 
 from langadapt import stages
-from langadapt.eval import protocols
+from langadapt.eval import harness, protocols
 from langadapt.eval.evaluate import EvalSettings, evaluate_model, settings_dict, task_info
 from langadapt.eval.tasks import check_languages, load_tasks
 from langadapt.files import atomic_path, read_json, write_json
@@ -83,12 +84,15 @@ def bpc_rows(recipe) -> list[dict]:
 
 
 def input_files(recipe) -> list[Path]:
-    """The task files and data files the recipe's evaluation reads (for the stage's settings hash)."""
+    """The task files and data files the recipe's evaluation reads (for the stage's settings hash), and the
+    folders of lm-eval task files."""
     cfg = recipe.eval
     recipe_dir = recipe.source_path.parent if recipe.source_path else None
-    tasks = load_tasks(cfg.tasks, recipe_dir=recipe_dir, paths=cfg.paths, target_language=recipe.language.code,
-                       select=cfg.select)
+    native, select, _ = harness.selection(cfg)
+    tasks = load_tasks(native, recipe_dir=recipe_dir, paths=cfg.paths, target_language=recipe.language.code,
+                       select=select)
     files = [p for t in tasks for p in t.paths] + [t.reference_path for t in tasks if t.reference_path]
+    files += harness.include_paths(recipe)
     if cfg.protocol.enabled and cfg.protocol.translator == "file" and cfg.protocol.file:
         files.append(recipe.resolve(cfg.protocol.file))
     return [Path(p) for p in files]
@@ -102,11 +106,15 @@ def run(ctx) -> dict:
     recipe, cfg = ctx.recipe, ctx.recipe.eval
     t0 = time.time()
     recipe_dir = recipe.source_path.parent if recipe.source_path else None
-    tasks = load_tasks(cfg.tasks, recipe_dir=recipe_dir, paths=cfg.paths, target_language=recipe.language.code,
-                       select=cfg.select)
+    native, select, harness_names = harness.selection(cfg)
+    tasks = load_tasks(native, recipe_dir=recipe_dir, paths=cfg.paths, target_language=recipe.language.code,
+                       select=select, tokens_with=recipe.base_model)
     check_languages(tasks, recipe.language.code)
     for t in tasks:  # read every data file before loading any model: bad data fails in seconds
         t.examples()
+        if t.unlabeled:
+            ctx.log(f"  eval: {t.id}: {t.unlabeled:,} rows without a gold label skipped (counted as 'unlabeled')")
+    lm_tasks = harness.Harness.load(recipe, harness_names) if harness_names else None
     entries = model_entries(recipe)
     settings = eval_settings(recipe)
     file_map = None
@@ -145,6 +153,11 @@ def run(ctx) -> dict:
                 m_rows += evaluate_model(backend, p_tasks, settings, model=entry["name"], stage=entry["stage"],
                                          protocol=protocols.VARIANTS[variant], parts_for=parts_for,
                                          predictions_dir=preds, console=ctx.console)
+        if lm_tasks is not None:
+            if getattr(backend, "supports_loglik", False):
+                m_rows += lm_tasks.evaluate(backend, model=entry["name"], stage=entry["stage"], log=ctx.log)
+            else:
+                ctx.log(f"  eval: {entry['name']}: lm_eval: tasks skipped (they need a local model, not an API)")
         if entry["stage"] not in stages.TRAINING and getattr(backend, "tokenizer", None) is not None:
             m_rows += heldout_bpc_rows(recipe, backend.model, backend.tokenizer, model=entry["name"], stage=entry["stage"])
         info = {"name": entry["name"], "stage": entry["stage"], **backend.settings()}
@@ -166,8 +179,11 @@ def run(ctx) -> dict:
         "prompt_format": cfg.prompt_format, "tasks": cfg.tasks, "protocol": cfg.protocol.model_dump(mode="json")},
         "models": models_info, "tasks": infos, "rows": rows,
     }
+    if lm_tasks is not None:
+        results["lm_eval"] = lm_tasks.infos()
     write_results(ctx.out_dir, results)
-    summary = {"models": [m["name"] for m in models_info], "tasks": [t["id"] for t in infos],
+    summary = {"models": [m["name"] for m in models_info],
+               "tasks": [t["id"] for t in infos] + [t["id"] for t in results.get("lm_eval", [])],
                "rows": len(rows), "seconds": round(time.time() - t0, 1)}
     if cfg.report:
         html_path, markdown = write_report(recipe.run_dir, ctx.out_dir / "report.html")

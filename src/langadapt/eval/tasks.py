@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from langadapt.errors import DataError, RecipeError
 from langadapt.eval import formats
+from langadapt.recipe import HubOptions, only_for_datasets
 from langadapt.eval.formats import Example
 
 TASKS_DIR = Path(__file__).parent / "tasks"
@@ -32,12 +33,13 @@ class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class DataSpec(_Spec):
+class DataSpec(HubOptions):
+    """A task's data: files, or a Hugging Face dataset (format hf) with the settings every source kind takes."""
+
     format: Literal[formats.FORMATS]  # type: ignore[valid-type]
     path: str | list[str] | None = Field(None, description="file(s), a dataset id (format hf); may use {variables}")
     reference: str | None = Field(None, description="format pair: the reference-side file, line-aligned with path")
     split: str = "test"
-    config: str | None = None
     fields: dict[str, str] = Field({}, description="our field name -> the file's key")
     label_map: dict[str, str | None] | None = Field(None, description="raw label -> canonical label; null drops the row")
     drop_unmapped: bool | None = Field(None, description="drop rows whose label is not in label_map (default: format's)")
@@ -52,6 +54,7 @@ class DataSpec(_Spec):
             raise ValueError("data needs 'path'")
         if self.format == "pair" and self.reference is None:
             raise ValueError("format 'pair' needs 'reference' (the file line-aligned with 'path')")
+        only_for_datasets(self, "task data", self.format == "hf")
         return self
 
 
@@ -122,6 +125,7 @@ class Task:
     output_lang: str
     suite: str
     max_examples: int | None = None
+    unlabeled: int = 0  # rows without a gold label ("-", empty), skipped when the examples were read
     _examples: list[Example] | None = field(default=None, repr=False)
 
     @property
@@ -271,9 +275,11 @@ def _resolve_path(value: str, *, base: Path, roots: list[Path], fmt: str) -> Pat
 
 
 def load_tasks(sources: list[str], *, recipe_dir: Path | None = None, paths: dict[str, str] | None = None,
-               target_language: str | None = None, select: list[str] | None = None) -> list[Task]:
+               target_language: str | None = None, select: list[str] | None = None,
+               tokens_with: str | None = None) -> list[Task]:
     """Resolve suites/task files into tasks. ``paths`` sets path variables (recipe ``eval.paths``);
-    ``select`` keeps only tasks whose name or id (``fa/sentiment``) is listed."""
+    ``select`` keeps only tasks whose name or id (``fa/sentiment``) is listed; ``tokens_with`` is the
+    model whose tokenizer a dataset's ``max_tokens`` counts with (the recipe's base model)."""
     fam = _families()
     tasks: list[Task] = []
     seen: set[str] = set()
@@ -291,6 +297,7 @@ def load_tasks(sources: list[str], *, recipe_dir: Path | None = None, paths: dic
             elif var.default is not None:
                 variables[name] = var.default
         for i, ts in enumerate(spec.tasks):
+            ts.data._tokens_with = tokens_with
             task = _resolve_task(ts, fam, spec.suite, file, variables, roots, target_language, where=f"{file}: tasks[{i}]")
             if select and task.name not in select and task.id not in select:
                 continue
@@ -380,13 +387,18 @@ def load_examples(task: Task) -> list[Example]:
             raise DataError(f"task '{task.id}': evaluation data not found", path=str(p))
     rows = formats.read_rows(spec.format, task.paths, split=spec.split, config=spec.config,
                              source_column=spec.source_column, reference_column=spec.reference_column,
-                             header=spec.header, reference=task.reference_path)
+                             header=spec.header, reference=task.reference_path, source=spec, what=f"task '{task.id}'")
     out: list[Example] = []
     definition = None
+    task.unlabeled = 0
     for row in rows:
         if spec.where and not all(str(row.values.get(k, "")).strip() in v for k, v in spec.where.items()):
             continue
-        ex = formats.to_example(family, row, fields, label_map, drop_unmapped=drop)
+        try:
+            ex = formats.to_example(family, row, fields, label_map, drop_unmapped=drop)
+        except formats.Unlabeled:
+            task.unlabeled += 1
+            continue
         if ex is None:
             continue
         if family == "sni":
@@ -402,7 +414,8 @@ def load_examples(task: Task) -> list[Example]:
                     ex.fields[k] = ex.fields[k][: task.max_input_chars].rsplit(" ", 1)[0]
         out.append(ex)
     if not out:
-        raise DataError(f"task '{task.id}' has no usable examples (after label mapping and filters)",
+        why = f"{task.unlabeled:,} rows without a label; " if task.unlabeled else ""
+        raise DataError(f"task '{task.id}' has no usable examples ({why}after label mapping and filters)",
                         path=str(task.paths[0]))
     if task.kind == "choice" and task.family != "multiple_choice" and not (family == "sni"):
         known = set(task.labels)

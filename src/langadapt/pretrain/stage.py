@@ -58,7 +58,7 @@ def run(ctx) -> dict:
 
     result = train_model(frozen, tokenizer, corpus, cfg, out, resume=ctx.resume,
                          heldout=read_heldout(recipe), log=ctx.log, name="pretrain", seed=recipe.seed,
-                         bpc_start=_start_bpc(ctx, cfg.start_from))
+                         bpc_start=_start_bpc(ctx, cfg.start_from), report_to=recipe.report_to, project=recipe.name)
     corpus.remove()
     finish_stage(ctx, result.model, tokenizer, base=start)
     return {

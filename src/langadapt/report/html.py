@@ -9,7 +9,7 @@ import math
 import time
 
 from langadapt import stages
-from langadapt.eval.results import category_table, fmt, lang_name, main_table, protocol_table
+from langadapt.eval.results import HARNESS_PREFIX, category_table, classification_table, fmt, harness_table, lang_name, main_table, protocol_table
 from langadapt.report.charts import _downsample, _in_sequence, svg_line_chart
 
 CSS = """
@@ -100,12 +100,57 @@ def _cell_td(c: dict, digits: int = 2) -> str:
     return f'<td class="{"best" if c.get("best") else ""}">{c["value"]:.{digits}f}</td>'
 
 
+def _section_harness(results: dict) -> str:
+    """The lm-evaluation-harness tasks: their own table beside the paper's (lm-eval's metrics and prompts)."""
+    t = harness_table(results)
+    if t is None:
+        return ""
+    head = "".join(f"<th>{_e(m)}</th>" for m in t["models"])
+    body = []
+    for r in t["rows"]:
+        tds = []
+        for c in r["cells"]:
+            if c["value"] is None:
+                tds.append('<td class="na" title="not evaluated">n/a</td>')
+                continue
+            err = f' <span class="note">±{c["stderr"]:.3f}</span>' if c["stderr"] is not None else ""
+            tds.append(f'<td class="{"best" if c.get("best") else ""}">{c["value"]:.3f}{err}</td>')
+        arrow = {True: " ↑", False: " ↓"}.get(r["higher_is_better"], "")
+        name = (f'&nbsp;&nbsp;{_e(r["task"])}' if r["part_of"] else _e(r["task"]))
+        body.append(f'<tr><td class="name">{name}</td><td class="name">{_e(r["language"])}</td>'
+                    f'<td class="name">{_e(r["metric"])}{arrow}</td><td>{_num(r["n"])}</td>{"".join(tds)}</tr>')
+    return ('<h3 id="lm-eval">lm-evaluation-harness tasks</h3><table><tr><th class="name">task</th>'
+            f'<th class="name">language</th><th class="name">metric</th><th>n</th>{head}</tr>{"".join(body)}</table>'
+            '<p class="note">Scored by lm-evaluation-harness (eval.tasks entries lm_eval:&lt;task&gt;) with its own '
+            'prompts and metrics, ± its standard error; not part of the averages above. Language: identified from '
+            'the task\'s prompts. Best model of each row in bold.</p>')
+
+
+def _section_classification(results: dict) -> str:
+    """Accuracy's companions for each classification task: macro-F1 and the majority shares."""
+    rows = classification_table(results)
+    if not rows:
+        return ""
+    body = "".join(
+        f'<tr><td class="name">{_e(r["task"])}</td><td class="name">{_e(r["model"])}</td><td>{_num(r["n"])}</td>'
+        + "".join(f"<td>{'' if r[k] is None else f'{r[k]:.3f}'}</td>"
+                  for k in ("accuracy", "macro_f1", "majority_gold", "majority_predicted")) + "</tr>"
+        for r in rows)
+    return ('<h3 id="classification">Classification beyond accuracy</h3><table><tr><th class="name">task</th>'
+            '<th class="name">model</th><th>n</th><th>accuracy</th><th>macro-F1</th><th>majority label (gold)</th>'
+            f'<th>most common answer</th></tr>{body}</table><p class="note">Macro-F1 averages F1 over the gold labels, '
+            'each weighing the same. Majority label: the share of the most common gold label (what answering it always '
+            'scores). Most common answer: the share of the model\'s most frequent answer; near 1 means one label for '
+            'nearly every example, whatever the accuracy.</p>')
+
+
 def _section_tasks(results: dict | None) -> str:
     if not results or "_error" in results:
         return '<section id="tasks"><h2>Task scores</h2>' + _not_run("Evaluation") + "</section>"
     blocks = main_table(results)
     if not blocks:
-        return '<section id="tasks"><h2>Task scores</h2>' + _not_run("Evaluation") + "</section>"
+        harness = _section_harness(results)
+        return '<section id="tasks"><h2>Task scores</h2>' + (harness or _not_run("Evaluation")) + "</section>"
     # One table, blocks side by side, rows = the union of task titles in family order (Table 5).
     titles: list[str] = []
     for b in blocks:
@@ -138,11 +183,13 @@ def _section_tasks(results: dict | None) -> str:
             "as 0 in the averages). n/a = not evaluated. Best model of each row in bold. "
             f"Translation directions: {directions}.")
     return (f'<section id="tasks"><h2>Task scores (paper Table 5 layout)</h2><table class="main">{head1}{head2}'
-            f'{"".join(body)}</table><p class="note">{_e(note)}</p>{_section_details(results)}</section>')
+            f'{"".join(body)}</table><p class="note">{_e(note)}</p>{_section_classification(results)}'
+            f'{_section_harness(results)}{_section_details(results)}</section>')
 
 
 def _section_details(results: dict) -> str:
-    rows = [r for r in results.get("rows", []) if r["model"] != "random" and r["metric"] != "bpc"]
+    rows = [r for r in results.get("rows", []) if r["model"] != "random" and r["metric"] != "bpc"
+            and not str(r["task"]).startswith(HARNESS_PREFIX)]  # those have their own table
     if not rows:
         return ""
     by: dict[tuple, dict] = {}

@@ -16,13 +16,15 @@ from typing import Any
 
 from langadapt import stages
 from langadapt.errors import LangadaptError
-from langadapt.layout import RunLayout, stage_artifact
-from langadapt.files import atomic_path
+from langadapt.layout import COMPLETE, STARTED, RunLayout, stage_artifact
+from langadapt.files import atomic_path, remove_leftovers
 from langadapt.serve.source import ModelRef, resolve_ref
 
 DTYPES = ("float32", "bfloat16", "float16")
 # Hub ids of the short model names langadapt accepts, for the card's base_model field.
 _HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+EXPORT_MARKER = "langadapt-export.json"
+"""Written into every export folder: ``--force`` replaces a folder only when it holds this file."""
 
 
 def _stages_with_models(run_dir: Path) -> list[str]:
@@ -65,9 +67,7 @@ def export_model(source: str, *, stage: str | None = None, out: str | os.PathLik
         if ref.run_dir is None or ref.stage is None:
             raise LangadaptError(f"{source} is not a run's stage output: say where to write with --out DIR")
         out = ref.run_dir / "export" / ref.stage
-    out = Path(out)
-    if out.exists() and not force:
-        raise LangadaptError(f"{out} already exists; use --force to replace it or --out to choose another folder")
+    out = check_output_folder(out, force=force, source=ref.path)
 
     src = resolve_model(ref.path)
     log(f"loading {ref.path} …")
@@ -88,6 +88,8 @@ def export_model(source: str, *, stage: str | None = None, out: str | os.PathLik
     with atomic_path(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        (tmp / EXPORT_MARKER).write_text(json.dumps({"source": str(ref.path), "stage": ref.stage, "dtype": dtype},
+                                                    indent=2) + "\n", encoding="utf-8")
         if card:
             (tmp / "README.md").write_text(model_card(ref, out_name=str(out), recipe=run_recipe, dtype=dtype,
                                                       merged=was_adapter, vocab=len(tokenizer),
@@ -95,6 +97,52 @@ def export_model(source: str, *, stage: str | None = None, out: str | os.PathLik
                                            encoding="utf-8")
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     log(f"wrote {out}/ ({size / 2**20:,.1f} MiB{', LoRA merged' if was_adapter else ''})")
+    return out
+
+
+def _holds_runs(folder: Path) -> bool:
+    """A stage folder, a run folder (stage folders with markers) or a folder of runs (``runs/``)."""
+    if (folder / COMPLETE).is_file() or (folder / STARTED).is_file():
+        return True
+    for child in folder.iterdir():
+        if child.is_dir() and ((child / COMPLETE).is_file() or (child / STARTED).is_file()):
+            return True
+        if child.is_dir() and any((child / st / m).is_file() for st in stages.ORDER for m in (COMPLETE, STARTED)):
+            return True
+    return False
+
+
+def check_output_folder(out: str | os.PathLike, *, force: bool, source: str | os.PathLike) -> Path:
+    """The absolute folder to export ``source`` into, refused unless writing there loses nothing.
+
+    An existing folder is replaced only with ``force`` and only when it is an earlier export (it holds
+    ``EXPORT_MARKER`` and files only); never the current folder, a run folder, a parent of either, or
+    the folder the exported model lives in. Leftovers of an export killed while writing are removed.
+    """
+    out = Path(os.path.abspath(os.path.expanduser(str(out))))
+    real = out.resolve()
+    src = Path(os.path.abspath(os.path.expanduser(str(source)))).resolve()
+    if real == src or real in src.parents:
+        raise LangadaptError(f"--out {out} holds the model being exported ({source}); choose another folder")
+    cwd = Path.cwd().resolve()
+    if real == cwd or real in cwd.parents:
+        raise LangadaptError(f"--out {out} is the current folder or one above it; choose a new folder, e.g. --out export/model")
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise LangadaptError(f"--out {out}: {parent} is a file, not a folder")
+    if out.exists():
+        if out.is_symlink() or not out.is_dir():
+            raise LangadaptError(f"--out {out} is a file, not a folder; choose a new folder")
+        entries = list(out.iterdir())
+        earlier_export = (out / EXPORT_MARKER).is_file() and all(e.is_file() and not e.is_symlink() for e in entries)
+        if entries and not earlier_export:
+            what = ("holds the outputs of a langadapt run" if _holds_runs(out) else
+                    f"is not empty and is not an earlier langadapt export (no {EXPORT_MARKER})")
+            raise LangadaptError(f"--out {out} {what}; export replaces only its own earlier exports, even with "
+                                 "--force: choose a new folder")
+        if not force:
+            raise LangadaptError(f"{out} already exists; use --force to replace it or --out to choose another folder")
+    remove_leftovers(out.parent, name=out.name, recursive=False)
     return out
 
 
@@ -276,5 +324,6 @@ def add_parser(sub) -> None:
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="precision of the saved weights (default float32)")
     p.add_argument("--recipe", help="the run's recipe, for the model card (found automatically when SOURCE is a recipe)")
     p.add_argument("--no-card", action="store_true", help="do not write README.md")
-    p.add_argument("--force", action="store_true", help="replace the output folder if it exists")
+    p.add_argument("--force", action="store_true", help="replace the output folder if it is an earlier export "
+                   "(other folders are never replaced)")
     p.set_defaults(func=run_export)

@@ -134,7 +134,7 @@ def run(ctx) -> dict:
     # pack: whole conversations per block, never one split across two (its tail would lose its prompt)
     result = train_model(model, tokenizer, examples, sft, out, resume=ctx.resume,
                          pack="whole" if sft.pack else False, heldout=read_heldout(recipe), log=ctx.log, name="sft",
-                         seed=recipe.seed)
+                         seed=recipe.seed, report_to=recipe.report_to, project=recipe.name)
     model = result.model
 
     # ---- save; the last checkpoint stays until the samples are written, so that a run killed while
@@ -182,7 +182,7 @@ def read_sources(recipe) -> tuple[list[Conversation], dict]:
         # The translate stage's machine-translated copies of the selected sources (paper 3.2).
         sources += translated_sources(recipe, only=sft.sources)
     for s in sources:
-        convs, report = read_instructions(s, path=recipe.resolve(s.path))
+        convs, report = read_instructions(s, path=recipe.resolve(s.path), seed=recipe.seed)
         conversations.extend(convs)
         reports[s.name] = report
     return conversations, reports

@@ -146,6 +146,12 @@ def run(ctx) -> dict:
     texts = {}
     for which in ("target", "english"):
         path = getattr(heldout, which)
+        if path is not None and not isinstance(path, str):  # a dataset
+            from langadapt.data.hub import dataset_lines
+
+            texts[which] = dataset_lines(path, recipe.resolve(path.path), max_chars=heldout.max_chars,
+                                         what=f"data.heldout.{which}", seed=recipe.seed)
+            continue
         texts[which] = read_lines(recipe.resolve(path), heldout.max_chars) if path else None
     english = ENGLISH_CHECK + (texts["english"] or [])
 

@@ -27,8 +27,6 @@ WINDOW = 512
 
 def bits_per_char(model, tokenizer, text: str, *, seq_len: int = WINDOW, batch_size: int = 16) -> float:
     """Bits per UTF-8 character of the non-empty lines of ``text`` under ``model`` (lower is better)."""
-    import torch
-
     from langadapt.train.examples import boundary_id
 
     lines = [line for line in text.splitlines() if line.strip()]
@@ -36,34 +34,10 @@ def bits_per_char(model, tokenizer, text: str, *, seq_len: int = WINDOW, batch_s
         raise ValueError("bits_per_char needs a non-empty text")
     start = boundary_id(tokenizer)
     width = max(2, seq_len) - 1
-    windows = []
+    pieces = []  # each line alone, in windows of ``width`` tokens after the boundary token
     for ids in tokenizer(lines, add_special_tokens=False)["input_ids"]:
-        windows.extend([start] + ids[i : i + width] for i in range(0, len(ids), width))
-    windows.sort(key=len)  # similar lengths share a batch: little padding
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    total = 0.0
-    try:
-        with torch.no_grad():
-            for b in range(0, len(windows), batch_size):
-                chunk = windows[b : b + batch_size]
-                longest = max(len(w) for w in chunk)
-                input_ids = torch.full((len(chunk), longest), start, dtype=torch.long)
-                mask = torch.zeros((len(chunk), longest), dtype=torch.long)
-                for r, w in enumerate(chunk):
-                    input_ids[r, : len(w)] = torch.tensor(w)
-                    mask[r, : len(w)] = 1
-                input_ids, mask = input_ids.to(device), mask.to(device)
-                logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits.float()
-                logp = torch.log_softmax(logits[:, :-1], dim=-1)
-                target = input_ids[:, 1:]
-                nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-                total += float((nll * mask[:, 1:]).sum().item())
-    finally:
-        if was_training:
-            model.train()
-    return total / math.log(2) / sum(len(line) for line in lines)
+        pieces.extend(([start] + ids[i : i + width], len(ids[i : i + width])) for i in range(0, len(ids), width))
+    return _nats(model, pieces, start, batch_size) / math.log(2) / sum(len(line) for line in lines)
 
 
 def bits_per_char_documents(model, tokenizer, documents: list[str], *, window: int = WINDOW,
@@ -71,8 +45,6 @@ def bits_per_char_documents(model, tokenizer, documents: list[str], *, window: i
     """Bits per UTF-8 character of ``documents``, each scored whole: its tokens (after the boundary token)
     in windows of ``window`` tokens that overlap by half, each token predicted once, with the earlier
     tokens of the window as its context."""
-    import torch
-
     from langadapt.train.examples import boundary_id
 
     docs = [d for d in documents if d.strip()]
@@ -81,7 +53,7 @@ def bits_per_char_documents(model, tokenizer, documents: list[str], *, window: i
     start = boundary_id(tokenizer)
     window = max(4, window)
     stride = window // 2
-    pieces = []  # (input ids, how many of the last positions are scored)
+    pieces = []
     for ids in tokenizer(docs, add_special_tokens=False)["input_ids"]:
         ids = [start] + ids
         scored_to = 1  # ids[0] is the boundary: never a target
@@ -91,7 +63,15 @@ def bits_per_char_documents(model, tokenizer, documents: list[str], *, window: i
             pieces.append((ids[begin:end], end - scored_to))
             scored_to = end
             begin += stride
-    pieces.sort(key=lambda p: len(p[0]))
+    return _nats(model, pieces, start, batch_size) / math.log(2) / sum(len(d) for d in docs)
+
+
+def _nats(model, pieces: list[tuple[list[int], int]], pad: int, batch_size: int) -> float:
+    """Summed negative log-likelihood (nats) of ``pieces``: (input ids, how many of its last tokens are
+    scored, each predicted from the ids before it). Batches of similar lengths, little padding."""
+    import torch
+
+    pieces = sorted(pieces, key=lambda p: len(p[0]))
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -101,7 +81,7 @@ def bits_per_char_documents(model, tokenizer, documents: list[str], *, window: i
             for b in range(0, len(pieces), batch_size):
                 chunk = pieces[b : b + batch_size]
                 longest = max(len(w) for w, _ in chunk)
-                input_ids = torch.full((len(chunk), longest), start, dtype=torch.long)
+                input_ids = torch.full((len(chunk), longest), pad, dtype=torch.long)
                 mask = torch.zeros((len(chunk), longest), dtype=torch.long)
                 scored = torch.zeros((len(chunk), longest), dtype=torch.bool)
                 for r, (w, n) in enumerate(chunk):
@@ -116,7 +96,7 @@ def bits_per_char_documents(model, tokenizer, documents: list[str], *, window: i
     finally:
         if was_training:
             model.train()
-    return total / math.log(2) / sum(len(d) for d in docs)
+    return total
 
 
 def read_heldout(recipe) -> dict[str, str | list[str]]:
@@ -124,7 +104,8 @@ def read_heldout(recipe) -> dict[str, str | list[str]]:
     ``english_documents`` (lists of documents); keys absent when not set.
 
     Each file is read up to ``data.heldout.max_chars`` characters, cut at a line break (lines) or between
-    documents inside that limit, so nothing is scored half.
+    documents inside that limit, so nothing is scored half; a dataset (``target``/``english``) gives the
+    lines of its records' ``text_field`` up to that limit.
     """
     h = recipe.data.heldout
     out: dict[str, str | list[str]] = {}
@@ -132,7 +113,13 @@ def read_heldout(recipe) -> dict[str, str | list[str]]:
         path = getattr(h, key)
         if path is None:
             continue
-        out[key] = read_text_prefix(recipe.resolve(path), h.max_chars)
+        if isinstance(path, str):
+            out[key] = read_text_prefix(recipe.resolve(path), h.max_chars)
+        else:  # a dataset: the first records' text (a seeded sample with shuffle_buffer)
+            from langadapt.data.hub import dataset_lines
+
+            out[key] = "\n".join(dataset_lines(path, recipe.resolve(path.path), max_chars=h.max_chars,
+                                               what=f"data.heldout.{key}", seed=recipe.seed))
     for key in ("target_documents", "english_documents"):
         path = getattr(h, key)
         if path is not None:

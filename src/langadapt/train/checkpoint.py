@@ -110,6 +110,37 @@ def load_trained_weights(model, path: str | os.PathLike) -> None:
             raise LangadaptError(f"checkpoint {f} does not fit the model: unexpected {result.unexpected_keys[:3]}")
 
 
+def nonfinite_weights(model, *, trainable_only: bool = False) -> tuple[int, list[str]]:
+    """How many weights of ``model`` (this process's shard of them; only those that train with
+    ``trainable_only``) are NaN or infinite, and the first tensors holding some. One device sync per device
+    when all are finite."""
+    import torch
+
+    params = [(n, p.detach()) for n, p in model.named_parameters()
+              if p.is_floating_point() and (p.requires_grad or not trainable_only)]
+    params = [(n, t.to_local() if hasattr(t, "to_local") else t) for n, t in params]  # DTensor shards (FSDP2)
+    per_device: dict = {}
+    for _, t in params:
+        if t.numel():
+            per_device[t.device] = per_device.get(t.device, 0) + (~torch.isfinite(t)).sum()
+    bad = sum(int(v) for v in per_device.values())
+    names = [n for n, t in params if t.numel() and not bool(torch.isfinite(t).all())][:3] if bad else []
+    return bad, names
+
+
+def sum_over_processes(n: int) -> int:
+    """``n`` summed over the processes of a distributed run (``n`` itself in a single process)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return n
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([float(n)], device=device)
+    dist.all_reduce(t)
+    return int(t.item())
+
+
 @contextlib.contextmanager
 def quiet_transformers():
     """No 'Writing model shards' bar inside the training loop's own progress bar."""
@@ -146,13 +177,13 @@ class Checkpoints:
         got = {k: state.get(k) for k in expect}
         if got != expect:
             raise LangadaptError(f"checkpoint {ckpt} was made with other data or settings ({got} != {expect}); "
-                                 "run without --resume to start over")
+                                 "run the stage with --restart to start over")
         if not self.sharded:
             load_trained_weights(unwrapped, ckpt / "model")
         if (ckpt / "state").is_dir():
             self.accelerator.load_state(str(ckpt / "state"))
         elif self.sharded or state.get("step") != state.get("total_steps"):
-            raise LangadaptError(f"checkpoint {ckpt} has no optimizer state (state/); run without --resume to start over")
+            raise LangadaptError(f"checkpoint {ckpt} has no optimizer state (state/); run the stage with --restart to start over")
         return ckpt, state
 
     def clear(self) -> None:

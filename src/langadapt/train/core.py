@@ -3,7 +3,8 @@
 Public entry point (stable; later additions are keyword arguments only)::
 
     train_model(model, tokenizer, examples, settings, out_dir, *, resume=False, pack=True,
-                heldout=None, log=None, name="train", seed=0, bpc_start=None, callback=None)
+                heldout=None, log=None, name="train", seed=0, bpc_start=None, callback=None,
+                report_to=(), project=None)
         -> TrainResult
 
 - ``model``: already frozen by ``langadapt.train.freeze.apply_policy`` (a plain transformers
@@ -31,7 +32,7 @@ Public entry point (stable; later additions are keyword arguments only)::
   per-process RNG via ``Accelerator.save_state``; ``trainer_state.json`` = data position and
   history), built under ``.tmp-step-N`` and renamed when complete, only the newest kept;
   ``metrics.jsonl`` (one row per logged step: loss, lr, grad norm, tokens/s, memory);
-  ``bpc.json``; ``tensorboard/<name>/`` when TensorBoard is installed.
+  ``bpc.json``; ``tensorboard/<name>/`` with ``report_to=["tensorboard"]``.
 - ``resume=True``: continue from the newest complete checkpoint of ``name`` (none: start
   fresh). Data order, RNG, optimizer and schedule are restored, so a killed and resumed run
   ends with the same weights as an uninterrupted one. ``resume=False`` deletes old ones.
@@ -43,7 +44,14 @@ Public entry point (stable; later additions are keyword arguments only)::
   comes from the first call, ``end`` from the last (``steps`` entries carry their ``name``).
 - ``log``: called with human-readable lines (default: ``print``); ``callback(step, metrics)``
   after every optimizer step (tests use it to kill a run at a chosen step).
+- ``report_to``: accelerate trackers (the recipe's ``report_to``: tensorboard, wandb, mlflow, ...) that
+  receive each logged step's figures and the held-out bits per character, one tracker run per call
+  named ``name`` in project ``project`` (the recipe's name); see ``tracking.py``. A tracker whose
+  package is missing is refused before anything else happens.
 - ``seed``: seeds torch/numpy/random and the data order.
+- A NaN or infinite loss, or gradient (except the steps fp16's loss scaler skips), stops training with
+  ``DivergedError`` (one line): at the first logged step that shows it, and before any checkpoint, which
+  also requires finite trained weights; nothing of a diverged run is saved.
 
 Works unchanged under ``accelerate launch`` (DDP, FSDP, DeepSpeed): every process builds the
 same rows and takes its own slice of each global batch; every predicted token weighs the same whichever
@@ -70,11 +78,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from langadapt.errors import LangadaptError
+from langadapt.errors import DivergedError, LangadaptError
 from langadapt.layout import BPC
 from langadapt.train import sharding
 from langadapt.train.checkpoint import Checkpoints, last_checkpoint, load_trained_weights, save_model  # noqa: F401
-from langadapt.train.metrics import HeldOut, MetricsLog, Totals, describe_bpc, elapsed, memory_mb, merge_bpc  # noqa: F401
+from langadapt.train.metrics import (DIVERGED_HINT, HeldOut, MetricsLog, Totals, describe_bpc, elapsed,  # noqa: F401
+                                     memory_mb, merge_bpc)
 
 
 @dataclass
@@ -133,7 +142,7 @@ def load_dtype(precision: str):
 # --------------------------------------------------------------------------- parts of the loop
 
 
-def _make_accelerator(precision: str, grad_accum: int):
+def _make_accelerator(precision: str, grad_accum: int, log_with: list | None = None):
     import torch
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
@@ -147,7 +156,8 @@ def _make_accelerator(precision: str, grad_accum: int):
     # accelerate takes FSDP and DeepSpeed settings on GPUs only (plain data parallel on the CPU otherwise)
     plugins = sharding.cpu_plugins() if cpu else {}
     # cpu=True on a machine without a GPU makes `accelerate launch` (torchrun) processes use gloo.
-    accelerator = Accelerator(mixed_precision=mp, gradient_accumulation_steps=grad_accum, cpu=cpu, **plugins)
+    accelerator = Accelerator(mixed_precision=mp, gradient_accumulation_steps=grad_accum, cpu=cpu,
+                              log_with=log_with or None, **plugins)
     sharding.enable(accelerator, plugins)
     return accelerator
 
@@ -304,6 +314,8 @@ def train_model(
     seed: int = 0,
     bpc_start: dict[str, float] | None = None,
     callback: Callable[[int, dict], None] | None = None,
+    report_to: Sequence[str] = (),
+    project: str | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``examples`` as ``settings`` say; see the module docstring for the contract."""
     import torch
@@ -311,10 +323,12 @@ def train_model(
     from tqdm.auto import tqdm
 
     from langadapt.train.freeze import count_parameters
+    from langadapt.train.tracking import Trackers
 
     out_dir = Path(out_dir)
+    trackers = Trackers(report_to, out_dir=out_dir, name=name, project=project, resume=resume)
     precision = resolve_precision(settings.precision)
-    accelerator = _make_accelerator(precision, settings.grad_accum)
+    accelerator = _make_accelerator(precision, settings.grad_accum, trackers.log_with)
     main = accelerator.is_main_process
     say = (log or (lambda m: print(m, flush=True))) if main else (lambda m: None)
 
@@ -376,7 +390,11 @@ def train_model(
         checkpoints.clear()
     held = HeldOut(heldout or {}, tokenizer, history)
     metrics = MetricsLog(out_dir, name, main=main, cuda=accelerator.device.type == "cuda",
-                         resumed_at=start_step if ckpt is not None else None)
+                         resumed_at=start_step if ckpt is not None else None,
+                         trackers=trackers.start(accelerator, {"name": name, **settings.model_dump(mode="json")}))
+    # Steps whose loss or (applied) gradient was NaN or infinite, counted on the device without waiting;
+    # read where the logged loss reaches the host (MetricsLog) and before every checkpoint.
+    nonfinite = torch.zeros((), device=accelerator.device)
     accelerator.wait_for_everyone()
 
     layout = {"whole": "blocks of whole examples", True: "packed blocks", False: "rows"}[pack]
@@ -403,15 +421,19 @@ def train_model(
             totals.window_tokens += tokens
             step_loss, grad_norm = _train_step(model, optimizer, scheduler, accelerator, batches, n_pred, settings,
                                                n_all)
+            bad = ~torch.isfinite(step_loss)
+            if grad_norm is not None and not accelerator.optimizer_step_was_skipped:  # fp16's scaler skips them
+                bad |= ~torch.isfinite(torch.as_tensor(grad_norm, device=bad.device))
+            nonfinite += bad.float()
             done = step + 1
             totals.window_seconds += time.time() - t_step
             totals.cpu_seconds += time.process_time() - cpu_step
             bar.update(1)
             row = {"name": name, "step": done}
             if done % settings.log_every == 0 or done == total_steps:
-                mean_loss = accelerator.reduce(step_loss, reduction="mean")
+                mean_loss, bad = accelerator.reduce(torch.stack([step_loss.float().reshape(()), nonfinite]), reduction="mean")
                 norm = torch.as_tensor(float("nan") if grad_norm is None else grad_norm, device=accelerator.device)
-                values = torch.stack([mean_loss.float().reshape(()), norm.float().reshape(())])
+                values = torch.stack([mean_loss, norm.float().reshape(()), bad])
                 toks, window = totals.flush()
                 row = {
                     "name": name, "step": done, "loss": None, "lr": scheduler.get_last_lr()[0], "grad_norm": None,
@@ -435,6 +457,7 @@ def train_model(
             if done == total_steps or (settings.save_every and done % settings.save_every == 0):
                 totals.flush()
                 metrics.resolve(everything=True)  # final_loss below
+                _check_finite(accelerator, unwrapped, nonfinite, name, done, scheduler.get_last_lr()[0])
                 ckpt_path = checkpoints.save(done, model, unwrapped, tokenizer, {
                     "name": name, "step": done, "total_steps": total_steps, "rows": len(rows), "per_step": per_step,
                     "seed": seed, "tokens": totals.tokens, "seconds": elapsed(totals, t_start),
@@ -446,8 +469,8 @@ def train_model(
     finally:
         for undo in reversed(undo_fast):
             undo()
+        metrics.close()
     bar.close()
-    metrics.close()
 
     # ---- the result
     final_loss = metrics.last_loss
@@ -475,6 +498,23 @@ def train_model(
         resumed_from=start_step if ckpt is not None else None,
         checkpoint=ckpt_path,
     )
+
+
+def _check_finite(accelerator, model, nonfinite, name: str, step: int, lr: float) -> None:
+    """Before a checkpoint: no step so far had a NaN or infinite loss or gradient, and the trained weights are
+    finite (every process; saving waits for the device anyway)."""
+    import torch
+
+    from langadapt.train.checkpoint import nonfinite_weights
+
+    weights, names = nonfinite_weights(model, trainable_only=True)
+    steps, weights = accelerator.reduce(torch.stack([nonfinite, torch.tensor(float(weights), device=nonfinite.device)]),
+                                        reduction="sum").tolist()
+    if steps or weights:
+        what = "a loss or gradient was NaN or infinite" if steps else \
+            f"{int(weights):,} trained weights are NaN or infinite ({', '.join(names) or 'on another process'})"
+        raise DivergedError(f"{name}: {what} at step {step:,} or before (lr {lr:.3g}); stopped without saving a "
+                            f"checkpoint. {DIVERGED_HINT}")
 
 
 def _embedding_lr(optimizer, scheduler) -> dict:

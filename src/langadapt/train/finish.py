@@ -88,6 +88,20 @@ def reusable_folders(ctx) -> list[Path]:
     return [p for p in earlier if p is not None] + own
 
 
+def check_finite(ctx, model) -> None:
+    """Refuse (``DivergedError``, on every process) a model with NaN or infinite weights: nothing is saved and
+    the stage gets no completion marker."""
+    from langadapt.errors import DivergedError
+    from langadapt.train.checkpoint import nonfinite_weights, sum_over_processes
+    from langadapt.train.metrics import DIVERGED_HINT
+
+    bad, names = nonfinite_weights(model)
+    if sum_over_processes(bad):
+        where = f"{bad:,} NaN or infinite weights (in {', '.join(names)})" if bad else \
+            "NaN or infinite weights (in another process's shard)"
+        raise DivergedError(f"{ctx.stage}: the trained model has {where}; it was not saved. {DIVERGED_HINT}")
+
+
 def drop_checkpoints(out_dir: Path) -> None:
     """The result folder holds what the checkpoints held; they go (a SmolLM2 checkpoint is about 1 GB)."""
     if is_main_process():
@@ -96,13 +110,14 @@ def drop_checkpoints(out_dir: Path) -> None:
 
 def finish_stage(ctx, model, tokenizer, *, base: str | None = None, keep_checkpoints: bool = False,
                  stacked_on: str | None = None) -> Path:
-    """Save the stage's result (main process; ``stacked_on``: see ``save_result``), drop its checkpoints
-    unless ``keep_checkpoints`` (sft keeps them until its samples are written), wait for every process, log
-    its bits per character; return the folder written."""
+    """Refuse a model with NaN or infinite weights (``check_finite``), save the stage's result (main process;
+    ``stacked_on``: see ``save_result``), drop its checkpoints unless ``keep_checkpoints`` (sft keeps them until
+    its samples are written), wait for every process, log its bits per character; return the folder written."""
     from langadapt.train.metrics import describe_bpc
 
     out = ctx.out_dir
     final = out / ("adapter" if has_lora(model) else "model")
+    check_finite(ctx, model)
     if is_main_process():
         final = save_result(model, tokenizer, out, base=base, reuse=reusable_folders(ctx), stacked_on=stacked_on)
         if not keep_checkpoints:

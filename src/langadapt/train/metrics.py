@@ -1,6 +1,6 @@
-"""What a training call records: one ``metrics.jsonl`` row per logged step (and TensorBoard scalars
-when it is installed), held-out bits per character (``bpc.json``), and the running totals of tokens
-and time.
+"""What a training call records: one ``metrics.jsonl`` row per logged step (and the same figures to the
+recipe's experiment trackers, ``tracking.py``), held-out bits per character (``bpc.json``), and the
+running totals of tokens and time.
 
 On a GPU the loop never waits for the device to log: a logged step's loss and gradient norm are
 copied to pinned host memory without blocking, and the row is written one logged step later
@@ -15,8 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from langadapt.errors import DivergedError
 from langadapt.files import append_jsonl, iter_jsonl, read_json, write_json, write_jsonl
 from langadapt.layout import METRICS
+
+DIVERGED_HINT = ("Lower lr (or embedding_lr), train in fp32 or bf16 rather than fp16, or look for broken data; "
+                 "--restart starts the stage over")
 
 
 def memory_mb() -> float:
@@ -51,19 +55,25 @@ class Totals:
         return toks, secs
 
 
+TRACKED = ("loss", "lr", "lr_embeddings", "grad_norm", "tokens_per_s", "memory_mb")
+"""The figures of a logged step sent to the trackers, as ``train/<figure>``."""
+
+
 class MetricsLog:
-    """The ``metrics.jsonl`` rows of one training call (``name``), written by the main process only.
+    """The ``metrics.jsonl`` rows of one training call (``name``), written by the main process only, and the
+    same figures sent to ``trackers`` (a started ``tracking.Trackers``; None: none).
 
     A resumed call first drops the rows of its name past the step it resumes from (a fresh call: all
     of them), so the file reads as one uninterrupted run.
     """
 
-    def __init__(self, out_dir: Path, name: str, *, main: bool, cuda: bool, resumed_at: int | None, bar=None):
+    def __init__(self, out_dir: Path, name: str, *, main: bool, cuda: bool, resumed_at: int | None, bar=None,
+                 trackers=None):
         self.path = out_dir / METRICS
         self.name, self.main, self.cuda, self.bar = name, main, cuda, bar
         self.last_loss: float | None = None
         self.pending: list[tuple[dict, Any, Any]] = []  # (row, pinned host copy, CUDA event)
-        self.writer = None
+        self.trackers = trackers
         if not main:
             return
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -71,21 +81,17 @@ class MetricsLog:
             keep = [r for r in iter_jsonl(self.path)
                     if not (r.get("name") == name and (resumed_at is None or r.get("step", 0) > resumed_at))]
             write_jsonl(self.path, keep)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(out_dir / "tensorboard" / name))
-        except ImportError:
-            self.writer = None
 
     def step(self, row: dict, values) -> None:
-        """A logged step: ``row`` without its loss and gradient norm, ``values`` = [loss, grad norm] on the device."""
+        """A logged step: ``row`` without its loss and gradient norm, ``values`` = [loss, grad norm, steps with a
+        non-finite loss so far] on the device. A non-finite loss stops training (``DivergedError``) when the
+        values reach the host."""
         if not self.cuda:
             self._write(row, values.tolist())
             return
         import torch
 
-        host = torch.empty(2, dtype=torch.float32, pin_memory=True)
+        host = torch.empty(values.numel(), dtype=torch.float32, pin_memory=True)
         host.copy_(values, non_blocking=True)
         event = torch.cuda.Event()
         event.record()
@@ -100,17 +106,20 @@ class MetricsLog:
             self._write(row, host.tolist())
 
     def _write(self, row: dict, values) -> None:
-        loss, norm = values
+        loss, norm, *bad = values
+        if not math.isfinite(loss) or (bad and bad[0] > 0):
+            what = f"the training loss is {loss} at step {row['step']:,}" if not math.isfinite(loss) else \
+                f"a loss or gradient was NaN or infinite at step {row['step']:,} or before"
+            raise DivergedError(f"{self.name}: {what} (lr {row['lr']:.3g}); stopped before saving anything of it. "
+                                f"{DIVERGED_HINT}")
         row["loss"] = round(loss, 5)
         row["grad_norm"] = None if math.isnan(norm) else round(norm, 5)
         self.last_loss = loss
         if not self.main:
             return
         append_jsonl(self.path, row)
-        if self.writer is not None:
-            for k in ("loss", "lr", "grad_norm", "tokens_per_s"):
-                if row[k] is not None:
-                    self.writer.add_scalar(f"{self.name}/{k}", row[k], row["step"])
+        if self.trackers is not None:
+            self.trackers.log({f"train/{k}": row[k] for k in TRACKED if row.get(k) is not None}, row["step"])
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s'] or 0:.0f}")
 
@@ -118,10 +127,12 @@ class MetricsLog:
         if self.main and values:
             append_jsonl(self.path, {"name": self.name, "step": step,
                                      **{f"bpc_{k}": round(v, 5) for k, v in values.items()}})
+            if self.trackers is not None:
+                self.trackers.log({f"heldout/bpc_{k}": float(v) for k, v in values.items()}, step)
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        if self.trackers is not None:
+            self.trackers.finish()
 
 
 class HeldOut:

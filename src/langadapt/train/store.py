@@ -52,6 +52,7 @@ def build(
     ``replay``: (replay documents, share of the tokens they are to hold), interleaved as written."""
     from collections import deque
 
+    from langadapt.train.parallel_store import write_documents
     from langadapt.train.replay import Mixer
 
     folder = Path(folder)
@@ -96,18 +97,7 @@ def build(
                         mixer.add_replay(len(r) + 2)
                         replay_docs += 1
                 encoded = mixed
-            lengths = np.fromiter((len(ids) + 2 for ids in encoded), dtype=np.int64, count=len(encoded))
-            starts = tokens + np.concatenate(([0], np.cumsum(lengths)[:-1]))
-            flat = np.empty(int(lengths.sum()), dtype=np.uint32)
-            at = 0
-            for ids in encoded:
-                flat[at] = start
-                flat[at + 1 : at + 1 + len(ids)] = ids
-                flat[at + 1 + len(ids)] = eos
-                at += len(ids) + 2
-            flat.tofile(ft)
-            starts.tofile(fs)
-            tokens += len(flat)
+            tokens += write_documents(encoded, ft, fs, tokens, start=start, eos=eos)
             if progress:
                 progress(docs, tokens)
 
@@ -190,12 +180,14 @@ class TokenStore:
 
 
 def corpus_store(files: list[Path], tokenizer, folder: str | os.PathLike, *, limit: int | None = None,
-                 log: Callable[[str], None] | None = None,
+                 log: Callable[[str], None] | None = None, workers: int | None = None,
                  replay: tuple[Iterable[str], float, str] | None = None) -> TokenStore:
-    """The clean stage's sentences (its shards, ``RunLayout.clean_shards``) as a ``TokenStore`` in ``folder``:
-    built once by the main process (the others wait and open it), reused while the shards, the tokenizer
-    and ``limit`` are unchanged. ``replay``: (replay documents, their share of the tokens, a description of
-    them for the store's key), see `build`."""
+    """The clean stage's documents (its shards, ``RunLayout.clean_shards``) as a ``TokenStore`` in ``folder``:
+    built once by the main process (the others wait and open it), reused while the shards, the tokenizer,
+    ``limit`` and ``replay`` are unchanged. A fast tokenizer tokenizes in ``workers`` processes (None: one per
+    CPU core; see ``parallel_store``: the same store, restartable part by part); any other in this one.
+    ``replay``: (replay documents, their share of the tokens, a description of them for the store's key),
+    interleaved as `build` writes (in this process: the interleave follows the corpus's order)."""
     import hashlib
 
     from tqdm.auto import tqdm
@@ -227,8 +219,25 @@ def corpus_store(files: list[Path], tokenizer, folder: str | os.PathLike, *, lim
         bar.set_postfix(documents=f"{docs:,}", tokens=f"{tokens:,}", refresh=False)
         bar.refresh()
 
-    store = build(texts(), tokenizer, folder, key=key, limit=limit, progress=progress,
-                  replay=(replay[0], replay[1]) if replay else None)
+    from langadapt.train import parallel_store
+
+    meta = Path(folder) / "meta.json"
+    if replay or not parallel_store.can_build(tokenizer):
+        store = build(texts(), tokenizer, folder, key=key, limit=limit, progress=progress,
+                      replay=(replay[0], replay[1]) if replay else None)
+    elif meta.is_file() and json.loads(meta.read_text(encoding="utf-8")).get("key") == key:
+        store = TokenStore(folder)
+    else:
+        def parts_done(nbytes: int, docs: int, tokens: int) -> None:
+            nonlocal seen
+            seen = nbytes
+            progress(docs, tokens)
+
+        start = boundary_id(tokenizer)
+        parallel_store.build_parallel(files, tokenizer, folder, key=key, start=start, limit=limit, workers=workers,
+                                      eos=tokenizer.eos_token_id if tokenizer.eos_token_id is not None else start,
+                                      progress=parts_done)
+        store = TokenStore(folder)
     bar.n = bar.total
     bar.close()
     wait_for_everyone()

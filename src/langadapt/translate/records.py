@@ -89,7 +89,7 @@ def _read_flat(source, path: Path, limit: int | None) -> tuple[list[Item], reade
     parse = readers.parse_alpaca if source.format == "alpaca" else readers.parse_dolly
     names = ALPACA_FIELDS if source.format == "alpaca" else ("instruction", "context", "response")
     items: list[Item] = []
-    for where, rec, _ in readers.iter_records(path, split=source.split, hub_id=source.path):
+    for where, rec, _ in readers.source_records(source, path):
         report.read += 1
         try:
             _, category = parse(rec)
