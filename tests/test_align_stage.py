@@ -5,6 +5,7 @@ misaligned input."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,8 @@ def tokenizers():
 
 def make_workspace(root: Path, *, tied: bool = True) -> Path:
     """A run folder as clean and tokenizer would leave it, plus data files and a recipe dict."""
+    from langadapt.weights import save_pretrained_shared
+
     base_tok, tok = tokenizers()
     base_rows = len(base_tok)
     model = tiny_llama(vocab_size=base_rows, tied=tied)
@@ -46,7 +49,7 @@ def make_workspace(root: Path, *, tied: bool = True) -> Path:
     model.resize_token_embeddings(len(tok), mean_resizing=False)
     model.config.langadapt_base_vocab_size = base_rows
     run = root / "runs" / "t"
-    model.save_pretrained(run / "tokenizer" / "model")
+    save_pretrained_shared(model, run / "tokenizer" / "model")  # as the tokenizer stage writes it
     tok.save_pretrained(run / "tokenizer" / "model")
     (run / "clean" / "sentences").mkdir(parents=True)
     with open(run / "clean" / "sentences" / "part-0.jsonl", "w", encoding="utf-8") as f:
@@ -88,7 +91,7 @@ def mark_done(recipe, *stages: str) -> None:
 def weights(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    return load_file(str(folder / "model.safetensors"))
+    return {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(str(f)).items()}
 
 
 def test_align_stage_trains_only_embeddings_and_head(tmp_path, capsys):
@@ -105,6 +108,9 @@ def test_align_stage_trains_only_embeddings_and_head(tmp_path, capsys):
     assert before.keys() == after.keys()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed == {"model.embed_tokens.weight", "lm_head.weight"}
+    # the frozen blocks are the tokenizer stage's file, not a second copy (issue 16)
+    body = [os.stat(d / "model" / "model-body.safetensors").st_ino for d in (out, ws / "runs" / "t" / "tokenizer")]
+    assert body[0] == body[1]
 
     config = json.loads((out / "model" / "config.json").read_text())
     rows = len(tokenizers()[0])

@@ -10,12 +10,12 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "langadapt"
 
 # Lower number = lower layer. A module may import modules of its own layer or below, never above.
 LAYERS = [
-    ("errors", "files", "distributed", "stages", "layout"),  # 0: no knowledge of recipes or models
-    ("recipe", "models"),  # 1: the validated recipe, loading models
+    ("errors", "files", "distributed", "stages", "layout", "memory"),  # 0: no knowledge of recipes or models
+    ("recipe", "models", "weights"),  # 1: the validated recipe, loading models
     ("data", "train", "plan", "clean.*", "tokenizer.*", "sft.*", "translate.*", "eval.*"),  # 2: parts of stages
     ("clean.stage", "tokenizer.stage", "align", "pretrain", "translate.stage", "sft.stage", "eval.stage",
      "report"),  # 3: the stages, and the report that reads what they wrote
-    ("serve", "run", "check"),  # 4: what uses finished stages, the runner and its checks before a run
+    ("serve", "run", "check", "cleanup"),  # 4: what uses finished stages, the runner, its checks before a run, clean-up
     ("cli", "__main__"),  # 5
 ]
 

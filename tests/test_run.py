@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -51,7 +52,38 @@ def test_run_executes_stages_in_order_and_writes_markers(recipe_file):
     assert runmod.run_recipe(recipe) == [("clean", "ran"), ("tokenizer", "ran")]
     assert CALLS == ["clean", "tokenizer"]
     marker = json.loads((recipe.run_dir / "clean" / "COMPLETE.json").read_text())
-    assert marker["summary"] == {"sentences": 1} and len(marker["hash"]) == 64
+    assert marker["summary"]["sentences"] == 1 and len(marker["hash"]) == 64
+
+
+def hungry(ctx):
+    CALLS.append("tokenizer")
+    block = bytearray(300 * 2**20)
+    for i in range(0, len(block), 4096):  # resident only once touched
+        block[i] = 1
+    time.sleep(0.2)  # longer than the sampling interval, for a process whose peak was already higher
+    del block
+    (ctx.out_dir / "weights.bin").write_bytes(b"\1" * (8 * 2**20))
+    return {"rows": 3}
+
+
+def test_stage_summaries_carry_peak_memory_and_bytes_written(recipe_file, monkeypatch, capsys):
+    """Issue 16: each marker's summary says how much memory the stage held at its peak and what it wrote,
+    and the log says it too; a stage that allocates 300 MB and writes 8 MB shows both."""
+    from langadapt import memory
+
+    monkeypatch.setitem(stages.BY_NAME, "tokenizer", replace(stages.get("tokenizer"), entry=f"{__name__}:hungry"))
+    recipe = load_recipe(recipe_file)
+    memory.release()
+    before = memory.rss_mb()
+    runmod.run_recipe(recipe)
+    quiet = json.loads((recipe.run_dir / "clean" / "COMPLETE.json").read_text())["summary"]
+    summary = json.loads((recipe.run_dir / "tokenizer" / "COMPLETE.json").read_text())["summary"]
+    assert summary["rows"] == 3
+    assert summary["peak_rss_mb"] >= before + 280
+    assert quiet["peak_rss_mb"] < summary["peak_rss_mb"] - 250
+    assert summary["written_mb"] >= 8 and quiet["written_mb"] < 8
+    log = capsys.readouterr().out
+    assert f"tokenizer: peak memory {summary['peak_rss_mb']:,.0f} MB resident" in log
 
 
 def test_finished_stages_are_skipped(recipe_file):

@@ -117,7 +117,8 @@ def test_sft_without_lora_trains_embeddings_and_head_only(workspace):
     assert changed == {"model.embed_tokens.weight"}
 
 
-def test_sft_from_a_pretrain_adapter_merges_it_and_trains_a_fresh_lora(workspace):
+@pytest.mark.parametrize("keep_base", [False, True])
+def test_sft_from_a_pretrain_adapter_merges_it_and_trains_a_fresh_lora(workspace, keep_base):
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -131,7 +132,7 @@ def test_sft_from_a_pretrain_adapter_merges_it_and_trains_a_fresh_lora(workspace
     for n, p in pre.named_parameters():
         if "lora_B" in n:
             torch.nn.init.normal_(p, std=0.5)
-    recipe = recipe_for(workspace, start_from="pretrain", translation_share=0.0, samples=1)
+    recipe = recipe_for(workspace, start_from="pretrain", translation_share=0.0, samples=1, keep_base=keep_base)
     pre.save_pretrained(recipe.run_dir / "pretrain" / "adapter")
     expected = pre.merge_and_unload().state_dict()
 
@@ -139,10 +140,14 @@ def test_sft_from_a_pretrain_adapter_merges_it_and_trains_a_fresh_lora(workspace
     out.mkdir(parents=True)
     summary = run(StageContext(recipe=recipe, stage="sft", out_dir=out))
     assert summary["start_from"] == "pretrain" and summary["output"] == "adapter"
-    # The merged starting point is kept beside the adapter, which names it as its base.
-    assert adapter_base(out / "adapter") == str((out / "base").resolve())
     assert not (out / "checkpoints").exists()  # adapter/ holds the result
-    merged = load_model(str(out / "base")).state_dict()
-    assert all(torch.equal(merged[k], v) for k, v in expected.items())
     tuned = load_model(str(out / "adapter"))
-    assert sum("lora_A" in n for n, _ in tuned.named_parameters()) == 2 * 7  # fresh LoRA on every linear layer
+    assert sum("lora_A" in n for n, _ in tuned.named_parameters()) == 2 * 7  # LoRA on every linear layer
+    if keep_base:  # the merged starting point kept beside the adapter, which names it as its base
+        assert adapter_base(out / "adapter") == str((out / "base").resolve())
+        merged = load_model(str(out / "base")).state_dict()
+        assert all(torch.equal(merged[k], v) for k, v in expected.items())
+    else:  # no merged copy: the adapter holds pretrain's LoRA (rank 2) and its own (rank 4) on pretrain's base
+        assert not (out / "base").exists()
+        assert adapter_base(out / "adapter") == str((workspace / "base").resolve())
+        assert tuned.peft_config["default"].r == 2 + 4

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from conftest import REPO, tiny_llama
 
@@ -157,8 +158,34 @@ def test_training_lowers_loss_and_writes_metrics_checkpoint_and_bpc(tmp_path):
     ckpt = last_checkpoint(tmp_path, "mono")
     assert ckpt.name == "step-12" and not any(p.name.startswith(".tmp") for p in ckpt.parent.iterdir())
     assert [p.name for p in ckpt.parent.iterdir()] == ["step-12"]  # older checkpoints are removed
-    assert {"model", "state", "trainer_state.json"} <= {p.name for p in ckpt.iterdir()}
-    assert (ckpt / "model" / "config.json").is_file() and (ckpt / "state" / "optimizer.bin").is_file()
+    # the last step's checkpoint: the trained tensors and the trainer's state; no optimizer state (no step
+    # follows) and no frozen weights (the stage loaded them)
+    assert {p.name for p in ckpt.iterdir()} == {"model", "trainer_state.json"}
+    saved = load_file(ckpt / "model" / "trainable.safetensors")
+    assert list(saved) == ["model.embed_tokens.weight"]  # the tied head is the same tensor
+    assert torch.equal(saved["model.embed_tokens.weight"], result.model.get_input_embeddings().weight)
+
+
+def test_checkpoints_before_the_last_step_hold_trained_tensors_and_optimizer_state_only(tmp_path):
+    from langadapt.train.core import last_checkpoint, train_model
+    from langadapt.train.freeze import apply_policy
+
+    tok = tiny_tokenizer()
+    model, counts = apply_policy(tiny_llama(), embeddings="all")
+    seen = {}
+
+    def look(step, metrics):
+        if step == 2:
+            ckpt = last_checkpoint(tmp_path, "mid")
+            seen["files"] = sorted(str(p.relative_to(ckpt)) for p in ckpt.rglob("*") if p.is_file())
+            seen["weights"] = load_file(ckpt / "model" / "trainable.safetensors")
+
+    train_model(model, tok, documents(tok), settings(max_steps=3, save_every=2), tmp_path, name="mid",
+                callback=look, log=lambda m: None)
+    assert "state/optimizer.bin" in seen["files"] and "trainer_state.json" in seen["files"]
+    assert not any(f.startswith("model/") and f.endswith(".safetensors") and f != "model/trainable.safetensors"
+                   for f in seen["files"])
+    assert sum(t.numel() for t in seen["weights"].values()) == counts.trainable
 
 
 def test_gradient_accumulation_matches_a_bigger_batch(tmp_path):
@@ -199,6 +226,7 @@ CHILD = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
 import torch
+from safetensors.torch import load_file
 from conftest import tiny_llama
 from test_train_core import documents, settings, tiny_tokenizer
 from langadapt.recipe import LoraSettings
@@ -249,12 +277,27 @@ def test_run_killed_with_sigkill_resumes_to_the_same_weights(tmp_path):
     assert steps == list(range(1, 8))  # the killed run's step 5 row was dropped, not duplicated
 
 
+def test_run_killed_after_its_last_checkpoint_resumes_from_it_without_optimizer_state(tmp_path):
+    straight = _child(tmp_path, tmp_path / "straight", kill_at=-1, resume=False)
+    killed = _child(tmp_path, tmp_path / "killed", kill_at=7, resume=False)
+    assert killed.returncode == -signal.SIGKILL
+    last = tmp_path / "killed" / "checkpoints" / "pre" / "step-7"
+    assert (last / "trainer_state.json").is_file() and not (last / "state").exists()
+    resumed = _child(tmp_path, tmp_path / "killed", kill_at=-1, resume=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed_from 7" in resumed.stdout
+    a = torch.load(tmp_path / "straight" / "final.pt")
+    b = torch.load(tmp_path / "killed" / "final.pt")
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
 # --------------------------------------------------------------------------- two processes
 
 GLOO = """
 import os, sys
 sys.path.insert(0, {tests!r})
 import torch
+from safetensors.torch import load_file
 from accelerate import PartialState
 from conftest import tiny_llama
 from test_train_core import documents, settings, tiny_tokenizer
@@ -264,8 +307,14 @@ from langadapt.train.freeze import apply_policy
 out = sys.argv[1]
 tok = tiny_tokenizer()
 model, _ = apply_policy(tiny_llama(), embeddings="all")
+
+def look(step, metrics):  # the step-2 checkpoint (the last one, step 3, keeps no optimizer or RNG state)
+    if step == 2:
+        rng = os.path.join(out, "checkpoints", "ddp", "step-2", "state", "random_states_1.pkl")
+        open(os.path.join(out, "rng" + os.environ["RANK"]), "w").write(str(os.path.isfile(rng)))
+
 r = train_model(model, tok, documents(tok), settings(max_steps=3, grad_accum=2, save_every=2), out,
-                seed=5, name="ddp", log=lambda m: None)
+                seed=5, name="ddp", log=lambda m: None, callback=look)
 state = PartialState()
 torch.save({{"world": state.num_processes, "backend": state.backend,
             "weights": {{k: v.detach() for k, v in r.model.state_dict().items()}}}},
@@ -296,7 +345,7 @@ def test_two_process_gloo_run_ends_with_identical_weights_on_both_ranks(tmp_path
     untrained = tiny_llama().state_dict()
     emb = "model.embed_tokens.weight"
     assert not torch.equal(r0["weights"][emb], untrained[emb])
-    assert (tmp_path / "out" / "checkpoints" / "ddp" / "step-3" / "state" / "random_states_1.pkl").is_file()
+    assert (tmp_path / "out" / "rng0").read_text() == "True"  # every process's RNG state in the checkpoint
 
 
 def test_lora_initialisation_follows_the_seed_not_the_global_rng():

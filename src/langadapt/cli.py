@@ -222,6 +222,15 @@ def _add_report(sub) -> None:
 EXTRA_COMMANDS.append(_add_report)
 
 
+def _add_clean_up(sub) -> None:
+    from langadapt.cleanup import add_parser
+
+    add_parser(sub)
+
+
+EXTRA_COMMANDS.append(_add_clean_up)
+
+
 def _quiet_libraries() -> None:
     """Library deprecation chatter is for developers, not for users of the command."""
     import warnings

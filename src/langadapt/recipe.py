@@ -460,6 +460,9 @@ class SftConfig(TrainSettings):
     pack: bool = Field(True, description="true: whole conversations packed into seq_len blocks (none split across blocks, none attends to another; fewer, fuller rows); false: one conversation per row, padded")
     samples: int | list[str] = Field(3, description="after training, answer N demo instructions from the data (half in the target language), or these prompts")
     sample_max_new_tokens: int = Field(96, ge=1)
+    keep_base: bool = Field(False, description="starting from an adapter (pretrain): keep base/, the adapter merged "
+                            "into its base, as a model folder (~ a full copy) and save this stage's adapter on it; "
+                            "false: the adapter is saved on the start adapter's own base, holding both LoRAs")
 
 
 class EvalModel(Section):

@@ -21,6 +21,7 @@ from langadapt.distributed import is_main_process, wait_for_everyone
 from langadapt.errors import LangadaptError
 from langadapt.files import fingerprint_path, read_json, remove_leftovers, stable_hash, write_json
 from langadapt.layout import STARTED
+from langadapt.memory import StageUsage, describe
 from langadapt.recipe import Recipe, check_against_base
 
 
@@ -128,10 +129,13 @@ def stage_hash(recipe: Recipe, stage: str) -> str:
 
 
 def stage_status(recipe: Recipe, stage: str) -> str:
-    """'done' (marker matches the recipe), 'stale' (marker from other settings), 'partial', or 'new'."""
+    """'done' (marker matches the recipe), 'dropped' (done, its model removed by `langadapt clean-up`),
+    'stale' (marker from other settings), 'partial', or 'new'."""
     marker = recipe.layout.marker(stage)
     if marker is not None:
-        return "done" if marker.get("hash") == stage_hash(recipe, stage) else "stale"
+        if marker.get("hash") != stage_hash(recipe, stage):
+            return "stale"
+        return "dropped" if marker.get("dropped") and recipe.layout.model(stage) is None else "done"
     return "partial" if recipe.layout.started_path(stage).is_file() else "new"
 
 
@@ -199,7 +203,11 @@ def run_stage(recipe: Recipe, stage: str, *, resume: bool, console=None, extra: 
     if spec is None:
         raise LangadaptError(f"stage '{stage}' is not available in this version of langadapt")
     for up in recipe.inputs_of(stage):
-        if stage_status(recipe, up) != "done":
+        status = stage_status(recipe, up)
+        if status == "dropped":
+            raise LangadaptError(f"stage '{stage}' needs the model of stage '{up}', which `langadapt clean-up` "
+                                 f"removed; run `langadapt run RECIPE` (it makes it again) or `langadapt {up} RECIPE --force`")
+        if status != "done":
             raise LangadaptError(f"stage '{stage}' needs stage '{up}' to be finished with the current recipe; "
                                  f"run `langadapt {up} RECIPE` or `langadapt run RECIPE` first")
     h = stage_hash(recipe, stage)
@@ -215,8 +223,14 @@ def run_stage(recipe: Recipe, stage: str, *, resume: bool, console=None, extra: 
             resuming = bool(read_json(out / STARTED).get("resume"))
     ctx = StageContext(recipe=recipe, stage=stage, out_dir=out, resume=resuming, console=console, extra=extra or {})
     t0 = time.time()
-    summary = _import(spec.entry)(ctx) or {}
+    usage = StageUsage().start()
+    try:
+        summary = _import(spec.entry)(ctx) or {}
+    finally:
+        figures = usage.stop()
+    summary = {**summary, **figures}  # the report and bench/README read where memory and disk went
     if main:
+        ctx.log(f"{stage}: {describe(figures)}")
         write_json(recipe.layout.marker_path(stage), {
             "stage": stage,
             "hash": h,
@@ -236,16 +250,29 @@ def run_recipe(recipe: Recipe, *, console=None, force: bool = False) -> list[tup
     if checked:
         _say(console, f"[green]✓[/green] inputs: {len(checked)} read and checked in {time.time() - t0:.1f} s "
              "(langadapt check RECIPE lists them)")
+    order = recipe.enabled_stages()
+    status = {s: stage_status(recipe, s) for s in order}
+    to_run, cascade = set(), force
+    for stage in order:
+        if cascade or status[stage] not in ("done", "dropped"):
+            to_run.add(stage)
+            cascade = True
+    # a model `clean-up` removed is made again (same settings, same result) when a stage that reads it runs
+    restore = set()
+    for stage in reversed(order):
+        if stage in to_run or stage in restore:
+            restore |= {up for up in recipe.inputs_of(stage) if status.get(up) == "dropped"}
     done: list[tuple[str, str]] = []
-    cascade = force
-    for stage in recipe.enabled_stages():
-        status = stage_status(recipe, stage)
-        if status == "done" and not cascade:
-            _say(console, f"[green]✓[/green] {stage}: up to date, skipped")
+    for stage in order:
+        if stage not in to_run and stage not in restore:
+            note = " (its model was dropped by clean-up)" if status[stage] == "dropped" else ""
+            _say(console, f"[green]✓[/green] {stage}: up to date, skipped{note}")
             done.append((stage, "skipped"))
             continue
-        cascade = True
-        why = {"stale": "settings or inputs changed", "partial": "interrupted before it finished", "new": "not run yet", "done": "an earlier stage reran"}[status]
+        why = {"stale": "settings or inputs changed", "partial": "interrupted before it finished", "new": "not run yet",
+               "done": "an earlier stage reran", "dropped": "an earlier stage reran"}[status[stage]]
+        if stage in restore and stage not in to_run:
+            why = "its model was dropped by clean-up and a later stage needs it"
         _say(console, f"[bold]▶ {stage}[/bold]: {why}")
         run_stage(recipe, stage, resume=True, console=console)
         done.append((stage, "ran"))

@@ -80,13 +80,16 @@ def _section_stages(data: dict) -> str:
     for s, info in data["stages"].items():
         m = info["marker"] or {}
         summary = m.get("summary") if isinstance(m.get("summary"), dict) else {}
-        brief = "; ".join(f"{k}: {v}" for k, v in summary.items() if not isinstance(v, (dict, list)))[:300]
+        brief = "; ".join(f"{k}: {v}" for k, v in summary.items()
+                          if not isinstance(v, (dict, list)) and k not in ("peak_rss_mb", "written_mb"))[:300]
         cls = {"complete": "status-complete", "partial": "status-partial"}.get(info["status"], "status-not")
         rows.append(f'<tr><td class="name">{s}</td><td class="name {cls}">{info["status"]}</td>'
                     f'<td class="nowrap">{_e(str(m.get("finished_at", "")).replace("T", " ")[:16])}</td><td>{_num(m.get("seconds"), 1)}</td>'
+                    f'<td>{_num(summary.get("peak_rss_mb"), 0)}</td><td>{_num(summary.get("written_mb"), 0)}</td>'
                     f'<td class="name" dir="auto">{_e(brief)}</td></tr>')
     return ('<section id="stages"><h2>Pipeline</h2><table><tr><th class="name">stage</th><th class="name">status</th>'
-            '<th>finished</th><th>seconds</th><th class="name">summary</th></tr>' + "".join(rows) + "</table></section>")
+            '<th>finished</th><th>seconds</th><th>peak memory MB</th><th>written MB</th><th class="name">summary</th></tr>'
+            + "".join(rows) + "</table></section>")
 
 
 def _cell_td(c: dict, digits: int = 2) -> str:

@@ -6,8 +6,10 @@
    translation only, N target-language instructions, translation share.
 3. Render with the model's chat template (or the default one) and label only assistant tokens.
 4. Start from ``start_from`` (base, tokenizer, align or pretrain). A PEFT adapter (pretrain's) is
-   merged into its base first and the merged model saved in ``base/``, so this stage's adapter is
-   a fresh LoRA on it. Freeze with the shared policy (LoRA + embeddings/head, or embeddings/head
+   merged into its base first, so this stage's adapter is a fresh LoRA on the merged weights; the
+   merged model is not written again (it is a function of the adapter and its base): the adapter is
+   saved on pretrain's own base holding both LoRAs (``train.adapters``), unless ``keep_base`` asks for
+   ``base/`` (the merged model) or the LoRA kind does not combine. Freeze with the shared policy (LoRA + embeddings/head, or embeddings/head
    only when ``lora`` is null: the paper's noLoRA) and train with the training core.
 5. Write ``adapter/`` (or ``model/`` without LoRA), ``mix.json`` (what went in and why),
    ``mix.jsonl`` (the conversations), and ``samples.json``: the tuned model's answers to a few
@@ -34,6 +36,7 @@ def run(ctx) -> dict:
     from langadapt.train.bpc import read_heldout
     from langadapt.train import replay
     from langadapt.train.core import load_dtype, lr_note, train_model
+    from langadapt.train.adapters import combine_reason
     from langadapt.train.finish import drop_checkpoints, finish_stage
     from langadapt.train.freeze import apply_policy, stage_policy
 
@@ -104,13 +107,22 @@ def run(ctx) -> dict:
 
     # ---- model
     dtype = load_dtype(sft.precision)
-    base_path = start
+    rows, lora = stage_policy(recipe, "sft")
+    base_path, stacked_on = start, None
     if source.kind == "adapter":
-        base_path = str(out / "base")
-        model = _merged_base(source, out / "base", tokenizer, dtype, ctx)
+        # The merged start model is a pure function of the start adapter and its base: kept in base/ only
+        # when asked, or when this stage's adapter cannot be saved on the start adapter's base instead.
+        why = None if sft.keep_base or lora is None else combine_reason(source.path, lora, rows)
+        if sft.keep_base or why is not None:
+            if why is not None:
+                ctx.log(f"sft: keeping the merged start model in {out / 'base'}: {why}")
+            base_path = str(out / "base")
+            model = _merged_base(source, out / "base", tokenizer, dtype, ctx)
+        else:
+            model = _merged_base(source, None, tokenizer, dtype, ctx)
+            base_path, stacked_on = None, source.path
     else:
         model = load_model(source, dtype=dtype)
-    rows, lora = stage_policy(recipe, "sft")
     base_vocab = getattr(model.config, "langadapt_base_vocab_size", None)
     try:
         model, counts = apply_policy(model, embeddings=rows, lora=lora, base_vocab=base_vocab, seed=recipe.seed)
@@ -127,7 +139,7 @@ def run(ctx) -> dict:
 
     # ---- save; the last checkpoint stays until the samples are written, so that a run killed while
     #      saving or sampling resumes without training again
-    model_kind = finish_stage(ctx, model, tokenizer, base=base_path, keep_checkpoints=True).name
+    model_kind = finish_stage(ctx, model, tokenizer, base=base_path, keep_checkpoints=True, stacked_on=stacked_on).name
 
     # ---- samples
     samples = []
@@ -208,20 +220,22 @@ def _counts(d: dict) -> str:
 # --------------------------------------------------------------------------- model
 
 
-def _merged_base(source, folder: Path, tokenizer, dtype, ctx):
-    """Merge a PEFT adapter into its base and keep the result in ``folder`` (reused on resume)."""
+def _merged_base(source, folder: Path | None, tokenizer, dtype, ctx):
+    """Merge a PEFT adapter into its base; keep the result in ``folder`` (reused on resume) unless it is None."""
     from langadapt.models import load_model
+    from langadapt.weights import save_pretrained_shared
 
-    if (folder / "config.json").is_file():
+    if folder is not None and (folder / "config.json").is_file():
         ctx.log(f"sft: using the merged starting model in {folder}")
         return load_model(str(folder), dtype=dtype)
-    ctx.log(f"sft: merging the adapter {source.path} into its base ({folder})")
+    ctx.log(f"sft: merging the adapter {source.path} into its base" + (f" ({folder})" if folder else " (in memory)"))
     merged = load_model(source, dtype=dtype).merge_and_unload()
-    if is_main_process():
-        with atomic_path(folder) as tmp:
-            merged.save_pretrained(str(tmp))
-            tokenizer.save_pretrained(str(tmp))
-    wait_for_everyone()
+    if folder is not None:
+        if is_main_process():
+            with atomic_path(folder) as tmp:
+                save_pretrained_shared(merged, tmp)
+                tokenizer.save_pretrained(str(tmp))
+        wait_for_everyone()
     return merged
 
 

@@ -86,6 +86,7 @@ def run(ctx) -> dict:
     from langadapt.tokenizer.merge import add_normalizer, merge_pieces, read_sentencepiece, target_characters
     from langadapt.tokenizer.train import train_sentencepiece
     from langadapt.train.bpc import read_heldout
+    from langadapt.weights import save_pretrained_shared
 
     recipe, cfg, out = ctx.recipe, ctx.recipe.tokenizer, ctx.out_dir
     seed = cfg.seed if cfg.seed is not None else recipe.seed
@@ -203,7 +204,7 @@ def run(ctx) -> dict:
             if getattr(model, "generation_config", None) is not None:
                 model.generation_config.pad_token_id = pad_id
         t0 = time.perf_counter()
-        model.save_pretrained(model_dir)
+        save_pretrained_shared(model, model_dir)  # body and embeddings apart: align's model links the body
         timings["save"] = round(time.perf_counter() - t0, 2)
     shutil.rmtree(out / ".work", ignore_errors=True)
 

@@ -1,11 +1,14 @@
 """Checkpoints of a training call: what the loop saves every ``save_every`` steps and at its end, and
 how a killed run finds and restores the newest one.
 
-``<out_dir>/checkpoints/<name>/step-N/`` holds ``model/`` (the trainable tensors' model or PEFT
-adapter as a ``save_pretrained`` folder, plus the tokenizer), ``state/`` (optimizer, scheduler and
-every process's RNG through ``Accelerator.save_state``) and ``trainer_state.json`` (data position,
-totals, held-out history), written last. A checkpoint is built under ``.tmp-step-N`` and renamed when
-complete; only the newest is kept.
+``<out_dir>/checkpoints/<name>/step-N/`` holds ``model/`` (what training changed and nothing else: the
+trainable tensors in ``trainable.safetensors``, or a PEFT adapter folder; plus the tokenizer), ``state/``
+(optimizer, scheduler and every process's RNG through ``Accelerator.save_state``) and
+``trainer_state.json`` (data position, totals, held-out history), written last. Frozen weights are never
+saved: they are what the stage loaded. The checkpoint of the last step has no ``state/``: no step follows
+it, so optimizer and scheduler would never be read (a resumed run that finds it only reloads the
+weights); under FSDP or DeepSpeed the engines' own shards are always saved. A checkpoint is built under
+``.tmp-step-N`` and renamed when complete; only the newest is kept.
 """
 
 from __future__ import annotations
@@ -42,14 +45,49 @@ def _trains_full_embeddings(model) -> bool:
     )
 
 
+def _tied_head_key(model) -> str | None:
+    """The state-dict name of an output head that is the input embeddings' tensor, or None."""
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    if head is None or emb is None or head.weight is not emb.weight:
+        return None
+    names = {id(m): n for n, m in model.named_modules()}
+    return f"{names[id(head)]}.weight" if id(head) in names else None
+
+
+def adapter_save_kwargs(model, state_dict=None) -> dict:
+    """``PeftModel.save_pretrained`` arguments: trained embeddings/head saved with the adapter, a tied head
+    once (PEFT would otherwise write the same tensor twice; loading the embeddings restores both)."""
+    embeddings = _trains_full_embeddings(model)
+    if state_dict is None and embeddings:
+        head = _tied_head_key(model)
+        if head is not None:
+            state_dict = {k: v for k, v in model.state_dict().items() if k != head}
+    return {"state_dict": state_dict, "save_embedding_layers": embeddings}
+
+
 def save_model(model, path: str | os.PathLike, *, state_dict=None) -> None:
     """``save_pretrained`` for a plain model or a PEFT adapter (with trained embeddings/head)."""
     from peft import PeftModel
 
     if isinstance(model, PeftModel):
-        model.save_pretrained(str(path), state_dict=state_dict, save_embedding_layers=_trains_full_embeddings(model))
+        model.save_pretrained(str(path), **adapter_save_kwargs(model, state_dict))
     else:
         model.save_pretrained(str(path), state_dict=state_dict)
+
+
+TRAINABLE = "trainable.safetensors"
+
+
+def save_trainable(model, path: str | os.PathLike) -> None:
+    """What training changes in a plain model: its trainable tensors (a tied head once), in
+    ``path/trainable.safetensors``; ``load_trained_weights`` puts them back into the loaded model."""
+    from safetensors.torch import save_file
+
+    from langadapt.weights import METADATA
+
+    Path(path).mkdir(parents=True, exist_ok=True)
+    tensors = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    save_file(tensors, str(Path(path) / TRAINABLE), metadata=METADATA)
 
 
 def load_trained_weights(model, path: str | os.PathLike) -> None:
@@ -142,7 +180,10 @@ class Checkpoints:
                                  "run the stage with --restart to start over")
         if not self.sharded:
             load_trained_weights(unwrapped, ckpt / "model")
-        self.accelerator.load_state(str(ckpt / "state"))
+        if (ckpt / "state").is_dir():
+            self.accelerator.load_state(str(ckpt / "state"))
+        elif self.sharded or state.get("step") != state.get("total_steps"):
+            raise LangadaptError(f"checkpoint {ckpt} has no optimizer state (state/); run the stage with --restart to start over")
         return ckpt, state
 
     def clear(self) -> None:
@@ -152,8 +193,11 @@ class Checkpoints:
 
     def save(self, step: int, model, unwrapped, tokenizer, trainer_state: dict) -> Path:
         """Write ``step-<step>`` (every process takes part) and keep only it; return its path."""
+        from peft import PeftModel
+
         acc, main = self.accelerator, self.accelerator.is_main_process
         final, tmp = self.root / f"step-{step}", self.root / f".tmp-step-{step}"
+        last = trainer_state.get("step") == trainer_state.get("total_steps")
         if main:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
@@ -161,9 +205,13 @@ class Checkpoints:
         state_dict = acc.get_state_dict(model) if self.sharded else None
         if main:
             with quiet_transformers():
-                save_model(unwrapped, tmp / "model", state_dict=state_dict)
+                if self.sharded or isinstance(unwrapped, PeftModel):
+                    save_model(unwrapped, tmp / "model", state_dict=state_dict)
+                else:
+                    save_trainable(unwrapped, tmp / "model")
             tokenizer.save_pretrained(str(tmp / "model"))
-        acc.save_state(str(tmp / "state"))
+        if self.sharded or not last:
+            acc.save_state(str(tmp / "state"))
         acc.wait_for_everyone()
         if main:
             write_json(tmp / "trainer_state.json", trainer_state)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 from langadapt.distributed import is_main_process, wait_for_everyone
@@ -42,14 +43,28 @@ def unpeft(model):
     return model.merge_and_unload() if isinstance(model, PeftModel) else model
 
 
-def save_result(model, tokenizer, out_dir: Path, *, base: str | None = None) -> Path:
-    """Write ``out_dir/adapter`` (a model with LoRA; ``base`` is its base model) or ``out_dir/model``; return it."""
-    from langadapt.train.checkpoint import save_model
+def save_result(model, tokenizer, out_dir: Path, *, base: str | None = None, reuse: Iterable[Path] = (),
+                stacked_on: str | None = None) -> Path:
+    """Write ``out_dir/adapter`` (a model with LoRA; ``base`` is its base model) or ``out_dir/model``; return it.
 
+    Weight files identical to one in a ``reuse`` folder (an earlier stage's model, this stage's last
+    checkpoint) are hard links to it rather than a second copy (``langadapt.weights``). ``stacked_on``: the
+    adapter whose merge into its base the model's LoRA was trained on; the adapter is then saved on that
+    adapter's base, holding both LoRAs (``train.adapters``), and ``base`` is ignored.
+    """
+    from langadapt.train.adapters import save_combined
+    from langadapt.train.checkpoint import adapter_save_kwargs
+    from langadapt.weights import safetensors_files, save_adapter_shared, save_pretrained_shared
+
+    reuse = list(reuse)
+    candidates = safetensors_files(reuse)
     if has_lora(model):
         final = out_dir / "adapter"
         with atomic_path(final) as tmp:
-            save_model(model, tmp)
+            if stacked_on is not None:
+                base = save_combined(model, stacked_on, tmp, save_kwargs=adapter_save_kwargs(model))
+            else:
+                save_adapter_shared(model, tmp, reuse, **adapter_save_kwargs(model))
             tokenizer.save_pretrained(str(tmp))
             cfg_path = tmp / "adapter_config.json"
             cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
@@ -58,9 +73,19 @@ def save_result(model, tokenizer, out_dir: Path, *, base: str | None = None) -> 
         return final
     final = out_dir / "model"
     with atomic_path(final) as tmp:
-        unpeft(model).save_pretrained(str(tmp))
+        save_pretrained_shared(unpeft(model), tmp, candidates)
         tokenizer.save_pretrained(str(tmp))
     return final
+
+
+def reusable_folders(ctx) -> list[Path]:
+    """Folders whose weight files a stage's result may link: the models of earlier stages and the stage's
+    own checkpoints."""
+    from langadapt import stages
+
+    earlier = [ctx.layout.model(s) for s in stages.models_before(ctx.stage, base=False)]
+    own = sorted((ctx.out_dir / "checkpoints").glob("*/step-*/model"))
+    return [p for p in earlier if p is not None] + own
 
 
 def check_finite(ctx, model) -> None:
@@ -83,17 +108,18 @@ def drop_checkpoints(out_dir: Path) -> None:
         shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
 
 
-def finish_stage(ctx, model, tokenizer, *, base: str | None = None, keep_checkpoints: bool = False) -> Path:
-    """Refuse a model with NaN or infinite weights (``check_finite``), save the stage's result (main process),
-    drop its checkpoints unless ``keep_checkpoints`` (sft keeps them until its samples are written), wait for
-    every process, log its bits per character; return the folder written."""
+def finish_stage(ctx, model, tokenizer, *, base: str | None = None, keep_checkpoints: bool = False,
+                 stacked_on: str | None = None) -> Path:
+    """Refuse a model with NaN or infinite weights (``check_finite``), save the stage's result (main process;
+    ``stacked_on``: see ``save_result``), drop its checkpoints unless ``keep_checkpoints`` (sft keeps them until
+    its samples are written), wait for every process, log its bits per character; return the folder written."""
     from langadapt.train.metrics import describe_bpc
 
     out = ctx.out_dir
     final = out / ("adapter" if has_lora(model) else "model")
     check_finite(ctx, model)
     if is_main_process():
-        final = save_result(model, tokenizer, out, base=base)
+        final = save_result(model, tokenizer, out, base=base, reuse=reusable_folders(ctx), stacked_on=stacked_on)
         if not keep_checkpoints:
             drop_checkpoints(out)
     wait_for_everyone()
