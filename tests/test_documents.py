@@ -195,6 +195,32 @@ def test_replay_sources_are_checked_before_any_stage_runs(tmp_path):
         check_sources(_replay_recipe(tmp_path / "empty", ["", "   "]))
 
 
+def test_the_replay_text_is_part_of_the_training_stages_hashes(tmp_path, monkeypatch):
+    import dataclasses
+
+    from langadapt import stages
+    from langadapt.recipe import load_recipe
+    from langadapt.run import stage_hash
+
+    recipe = _replay_recipe(tmp_path, EN_DOCS)
+    before = {s: stage_hash(recipe, s) for s in ("clean", "align", "pretrain")}
+    (tmp_path / "en.txt").write_text("\n".join(EN_DOCS[:2]) + "\n", encoding="utf-8")  # other replay text
+    after = {s: stage_hash(load_recipe(tmp_path / "r.yaml"), s) for s in ("clean", "align", "pretrain")}
+    assert after["clean"] == before["clean"]  # clean never reads the replay text
+    assert after["align"] == before["align"]  # this recipe's align asks for no replay
+    assert after["pretrain"] != before["pretrain"]
+    # a recipe without replay hashes as before replay existed: older runs stay done
+    raw = yaml.safe_load((tmp_path / "r.yaml").read_text(encoding="utf-8"))
+    del raw["data"]["replay"], raw["pretrain"]["replay"]
+    (tmp_path / "plain.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    plain = load_recipe(tmp_path / "plain.yaml")
+    with_replay_kind = stage_hash(plain, "pretrain")
+    spec = stages.BY_NAME["pretrain"]
+    monkeypatch.setitem(stages.BY_NAME, "pretrain", dataclasses.replace(spec, data=tuple(
+        k for k in spec.data if k != "replay")))
+    assert stage_hash(plain, "pretrain") == with_replay_kind
+
+
 def test_replay_names_must_be_data_replay_sources(tmp_path):
     from langadapt.errors import RecipeError
 

@@ -111,6 +111,8 @@ def stage_hash(recipe: Recipe, stage: str) -> str:
     }
     for kind in spec.data if spec else ():
         value = getattr(recipe.data, kind)
+        if kind == "replay" and not (value and _sets_replay(parts["settings"])):
+            continue  # read only by a stage whose settings ask for replay; a recipe without it keeps its hashes
         dumped = [v.model_dump(mode="json") for v in value] if isinstance(value, list) else value.model_dump(mode="json")
         files = []
         for item in value if isinstance(value, list) else [value]:
@@ -126,6 +128,13 @@ def stage_hash(recipe: Recipe, stage: str) -> str:
         marker = recipe.layout.marker(up)
         parts["upstream"][up] = marker.get("hash") if marker else None
     return stable_hash(parts)
+
+
+def _sets_replay(settings) -> bool:
+    """Whether a stage's dumped settings ask for replay anywhere (pretrain.replay, align.monolingual.replay)."""
+    if isinstance(settings, dict):
+        return settings.get("replay") is not None or any(_sets_replay(v) for v in settings.values())
+    return False
 
 
 def stage_status(recipe: Recipe, stage: str) -> str:
