@@ -279,6 +279,7 @@ def test_run_killed_with_sigkill_resumes_to_the_same_weights(tmp_path):
 
 def test_run_killed_after_its_last_checkpoint_resumes_from_it_without_optimizer_state(tmp_path):
     straight = _child(tmp_path, tmp_path / "straight", kill_at=-1, resume=False)
+    assert straight.returncode == 0, straight.stderr[-2000:]
     killed = _child(tmp_path, tmp_path / "killed", kill_at=7, resume=False)
     assert killed.returncode == -signal.SIGKILL
     last = tmp_path / "killed" / "checkpoints" / "pre" / "step-7"

@@ -70,8 +70,8 @@ def link_identical(tensors: dict, dest: Path, candidates: Iterable[Path], *, met
 
 
 @contextlib.contextmanager
-def _no_progress_bars():
-    """No 'Writing model shards' bars for the parts (a training stage's own bar may be on screen)."""
+def no_progress_bars():
+    """No transformers progress bars ('Writing model shards') while a training stage's own bar is on screen."""
     from transformers.utils import logging as hf_logging
 
     was = hf_logging.is_progress_bar_enabled()
@@ -123,7 +123,7 @@ def save_pretrained_shared(model, folder: str | os.PathLike, candidates: Iterabl
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with _no_progress_bars():
+    with no_progress_bars():
         return _save_parts(model, folder, list(candidates))
 
 

@@ -13,13 +13,13 @@ weights); under FSDP or DeepSpeed the engines' own shards are always saved. A ch
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 from pathlib import Path
 
 from langadapt.errors import LangadaptError
 from langadapt.files import read_json, write_json
+from langadapt.weights import no_progress_bars
 
 
 def checkpoint_root(out_dir: str | os.PathLike, name: str) -> Path:
@@ -141,20 +141,6 @@ def sum_over_processes(n: int) -> int:
     return int(t.item())
 
 
-@contextlib.contextmanager
-def quiet_transformers():
-    """No 'Writing model shards' bar inside the training loop's own progress bar."""
-    from transformers.utils import logging as hf_logging
-
-    was = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was:
-            hf_logging.enable_progress_bar()
-
-
 class Checkpoints:
     """Saving and restoring the checkpoints of one training call (``name``) under ``out_dir``.
 
@@ -204,7 +190,7 @@ class Checkpoints:
         acc.wait_for_everyone()
         state_dict = acc.get_state_dict(model) if self.sharded else None
         if main:
-            with quiet_transformers():
+            with no_progress_bars():
                 if self.sharded or isinstance(unwrapped, PeftModel):
                     save_model(unwrapped, tmp / "model", state_dict=state_dict)
                 else:
