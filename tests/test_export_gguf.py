@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from test_export import logits_of, make_run
-from test_tokenizer import EN, ENGLISH_PROBES, FA, MIXED, byte_level_base, sentencepiece_base
+from test_tokenizer import EN, ENGLISH_PROBES, FA, MIXED, byte_level_base, persian_sp, sentencepiece_base  # noqa: F401 (fixture)
 
 from conftest import tiny_llama
 
@@ -175,18 +175,6 @@ def merged_tokenizer(tmp_path, persian_sp, base, *, extend: bool = True, normali
     out = tmp_path / f"merged-{extend}-{normalize}"
     out.mkdir()
     return save_tokenizer(base, merged.tokenizer_json, out, pad_token=None, pad_id=None)
-
-
-@pytest.fixture(scope="module")
-def persian_sp(tmp_path_factory):
-    from langadapt.tokenizer.train import reservoir_sample, train_sentencepiece
-
-    d = tmp_path_factory.mktemp("sp")
-    corpus = d / "part-0.jsonl"
-    corpus.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in FA * 2), encoding="utf-8")
-    sample = reservoir_sample([corpus], 10_000, d / "sample.txt", seed=0)
-    return train_sentencepiece(sample.path, d / "sp.model", vocab_size=250, model_type="bpe",
-                               character_coverage=1.0, seed=0).model_path
 
 
 def export_tokenizer(tok, folder: Path):

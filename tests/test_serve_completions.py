@@ -205,6 +205,7 @@ def test_lm_eval_local_completions_runs_a_loglikelihood_task(tmp_path, tiny_dir,
     three prompts per request."""
     import lm_eval
     from lm_eval.tasks import TaskManager
+    from test_eval_harness import task_yaml
 
     from langadapt.serve.generation import ChatModel
 
@@ -213,22 +214,7 @@ def test_lm_eval_local_completions_runs_a_loglikelihood_task(tmp_path, tiny_dir,
     data.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in DOCS), encoding="utf-8")
     tasks = tmp_path / "tasks"
     tasks.mkdir()
-    (tasks / "tiny_mc.yaml").write_text(f"""
-task: langadapt_tiny_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{question}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: "{{{{answer}}}}"
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-""", encoding="utf-8")
+    (tasks / "tiny_mc.yaml").write_text(task_yaml("langadapt_tiny_mc", data), encoding="utf-8")
     chat = ChatModel.load(str(tiny_dir), name="tiny")
     key = "lm-eval-key" if backend == "remote" else None
     server = start_server({"tiny": chat}, api_key=key)
