@@ -120,6 +120,26 @@ def test_bits_per_char_scores_every_token_of_every_line_once():
     assert 0.5 * expected < short < 2 * expected
 
 
+def test_bits_per_char_batches_hold_at_most_the_logits_budget(monkeypatch):
+    """Fewer windows per batch when their logits would pass LOGITS_BUDGET (large vocabularies, long
+    windows): the same number, never a batch above the budget unless one window alone is."""
+    from langadapt.train import bpc
+
+    tok = tiny_tokenizer()
+    model = tiny_llama().eval()
+    text = "\n".join(["the cat sat on the mat", "a dog ran in the park and the sun is warm today",
+                      "the sun is warm", "a cat and a dog"] * 3)
+    widths = []
+    model.register_forward_hook(lambda m, a, kw, out: widths.append(out.logits.numel() * 4), with_kwargs=True)
+    whole = bpc.bits_per_char(model, tok, text)
+    assert max(widths) > 600 * 4
+    widths.clear()
+    monkeypatch.setattr(bpc, "LOGITS_BUDGET", 600 * 4)  # bytes: a few windows of a 128-row head at a time
+    assert bpc.bits_per_char(model, tok, text) == pytest.approx(whole, rel=1e-6)
+    longest = max(len(ids) + 1 for ids in tok(text.splitlines(), add_special_tokens=False)["input_ids"])
+    assert len(widths) > 1 and all(w <= max(600 * 4, longest * 128 * 4) for w in widths)
+
+
 def test_read_heldout_cuts_at_a_line_break(tmp_path):
     from langadapt.recipe import parse_recipe
     from langadapt.train.bpc import read_heldout

@@ -23,6 +23,9 @@ from langadapt.errors import DataError
 
 WINDOW = 512
 """Tokens per scoring window (longer lines are split); one value for every stage."""
+LOGITS_BUDGET = 128 * 2**20
+"""Bytes of fp32 logits one scoring batch may hold (fewer rows per batch for long windows and large
+vocabularies: 16 windows of 512 tokens over a 51k vocabulary would be 1.7 GB, twice with log-softmax)."""
 
 
 def bits_per_char(model, tokenizer, text: str, *, seq_len: int = WINDOW, batch_size: int = 16) -> float:
@@ -73,13 +76,18 @@ def _nats(model, pieces: list[tuple[list[int], int]], pad: int, batch_size: int)
 
     pieces = sorted(pieces, key=lambda p: len(p[0]))
     device = next(model.parameters()).device
+    row_bytes = 4 * _vocab_rows(model)
     was_training = model.training
     model.eval()
     total = 0.0
+    b = 0
     try:
         with torch.no_grad():
-            for b in range(0, len(pieces), batch_size):
-                chunk = pieces[b : b + batch_size]
+            while b < len(pieces):
+                longest = len(pieces[min(b + batch_size, len(pieces)) - 1][0])  # sorted: the batch's longest
+                rows = max(1, min(batch_size, LOGITS_BUDGET // (longest * row_bytes)))
+                chunk = pieces[b : b + rows]
+                b += rows
                 longest = max(len(w) for w, _ in chunk)
                 input_ids = torch.full((len(chunk), longest), pad, dtype=torch.long)
                 mask = torch.zeros((len(chunk), longest), dtype=torch.long)
@@ -97,6 +105,17 @@ def _nats(model, pieces: list[tuple[list[int], int]], pad: int, batch_size: int)
         if was_training:
             model.train()
     return total
+
+
+def _vocab_rows(model) -> int:
+    """Rows of the model's output head (the width of its logits)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weight = getattr(head, "weight", None)
+    if weight is not None and weight.ndim == 2:
+        return int(weight.shape[0])
+    config = getattr(model, "config", None)
+    config = getattr(config, "get_text_config", lambda: config)()
+    return int(getattr(config, "vocab_size", 0) or 65536)
 
 
 def read_heldout(recipe) -> dict[str, str | list[str]]:

@@ -62,7 +62,9 @@ Fast paths (``settings``; none changes the computation beyond floating-point rou
 ``fused_loss`` (on: the head and cross-entropy run ``loss_chunk`` tokens at a time and only on tokens
 with a target, see ``loss.py``; models it does not know, FSDP and ZeRO-3 keep the plain loss),
 ``attention`` (kernel choice), ``gradient_checkpointing``, ``fused_optimizer`` (fused AdamW on a GPU),
-``compile`` (``torch.compile`` per transformer block). The loop itself never waits for the device:
+``compile`` (``torch.compile`` per transformer block). Always on, unless compiled or sharded: LoRA dropout
+on the CPU keeps a one-byte mask instead of two float copies of its input (``activations.py``; the same
+bits). The loop itself never waits for the device:
 token counts come from the host copy of each batch, and logged losses and gradient norms are copied
 back asynchronously and written one logged step later on a GPU (``callback`` then sees the step's
 metrics without ``loss`` until they arrive; on the CPU they are immediate).
@@ -210,6 +212,7 @@ def _fast_paths(model, settings, accelerator, say, name: str) -> tuple[list[Call
     """Switch on the recipe's fast paths; returns (functions that undo them, whether the fused loss is on)."""
     from accelerate.utils import DistributedType
 
+    from langadapt.train import activations
     from langadapt.train import loss as fused
 
     lm = fused.causal_lm_of(model)
@@ -231,6 +234,10 @@ def _fast_paths(model, settings, accelerator, say, name: str) -> tuple[list[Call
         for block in blocks:
             block.compile()
         undo.append(lambda: [setattr(b, "_compiled_call_impl", None) for b in blocks])
+    if not getattr(settings, "compile", False) and accelerator.distributed_type not in (DistributedType.FSDP,
+                                                                                      DistributedType.DEEPSPEED):
+        # LoRA dropout keeping a one-byte mask instead of two float copies of its input (CPU; same numbers)
+        undo.append(activations.install(lm))
     use_fused = False
     if getattr(settings, "fused_loss", False):
         kind = accelerator.distributed_type
