@@ -43,14 +43,17 @@ class _DroppedLinear(torch.autograd.Function):
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         noise = mask.to(x.dtype).div_(1 - ctx.p)  # 1 (or 0) divided as in forward: the same values
         autocast, dtype = ctx.autocast
-        with torch.enable_grad(), torch.autocast("cpu", dtype=dtype, enabled=autocast):
-            xx = x.detach().requires_grad_(need_x)
-            ww = weight.detach().requires_grad_(need_w)
-            out = F.linear(xx * noise, ww)  # the forward's operations again, for autograd's own backward
-            wanted = [t for t, need in ((xx, need_x), (ww, need_w)) if need]
-            grads = list(torch.autograd.grad(out, wanted, grad)) if wanted else []
-        gx = grads.pop(0) if need_x else None
-        gw = grads.pop(0) if need_w else None
+        # F.linear's own backward on 2-D views (as its matmul computes it): grad @ W for the input,
+        # (input^T @ grad)^T for the weight; in the forward's compute dtype under autocast
+        cast = dtype if autocast else x.dtype
+        w = weight.to(cast)
+        g2 = grad.reshape(-1, grad.shape[-1]).to(cast)
+        gx = gw = None
+        if need_x:
+            gx = (g2.mm(w).reshape(x.shape).to(x.dtype) * noise)
+        if need_w:
+            dropped = (x * noise).to(cast).reshape(-1, x.shape[-1])
+            gw = g2.t().mm(dropped).to(weight.dtype)
         return gx, gw, None
 
 
