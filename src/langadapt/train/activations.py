@@ -8,7 +8,7 @@ keeps between the forward and backward passes.
 
 ``install(model)`` makes ``lora_A(dropout(x))`` one autograd step that keeps ``x`` (which the q, k and v
 layers share, and the gate and up layers) and a one-byte mask instead, and rebuilds the dropped-out input
-in the backward pass by the forward's own operations. On the CPU ``torch.nn.functional.dropout`` draws
+in the backward pass by the forward's own operations, then takes F.linear's two products. On the CPU ``torch.nn.functional.dropout`` draws
 its noise as ``bernoulli_(1 - p)`` divided by ``1 - p`` (ATen's ``_dropout_impl``; the fused kernel is
 for accelerators only); this draws it the same way, so outputs, gradients and the random state after a
 step are bit-identical to PEFT's own layers (tests/test_train_activations.py). On any other device, in
@@ -43,14 +43,14 @@ class _DroppedLinear(torch.autograd.Function):
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         noise = mask.to(x.dtype).div_(1 - ctx.p)  # 1 (or 0) divided as in forward: the same values
         autocast, dtype = ctx.autocast
-        # F.linear's own backward on 2-D views (as its matmul computes it): grad @ W for the input,
-        # (input^T @ grad)^T for the weight; in the forward's compute dtype under autocast
+        # the products F.linear's backward takes on 2-D views (grad @ W for the input, grad^T @ input for
+        # the weight; the same bits, tests/test_train_activations.py), in the forward's compute dtype
         cast = dtype if autocast else x.dtype
         w = weight.to(cast)
         g2 = grad.reshape(-1, grad.shape[-1]).to(cast)
         gx = gw = None
         if need_x:
-            gx = (g2.mm(w).reshape(x.shape).to(x.dtype) * noise)
+            gx = g2.mm(w).reshape(x.shape).to(x.dtype) * noise
         if need_w:
             dropped = (x * noise).to(cast).reshape(-1, x.shape[-1])
             gw = g2.t().mm(dropped).to(weight.dtype)
