@@ -113,19 +113,22 @@ def test_a_killed_build_leaves_no_worker_and_resumes_from_its_finished_parts(tmp
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     parts = folder.with_name("store.parts")
     deadline = time.time() + 120
-    while time.time() < deadline and len(list(parts.glob("0*/meta.json"))) < 2:
+    def finished_parts() -> list[str]:  # part folders only: a part being written is 000NN.tmp/ until renamed
+        return sorted(p.parent.name for p in parts.glob("0*/meta.json") if p.parent.name.isdigit())
+
+    while time.time() < deadline and len(finished_parts()) < 2:
         time.sleep(0.05)
     workers = [c for c in _children(proc.pid) if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    finished = sorted(p.parent.name for p in parts.glob("0*/meta.json"))
-    monkeypatch.setattr(parallel_store, "MIN_PART_BYTES", 1 << 14)  # the plan the killed build made
-    total = len(parallel_store.plan_parts(files))
-    assert workers and 2 <= len(finished) < total, (finished, total)
     deadline = time.time() + 10
     while any(_alive(w) for w in workers) and time.time() < deadline:
         time.sleep(0.05)
     assert not any(_alive(w) for w in workers)  # they died with the build (PR_SET_PDEATHSIG)
+    finished = finished_parts()  # after the workers are gone: none can finish a part any more
+    monkeypatch.setattr(parallel_store, "MIN_PART_BYTES", 1 << 14)  # the plan the killed build made
+    total = len(parallel_store.plan_parts(files))
+    assert workers and 2 <= len(finished) < total, (finished, total)
     assert not folder.exists()
 
     redone = []
