@@ -7,8 +7,9 @@ Loads the run's pretrain adapter merged into its base (the model the sft stage t
 recipe's sft policy (LoRA + embeddings), and runs ``--steps`` forward/backward passes of ``--batch`` x
 ``--seq-len`` random tokens (packed: positions restart twice per row; the first 40 tokens of each row carry
 no loss). Prints the bytes autograd keeps between forward and backward, grouped by the module that saved
-them (saved-tensor hooks, each storage counted once), peak resident memory, step times, and a hash of the
-gradients and of the random state after each step, so that two modes can be checked bit for bit.
+them (saved-tensor hooks, each storage counted once, the model's own weights not counted), peak resident
+memory, step times, and a hash of the gradients and of the random state after each step, so that two
+modes can be checked bit for bit.
 
 Modes: ``lean`` is what the training core runs (LoRA dropout through train/activations.py), ``plain``
 PEFT's own layers, ``checkpoint`` transformers' gradient checkpointing on top of ``lean``. Run it with
@@ -72,11 +73,13 @@ def main() -> None:
     for name, module in model.named_modules():
         tag = ".".join(p for p in name.split(".") if not p.isdigit() and p not in ("base_model", "model", "layers"))
         module.register_forward_pre_hook(lambda m, a, tag=tag or "(top)": stack.append(tag))
-        module.register_forward_hook(lambda m, a, o: stack.pop())
+        module.register_forward_hook(lambda m, a, o: (stack.pop(), None)[1])  # a hook's return value replaces o
     layers = model.config.num_hidden_layers
 
+    # parameters that autograd references (a frozen layer's weight, for its input's gradient) cost nothing extra
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
     for step in range(args.steps):
-        kept: dict[int, int] = {}
+        kept: dict[int, int] = {ptr: 0 for ptr in weights}
         by_module: collections.Counter = collections.Counter()
 
         def pack(t):

@@ -3,8 +3,8 @@
 A PEFT LoRA layer computes ``lora_B(lora_A(dropout(x)))``. For the backward pass autograd keeps two
 tensors the size of ``x`` per adapted layer: the dropout noise (float) and the dropped-out input of
 ``lora_A``. With LoRA on the seven linear layers of a Llama block that is about 40 KB per token per block
-in fp32: measured on the demo's sft step (SmolLM2-135M, 8 x 256 tokens) 2.3 GB of the 4.8 GB autograd
-keeps between the forward and backward passes.
+in fp32: measured on the demo's sft step (SmolLM2-135M, 8 x 256 tokens) 2.3 of the 4.3 GiB autograd
+keeps between the forward and backward passes (bench/activation_census.py).
 
 ``install(model)`` makes ``lora_A(dropout(x))`` one autograd step that keeps ``x`` (which the q, k and v
 layers share, and the gate and up layers) and a one-byte mask instead, and rebuilds the dropped-out input
