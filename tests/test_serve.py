@@ -264,6 +264,10 @@ def test_one_generation_at_a_time_queue_then_503_when_full(tiny_dir):
         first.join(20)
         second.join(20)
         assert results == {"first": 200, "second": 200}
+        # the handler frees its slot after the response is sent, so the client may read first: wait for it
+        deadline = time.time() + 10
+        while (server.queue.active, server.queue.waiting) != (0, 0) and time.time() < deadline:
+            time.sleep(0.01)
         assert (server.queue.active, server.queue.waiting) == (0, 0)
     finally:
         gate.set()
