@@ -103,8 +103,8 @@ def main() -> None:
         model.zero_grad(set_to_none=True)
         rss, hwm = status_mb()
         total = sum(kept.values())
-        print(f"step {step}: loss {out.loss.item()!r}, gradients+rng {digest.hexdigest()[:16]}, forward {t1 - t0:.2f} s, "
-              f"backward {t2 - t1:.2f} s, kept for backward {total / 2**20:,.0f} MiB "
+        print(f"step {step}: loss {out.loss.item()!r}, gradients+rng {digest.hexdigest()[:16]}, "
+              f"forward {t1 - t0:.2f} s, backward {t2 - t1:.2f} s, kept for backward {total / 2**20:,.0f} MiB "
               f"({total / (bsz * seq * layers) / 1024:.1f} KiB per token per layer), RSS {rss:,} MB, peak {hwm:,} MB",
               flush=True)
         if step == 0:

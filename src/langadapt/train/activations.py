@@ -8,11 +8,12 @@ keeps between the forward and backward passes (bench/activation_census.py).
 
 ``install(model)`` makes ``lora_A(dropout(x))`` one autograd step that keeps ``x`` (which the q, k and v
 layers share, and the gate and up layers) and a one-byte mask instead, and rebuilds the dropped-out input
-in the backward pass by the forward's own operations, then takes F.linear's two products. On the CPU ``torch.nn.functional.dropout`` draws
-its noise as ``bernoulli_(1 - p)`` divided by ``1 - p`` (ATen's ``_dropout_impl``; the fused kernel is
-for accelerators only); this draws it the same way, so outputs, gradients and the random state after a
-step are bit-identical to PEFT's own layers (tests/test_train_activations.py). On any other device, in
-evaluation mode and without gradients the layer runs PEFT's way. Only plain LoRA layers (no DoRA, no
+in the backward pass by the forward's own operations, then takes F.linear's two products. On the CPU
+``torch.nn.functional.dropout`` draws its noise as ``bernoulli_(1 - p)`` divided by ``1 - p`` (ATen's
+``_dropout_impl``; the fused kernel is for accelerators only); this draws it the same way, so outputs,
+gradients and the random state after a step are bit-identical to PEFT's own layers
+(tests/test_train_activations.py). On any other device, in evaluation mode and without gradients the
+layer runs PEFT's way. Only plain LoRA layers (no DoRA, no
 bias on ``lora_A``) with an ``nn.Dropout`` change; ``install`` returns the function that undoes it.
 """
 
@@ -22,6 +23,8 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+
+from langadapt.train.loss import compute_dtype
 
 
 class _DroppedLinear(torch.autograd.Function):
@@ -34,7 +37,7 @@ class _DroppedLinear(torch.autograd.Function):
         out = F.linear(x * noise, weight)
         ctx.save_for_backward(x, noise.ne(0), weight)
         ctx.p = p
-        ctx.autocast = (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))
+        ctx.cast = compute_dtype(x)  # F.linear's dtype here: autocast's or x's own
         return out
 
     @staticmethod
@@ -42,10 +45,9 @@ class _DroppedLinear(torch.autograd.Function):
         x, mask, weight = ctx.saved_tensors
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         noise = mask.to(x.dtype).div_(1 - ctx.p)  # 1 (or 0) divided as in forward: the same values
-        autocast, dtype = ctx.autocast
         # the products F.linear's backward takes on 2-D views (grad @ W for the input, grad^T @ input for
         # the weight; the same bits, tests/test_train_activations.py), in the forward's compute dtype
-        cast = dtype if autocast else x.dtype
+        cast = ctx.cast
         w = weight.to(cast)
         g2 = grad.reshape(-1, grad.shape[-1]).to(cast)
         gx = gw = None

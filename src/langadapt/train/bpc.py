@@ -109,13 +109,8 @@ def _nats(model, pieces: list[tuple[list[int], int]], pad: int, batch_size: int)
 
 def _vocab_rows(model) -> int:
     """Rows of the model's output head (the width of its logits)."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    weight = getattr(head, "weight", None)
-    if weight is not None and weight.ndim == 2:
-        return int(weight.shape[0])
-    config = getattr(model, "config", None)
-    config = getattr(config, "get_text_config", lambda: config)()
-    return int(getattr(config, "vocab_size", 0) or 65536)
+    head = model.get_output_embeddings()
+    return int(head.weight.shape[0]) if head is not None else int(model.config.get_text_config().vocab_size)
 
 
 def read_heldout(recipe) -> dict[str, str | list[str]]:

@@ -84,7 +84,8 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         return gh, gw, gb, None, None, None
 
 
-def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
+def compute_dtype(hidden: torch.Tensor) -> torch.dtype:
+    """The dtype ``hidden`` is computed in here: the autocast dtype of its device when autocast is on, else its own."""
     kind = hidden.device.type
     if torch.is_autocast_enabled(kind):
         return torch.get_autocast_dtype(kind)
@@ -113,7 +114,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     n = int(target_index.numel())
     h = flat_h.index_select(0, target_index)
     targets = flat_labels.index_select(0, target_index + 1).long()
-    total = _ChunkedLinearCrossEntropy.apply(h, weight, bias, targets, max(1, chunk), _compute_dtype(hidden))
+    total = _ChunkedLinearCrossEntropy.apply(h, weight, bias, targets, max(1, chunk), compute_dtype(hidden))
     return total / max(n, 1), n
 
 
