@@ -15,12 +15,21 @@ gradients and the random state after a step are bit-identical to PEFT's own laye
 (tests/test_train_activations.py). On any other device, in evaluation mode and without gradients the
 layer runs PEFT's way. Only plain LoRA layers (no DoRA, no
 bias on ``lora_A``) with an ``nn.Dropout`` change; ``install`` returns the function that undoes it.
+
+A step fed as micro-batches (``batch_size`` x ``grad_accum``) would draw each layer's noise micro-batch by
+micro-batch: the random stream in another order, so other numbers than the same rows fed at once. With a
+``StepDropout`` plan, the training core names each micro-batch's rows within the step; the first micro-batch
+draws every layer's noise for all the step's rows, exactly as one batch of them would (same shape, same order
+of calls), keeps it at a bit per element (38 MB for the demo's sft step of 8 x 256 tokens), and each
+micro-batch takes its own rows. So the split of a step changes memory and speed, not the numbers (up to the
+order in which micro-batch gradients are summed).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -31,11 +40,15 @@ class _DroppedLinear(torch.autograd.Function):
     """``F.linear(F.dropout(x, p), weight)`` on the CPU, keeping ``x`` and a boolean mask for backward."""
 
     @staticmethod
-    def forward(ctx, x, weight, p: float):
-        noise = torch.empty_like(x).bernoulli_(1 - p)
+    def forward(ctx, x, weight, p: float, mask: torch.Tensor | None):
+        if mask is None:
+            noise = torch.empty_like(x).bernoulli_(1 - p)
+            mask = noise.ne(0)
+        else:  # drawn by a StepDropout plan: bernoulli's 0 and 1 again, then divided as below
+            noise = mask.to(x.dtype)
         noise.div_(1 - p)
         out = F.linear(x * noise, weight)
-        ctx.save_for_backward(x, noise.ne(0), weight)
+        ctx.save_for_backward(x, mask, weight)
         ctx.p = p
         ctx.cast = compute_dtype(x)  # F.linear's dtype here: autocast's or x's own
         return out
@@ -56,14 +69,55 @@ class _DroppedLinear(torch.autograd.Function):
         if need_w:
             dropped = (x * noise).to(cast).reshape(-1, x.shape[-1])
             gw = g2.t().mm(dropped).to(weight.dtype)
-        return gx, gw, None
+        return gx, gw, None, None
 
 
-def _dropped_forward(linear: torch.nn.Linear, dropout: torch.nn.Dropout):
+class StepDropout:
+    """The LoRA dropout noise of one optimizer step, drawn as if the step's rows were fed at once.
+
+    The training core calls ``micro_batch(first, rows, step_rows, step_width)`` before each micro-batch's forward
+    pass (rows ``first`` to ``first + rows`` of a step of ``step_rows`` rows, the longest ``step_width`` tokens)
+    and ``stop()`` after the step. During micro-batch 0 each layer draws its noise for the whole step, in the
+    order one batch of all the rows would call the layers; later micro-batches take their rows of it.
+    """
+
+    def __init__(self) -> None:
+        self._window: tuple[int, int, int, int] | None = None
+        self._masks: list[np.ndarray] = []  # per call: the step's mask, 8 elements to a byte (np.packbits)
+        self._call = 0
+
+    def micro_batch(self, first: int, rows: int, step_rows: int, step_width: int) -> None:
+        if first == 0:
+            self._masks = []
+        self._window, self._call = (first, rows, step_rows, step_width), 0
+
+    def stop(self) -> None:
+        self._window, self._masks = None, []
+
+    def mask(self, x: torch.Tensor, p: float) -> torch.Tensor | None:
+        """This micro-batch's boolean mask for the next layer's input ``x`` (None: draw it the plain way)."""
+        if self._window is None or x.dim() < 3:
+            return None
+        first, rows, step_rows, step_width = self._window
+        if x.shape[0] != rows or x.shape[1] > step_width or first + rows > step_rows:
+            return None  # not the (rows, tokens, features) layout the plan was told about
+        k, self._call = self._call, self._call + 1
+        if first == 0:
+            whole = torch.empty((step_rows, step_width, *x.shape[2:]), dtype=x.dtype).bernoulli_(1 - p).ne(0)
+            self._masks.append(np.packbits(whole.numpy(), axis=-1))
+            return whole[:rows, : x.shape[1]].clone()
+        if k >= len(self._masks):
+            return None
+        bits = self._masks[k][first : first + rows, : x.shape[1]]
+        return torch.from_numpy(np.unpackbits(bits, axis=-1, count=x.shape[-1]).view(np.bool_))
+
+
+def _dropped_forward(linear: torch.nn.Linear, dropout: torch.nn.Dropout, plan: StepDropout | None):
     def forward(x):
         if dropout.training and dropout.p > 0:
             if torch.is_grad_enabled() and x.device.type == "cpu":
-                return _DroppedLinear.apply(x, linear.weight, float(dropout.p))
+                p = float(dropout.p)
+                return _DroppedLinear.apply(x, linear.weight, p, plan.mask(x, p) if plan is not None else None)
             x = F.dropout(x, dropout.p, True, dropout.inplace)
         return F.linear(x, linear.weight)
 
@@ -74,9 +128,10 @@ def _identity(x):
     return x
 
 
-def install(model: torch.nn.Module) -> Callable[[], None]:
-    """Route every plain LoRA layer's ``lora_A(dropout(x))`` of ``model`` through ``_DroppedLinear``;
-    returns the function that undoes it. A model without such layers is left as it is."""
+def install(model: torch.nn.Module, plan: StepDropout | None = None) -> Callable[[], None]:
+    """Route every plain LoRA layer's ``lora_A(dropout(x))`` of ``model`` through ``_DroppedLinear``, its
+    noise from ``plan`` when one is given; returns the function that undoes it. A model without such layers
+    is left as it is."""
     try:
         from peft.tuners.lora import Linear as LoraLinear
     except ImportError:
@@ -91,7 +146,7 @@ def install(model: torch.nn.Module) -> Callable[[], None]:
             if (type(dropout) is not torch.nn.Dropout or type(linear) is not torch.nn.Linear
                     or linear.bias is not None or module.use_dora.get(name, False)):
                 continue
-            linear.forward = _dropped_forward(linear, dropout)
+            linear.forward = _dropped_forward(linear, dropout, plan)
             dropout.forward = _identity
             patched += [linear, dropout]
 
@@ -102,4 +157,4 @@ def install(model: torch.nn.Module) -> Callable[[], None]:
     return undo
 
 
-__all__ = ["install"]
+__all__ = ["StepDropout", "install"]

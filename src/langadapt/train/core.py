@@ -208,8 +208,9 @@ def _optimizer(model, settings, device):
     return torch.optim.AdamW(groups, lr=settings.lr, foreach=False)
 
 
-def _fast_paths(model, settings, accelerator, say, name: str) -> tuple[list[Callable[[], None]], bool]:
-    """Switch on the recipe's fast paths; returns (functions that undo them, whether the fused loss is on)."""
+def _fast_paths(model, settings, accelerator, say, name: str):
+    """Switch on the recipe's fast paths; returns (functions that undo them, whether the fused loss is on, the
+    LoRA dropout plan that makes micro-batches draw a step's noise as one batch would, or None)."""
     from accelerate.utils import DistributedType
 
     from langadapt.train import activations
@@ -217,6 +218,7 @@ def _fast_paths(model, settings, accelerator, say, name: str) -> tuple[list[Call
 
     lm = fused.causal_lm_of(model)
     undo: list[Callable[[], None]] = []
+    plan = None
     attention = getattr(settings, "attention", "auto")
     if attention != "auto" and hasattr(lm, "set_attn_implementation"):
         try:
@@ -236,8 +238,10 @@ def _fast_paths(model, settings, accelerator, say, name: str) -> tuple[list[Call
         undo.append(lambda: [setattr(b, "_compiled_call_impl", None) for b in blocks])
     if not getattr(settings, "compile", False) and accelerator.distributed_type not in (DistributedType.FSDP,
                                                                                       DistributedType.DEEPSPEED):
-        # LoRA dropout keeping a one-byte mask instead of two float copies of its input (CPU; same numbers)
-        undo.append(activations.install(lm))
+        # LoRA dropout keeping a one-byte mask instead of two float copies of its input (CPU; same numbers),
+        # drawn per step, so that the split into micro-batches does not change them either
+        plan = activations.StepDropout()
+        undo.append(activations.install(lm, plan))
     use_fused = False
     if getattr(settings, "fused_loss", False):
         kind = accelerator.distributed_type
@@ -253,7 +257,7 @@ def _fast_paths(model, settings, accelerator, say, name: str) -> tuple[list[Call
             use_fused = True
         else:
             say(f"{name}: plain loss over the full logits: {reason}")
-    return undo, use_fused
+    return undo, use_fused, plan
 
 
 def _scheduler(optimizer, settings, total_steps: int):
@@ -415,7 +419,7 @@ def train_model(
         say(f"{name}: held-out bits per character at start: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
 
     # ---- the loop
-    undo_fast, use_fused = _fast_paths(unwrapped, settings, accelerator, say, name)
+    undo_fast, use_fused, plan = _fast_paths(unwrapped, settings, accelerator, say, name)
     model.train()
     bar = tqdm(total=total_steps, initial=start_step, desc=name, disable=not main, dynamic_ncols=True, unit="step")
     metrics.bar = bar
@@ -427,7 +431,7 @@ def train_model(
                                                             accelerator.process_index, use_fused)
             totals.window_tokens += tokens
             step_loss, grad_norm = _train_step(model, optimizer, scheduler, accelerator, batches, n_pred, settings,
-                                               n_all)
+                                               n_all, plan)
             bad = ~torch.isfinite(step_loss)
             if grad_norm is not None and not accelerator.optimizer_step_was_skipped:  # fp16's scaler skips them
                 bad |= ~torch.isfinite(torch.as_tensor(grad_norm, device=bad.device))
@@ -559,9 +563,10 @@ def _micro_batches(rows, order, row_tokens, step: int, bs: int, accum: int, worl
     return batches, n_pred, tokens, n_all
 
 
-def _train_step(model, optimizer, scheduler, accelerator, batches, n_pred, settings, n_all):
+def _train_step(model, optimizer, scheduler, accelerator, batches, n_pred, settings, n_all, plan=None):
     """One optimizer step over the micro-batches; (summed loss on the device, gradient norm or None).
-    ``n_all``: predicted tokens of every process's micro-batches of the step."""
+    ``n_all``: predicted tokens of every process's micro-batches of the step; ``plan``: the LoRA dropout plan
+    (activations.StepDropout) told where each micro-batch's rows lie in the step."""
     import torch
 
     cuda = accelerator.device.type == "cuda"
@@ -570,7 +575,14 @@ def _train_step(model, optimizer, scheduler, accelerator, batches, n_pred, setti
     n_total = max(1, n_all) / accelerator.num_processes
     step_loss = torch.zeros((), device=accelerator.device)
     grad_norm = None
+    plan = plan if accum > 1 else None
+    if plan is not None:
+        shapes = [tuple(b["input_ids"].shape) for b in batches]
+        step_rows, step_width, first = sum(r for r, _ in shapes), max(w for _, w in shapes), 0
     for b, n in zip(batches, n_pred):
+        if plan is not None:
+            plan.micro_batch(first, b["input_ids"].shape[0], step_rows, step_width)
+            first += b["input_ids"].shape[0]
         if cuda:
             b = {k: v.pin_memory().to(accelerator.device, non_blocking=True) for k, v in b.items()}
         else:
@@ -590,6 +602,8 @@ def _train_step(model, optimizer, scheduler, accelerator, batches, n_pred, setti
             if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
                 scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+    if plan is not None:
+        plan.stop()
     return step_loss, grad_norm
 
 
