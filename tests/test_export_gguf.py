@@ -62,6 +62,43 @@ def gguf_run(tmp_path_factory):
     return run, tok, expected
 
 
+def test_langadapt_loads_a_gguf_as_transformers_does_parsing_it_once(gguf_run, monkeypatch):
+    """models.load_model / load_tokenizer parse a GGUF file's metadata once per load (transformers alone:
+    twice, and a tensor-name map per module); the loaded weights, config and tokenizer are the same."""
+    import gguf
+    import torch
+
+    from langadapt.models import load_model, load_tokenizer
+
+    run, tok, _ = gguf_run
+    out = export_gguf_once(run)
+    reference, reference_tok = read_back(out)
+    parsed, maps = [], []
+    reader_type, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    monkeypatch.setattr(gguf, "GGUFReader", lambda *a, **k: parsed.append(a) or reader_type(*a, **k))
+    monkeypatch.setattr(gguf, "get_tensor_name_map", lambda *a: maps.append(a) or name_map(*a))
+    gguf_file = next(out.glob("*.gguf"))
+    model = load_model(gguf_file)
+    assert len(parsed) == 1 and len(maps) == 1, (len(parsed), len(maps))
+    loaded_tok = load_tokenizer(gguf_file)
+    assert len(parsed) == 2
+    assert gguf.GGUFReader is not reader_type and gguf.GGUFReader.__name__ == "<lambda>"  # put back after each load
+    a, b = model.state_dict(), reference.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    plain = {k: v for k, v in reference.config.to_dict().items() if k != "quantization_config"}  # load_model drops it
+    assert model.config.to_dict() == plain
+    assert loaded_tok.get_vocab() == reference_tok.get_vocab()
+
+
+def export_gguf_once(run):
+    from langadapt.serve.export import export_model
+
+    out = run / "export" / "sft-gguf"
+    if not list(out.glob("*-f32.gguf")):
+        export_model(str(run), stage="sft", fmt="gguf", quant="f32", force=True, log=lambda m: None)
+    return out
+
+
 @pytest.mark.parametrize("quant,tolerance", [("f32", 1e-4), ("f16", 2e-2)])
 def test_gguf_export_gives_the_merged_models_logits_in_transformers(gguf_run, quant, tolerance):
     from langadapt.serve.export import export_model

@@ -63,15 +63,39 @@ def test_same_loss_gradients_and_random_state_with_less_kept(autocast):
     for n in grads:
         assert torch.equal(grads[n], grads2[n]), n
     assert torch.equal(rng, rng2)  # the same random numbers were drawn, no more, no fewer
-    # PEFT keeps the float noise and the dropped-out input per LoRA layer; at least one of the two is gone
+    # PEFT keeps the float noise and the dropped-out input per LoRA layer: at least one of the two is gone;
+    # and each MLP no longer keeps its activation's output (intermediate_size per token)
     layers = [m for m in lean_model.modules() if isinstance(m, LoraLinear)]
     elems = sum(inputs["input_ids"].numel() * m.in_features for m in layers)
+    mlps = [m for m in lean_model.modules() if type(m).__name__ == "LlamaMLP"]
+    assert mlps and all("forward" in m.__dict__ for m in mlps)
+    elems += sum(inputs["input_ids"].numel() * m.intermediate_size for m in mlps)
     assert kept - kept2 >= elems * 4 * (0.5 if autocast else 1), (kept, kept2)
 
     undo()
     assert not any("forward" in m.__dict__ for m in lean_model.modules())
     loss3, grads3, rng3, _ = step(lean_model, inputs, autocast=autocast)
     assert torch.equal(loss3, loss) and torch.equal(rng3, rng)
+
+
+def test_the_mlp_keeps_less_for_the_same_gradients_without_lora():
+    """Embeddings-only training (the align stage): no LoRA layer, the MLP's saving alone, bit for bit."""
+    from langadapt.train import activations
+
+    plain = tiny_llama(VOCAB, seed=2)
+    for n, p in plain.named_parameters():
+        p.requires_grad_("embed_tokens" in n)
+    lean = copy.deepcopy(plain)
+    inputs = batch(rows=3, width=20)
+    loss, grads, rng, kept = step(plain, inputs)
+    undo = activations.install(lean)
+    loss2, grads2, rng2, kept2 = step(lean, inputs)
+    assert torch.equal(loss, loss2) and torch.equal(rng, rng2)
+    assert list(grads) == ["model.embed_tokens.weight"] and torch.equal(grads[list(grads)[0]], grads2[list(grads)[0]])
+    per_token = sum(m.intermediate_size for m in lean.modules() if type(m).__name__ == "LlamaMLP")
+    assert kept - kept2 >= inputs["input_ids"].numel() * per_token * 4, (kept, kept2)
+    undo()
+    assert not any("forward" in m.__dict__ for m in lean.modules())
 
 
 def test_without_dropout_evaluation_or_gradients_nothing_changes():

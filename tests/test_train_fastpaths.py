@@ -108,6 +108,23 @@ def test_chunked_loss_never_holds_the_full_logits():
     assert sizes[True] < sizes[False] / 4
 
 
+def test_chunked_loss_scales_its_gradients_in_place_once():
+    """backward scales the buffers made in forward in place (no second head-sized copy): a second backward
+    through the same graph is a clear error, not silently doubled gradients."""
+    from langadapt.train.loss import linear_cross_entropy
+
+    hidden = torch.randn(2, 6, 8, requires_grad=True)
+    weight = torch.randn(VOCAB, 8, requires_grad=True)
+    labels = torch.randint(0, VOCAB, (2, 6))
+    loss, n = linear_cross_entropy(hidden, weight, labels, chunk=4)
+    (loss * 3).backward(retain_graph=True)
+    plain = torch.nn.functional.cross_entropy((hidden @ weight.T)[:, :-1].reshape(-1, VOCAB), labels[:, 1:].reshape(-1))
+    g_w, = torch.autograd.grad(plain * 3, weight)
+    torch.testing.assert_close(weight.grad, g_w)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
 def test_fused_loss_trains_to_the_same_weights_and_unknown_models_keep_the_plain_loss(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 

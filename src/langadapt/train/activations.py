@@ -128,18 +128,69 @@ def _identity(x):
     return x
 
 
+class _GatedProduct(torch.autograd.Function):
+    """``silu(gate) * up`` keeping ``gate`` and ``up`` for backward, not also the activation's output:
+    it is recomputed there by the same operation (so the same bits), and the two gradients are the ones
+    autograd's own mul and SiLU steps take."""
+
+    @staticmethod
+    def forward(ctx, gate, up):
+        ctx.save_for_backward(gate, up)
+        return F.silu(gate) * up
+
+    @staticmethod
+    def backward(ctx, grad):
+        gate, up = ctx.saved_tensors
+        grad_gate = grad_up = None
+        if ctx.needs_input_grad[1]:
+            grad_up = grad * F.silu(gate)
+        if ctx.needs_input_grad[0]:
+            grad_gate = torch.ops.aten.silu_backward(grad * up, gate)
+        return grad_gate, grad_up
+
+
+def _gated_mlp(mlp: torch.nn.Module):
+    """A Llama-layout MLP's forward, ``down_proj(act_fn(gate_proj(x)) * up_proj(x))`` (Llama, Mistral,
+    Qwen2/3, SmolLM), through ``_GatedProduct`` while gradients are recorded."""
+    def forward(x):
+        gate = mlp.gate_proj(x)
+        if torch.is_grad_enabled():
+            return mlp.down_proj(_GatedProduct.apply(gate, mlp.up_proj(x)))
+        return mlp.down_proj(mlp.act_fn(gate) * mlp.up_proj(x))
+
+    return forward
+
+
+def _is_gated_silu_mlp(module: torch.nn.Module) -> bool:
+    """Whether ``module`` is one of transformers' Llama-layout MLPs with SiLU: the forward above is theirs."""
+    name = type(module).__name__
+    return (name.endswith("MLP") and type(module).__module__.startswith("transformers.models.")
+            and name[: -len("MLP")].lower() in _GATED_SILU_FAMILIES
+            and all(hasattr(module, k) for k in ("gate_proj", "up_proj", "down_proj"))
+            and type(getattr(module, "act_fn", None)).__name__ in ("SiLU", "SiLUActivation"))
+
+
+# Families whose MLP forward is exactly down_proj(act_fn(gate_proj(x)) * up_proj(x)) (transformers 5.x), the
+# activation torch's SiLU or transformers' SiLUActivation (which calls F.silu); another one (a config's
+# hidden_act) leaves the MLP alone.
+_GATED_SILU_FAMILIES = frozenset({"llama", "mistral", "qwen2", "qwen3", "smollm3", "olmo2", "granite"})
+
+
 def install(model: torch.nn.Module, plan: StepDropout | None = None) -> Callable[[], None]:
     """Route every plain LoRA layer's ``lora_A(dropout(x))`` of ``model`` through ``_DroppedLinear``, its
-    noise from ``plan`` when one is given; returns the function that undoes it. A model without such layers
-    is left as it is."""
+    noise from ``plan`` when one is given, and every Llama-layout SiLU MLP through ``_GatedProduct``; returns
+    the function that undoes it. A model without such layers is left as it is."""
     try:
         from peft.tuners.lora import Linear as LoraLinear
     except ImportError:
-        return lambda: None
+        LoraLinear = None
 
     patched: list[torch.nn.Module] = []
     for module in model.modules():
-        if not isinstance(module, LoraLinear):
+        if _is_gated_silu_mlp(module):
+            module.forward = _gated_mlp(module)
+            patched.append(module)
+        if LoraLinear is None or not isinstance(module, LoraLinear):
             continue
         for name, dropout in module.lora_dropout.items():
             linear = module.lora_A[name]

@@ -78,9 +78,12 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_out):
         grad_h, grad_w, grad_b = ctx.saved_tensors
         w_dtype, b_dtype = ctx.dtypes
-        gh = grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None
-        gw = (grad_w * grad_out).to(w_dtype) if grad_w is not None else None
-        gb = (grad_b * grad_out).to(b_dtype) if grad_b is not None else None
+        # in place: these buffers are not read again, and the weight's gradient (the size of the head) waits
+        # for the embeddings' own when the two are tied, through the whole backward pass. A second backward
+        # through the same graph (retain_graph) fails in autograd's check of the saved tensors' versions.
+        gh = grad_h.mul_(grad_out.to(grad_h.dtype)) if grad_h is not None else None
+        gw = grad_w.mul_(grad_out).to(w_dtype) if grad_w is not None else None
+        gb = grad_b.mul_(grad_out).to(b_dtype) if grad_b is not None else None
         return gh, gw, gb, None, None, None
 
 
