@@ -45,7 +45,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         b = bias.to(compute_dtype) if bias is not None else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        grad_w = None  # the first chunk's product becomes the buffer: no zeros to add it to, one head-sized copy less
         grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
         with torch.autocast(hidden.device.type, enabled=False):
             for s in range(0, n, chunk):
@@ -65,11 +65,15 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                     if need_h:
                         grad_h[s : s + chunk] = (g @ w).to(hidden.dtype)
                     if need_w:
-                        grad_w += (g.T @ h).float()
+                        part = (g.T @ h).float()
+                        grad_w = part if grad_w is None else grad_w.add_(part)
+                        del part
                     if need_b:
                         grad_b += g.float().sum(0)
                     del g
                 del logits
+        if need_w and grad_w is None:  # no token to predict
+            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
         ctx.save_for_backward(grad_h, grad_w, grad_b)
         ctx.dtypes = (weight.dtype, bias.dtype if bias is not None else None)
         return total
