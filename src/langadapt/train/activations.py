@@ -90,6 +90,7 @@ class StepDropout:
         self._window: tuple[int, int, int, int] | None = None
         self._masks: list[np.ndarray] = []  # per call: the step's mask, 8 elements to a byte (np.packbits)
         self._call = 0
+        self._scratch: dict = {}  # (shape, dtype) -> (noise, mask) buffers, the size of one layer's input
 
     def micro_batch(self, first: int, rows: int, step_rows: int, step_width: int) -> None:
         if first == 0:
@@ -98,6 +99,11 @@ class StepDropout:
 
     def stop(self) -> None:
         self._window, self._masks = None, []
+
+    def close(self) -> None:
+        """Drop the noise buffers too (after training)."""
+        self.stop()
+        self._scratch = {}
 
     def mask(self, x: torch.Tensor, p: float) -> torch.Tensor | None:
         """This micro-batch's boolean mask for the next layer's input ``x`` (None: draw it the plain way)."""
@@ -108,7 +114,13 @@ class StepDropout:
             return None  # not the (rows, tokens, features) layout the plan was told about
         k, self._call = self._call, self._call + 1
         if first == 0:
-            whole = torch.empty((step_rows, step_width, *x.shape[2:]), dtype=x.dtype).bernoulli_(1 - p).ne(0)
+            # the step's noise in buffers kept from call to call (bernoulli_ overwrites every element): a new
+            # step-sized tensor per layer would leave the allocator's heap fragmented (+100 MB resident in sft)
+            shape = (step_rows, step_width, *x.shape[2:])
+            if (shape, x.dtype) not in self._scratch:
+                self._scratch[shape, x.dtype] = torch.empty(shape, dtype=x.dtype), torch.empty(shape, dtype=torch.bool)
+            noise, whole = self._scratch[shape, x.dtype]
+            torch.ne(noise.bernoulli_(1 - p), 0, out=whole)
             self._masks.append(np.packbits(whole.numpy(), axis=-1))
             return whole[:rows, : x.shape[1]].clone()
         if k >= len(self._masks):

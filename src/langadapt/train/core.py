@@ -241,7 +241,7 @@ def _fast_paths(model, settings, accelerator, say, name: str):
         # LoRA dropout keeping a one-byte mask instead of two float copies of its input (CPU; same numbers),
         # drawn per step, so that the split into micro-batches does not change them either
         plan = activations.StepDropout()
-        undo.append(activations.install(lm, plan))
+        undo += [activations.install(lm, plan), plan.close]
     use_fused = False
     if getattr(settings, "fused_loss", False):
         kind = accelerator.distributed_type
