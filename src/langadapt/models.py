@@ -122,9 +122,9 @@ def _gguf_read_once():
 
     transformers parses a GGUF file's metadata (a Python object per vocabulary string) for the config and again
     for the weights or the tokenizer, and builds gguf-py's tensor-name map anew for every module of the model
-    (397 times for SmolLM2-135M): 12 of the 19 s a load takes on 2 CPU cores. Both are read-only, so they are
-    made once for the duration of the load (gguf's own functions are put back after it); what is loaded is
-    the same.
+    (397 times for SmolLM2-135M): 6 of the 10 s a load took on 2 CPU cores (imports done). Both are
+    read-only, so they are made once for the duration of the load (gguf's own functions are put back after
+    it); what is loaded is the same.
     """
     try:
         import gguf
@@ -176,8 +176,8 @@ def load_tokenizer(spec: str | os.PathLike | ModelSource):
 def load_model(spec: str | os.PathLike | ModelSource, *, dtype=None, device: str | None = None):
     """Load a causal LM with its weights. Adapter folders are loaded onto their base model.
 
-    GGUF weights are de-quantised to float32 by transformers (about 7 s for SmolLM2-135M on 2 CPU cores; 19 s
-    before ``_gguf_read_once``).
+    GGUF weights are de-quantised to float32 by transformers (about 4 s for SmolLM2-135M on 2 CPU cores; 10 s
+    without ``_gguf_read_once``).
     """
     import torch
     from transformers import AutoModelForCausalLM
