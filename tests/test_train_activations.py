@@ -199,6 +199,14 @@ def test_micro_batches_draw_the_noise_one_batch_would():
     unplanned, _ = micro_batched(plain, inputs, parts, None)
     assert max((unplanned[n] - grads[n]).abs().max().item() for n in grads if "lora_A" in n) > 1e-3
 
+    # steps of other widths reuse the noise buffers (one pair per dtype, grown to the largest step)
+    fresh = activations.StepDropout()
+    for width in (24, 14, 20):
+        fresh.micro_batch(0, 1, 2, width)
+        fresh.mask(torch.ones(1, width, 8), 0.3)
+        fresh.stop()
+    assert len(fresh._scratch) == 1 and fresh._scratch[torch.float32][0].numel() == 2 * 24 * 8
+
     # a micro-batch of a layout the plan was not told about draws its own noise instead of failing
     plan.micro_batch(0, 3, 4, 24)
     with torch.no_grad():

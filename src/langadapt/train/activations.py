@@ -90,7 +90,7 @@ class StepDropout:
         self._window: tuple[int, int, int, int] | None = None
         self._masks: list[np.ndarray] = []  # per call: the step's mask, 8 elements to a byte (np.packbits)
         self._call = 0
-        self._scratch: dict = {}  # (shape, dtype) -> (noise, mask) buffers, the size of one layer's input
+        self._scratch: dict = {}  # dtype -> (noise, mask): flat buffers as large as the largest draw so far
 
     def micro_batch(self, first: int, rows: int, step_rows: int, step_width: int) -> None:
         if first == 0:
@@ -114,12 +114,17 @@ class StepDropout:
             return None  # not the (rows, tokens, features) layout the plan was told about
         k, self._call = self._call, self._call + 1
         if first == 0:
-            # the step's noise in buffers kept from call to call (bernoulli_ overwrites every element): a new
-            # step-sized tensor per layer would leave the allocator's heap fragmented (+100 MB resident in sft)
+            # the step's noise in buffers kept from call to call (bernoulli_ overwrites every element of a
+            # contiguous view, in the order a fresh tensor's would be drawn): a new step-sized tensor per layer
+            # would leave the allocator's heap fragmented (+100 MB resident in sft). One pair per dtype, grown
+            # to the largest draw, whatever widths the steps have.
             shape = (step_rows, step_width, *x.shape[2:])
-            if (shape, x.dtype) not in self._scratch:
-                self._scratch[shape, x.dtype] = torch.empty(shape, dtype=x.dtype), torch.empty(shape, dtype=torch.bool)
-            noise, whole = self._scratch[shape, x.dtype]
+            n = step_rows * step_width * x.shape[2:].numel()
+            noise, whole = self._scratch.get(x.dtype, (None, None))
+            if noise is None or noise.numel() < n:
+                noise, whole = torch.empty(n, dtype=x.dtype), torch.empty(n, dtype=torch.bool)
+                self._scratch[x.dtype] = noise, whole
+            noise, whole = noise[:n].view(shape), whole[:n].view(shape)
             torch.ne(noise.bernoulli_(1 - p), 0, out=whole)
             self._masks.append(np.packbits(whole.numpy(), axis=-1))
             return whole[:rows, : x.shape[1]].clone()

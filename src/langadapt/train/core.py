@@ -238,8 +238,9 @@ def _fast_paths(model, settings, accelerator, say, name: str):
         undo.append(lambda: [setattr(b, "_compiled_call_impl", None) for b in blocks])
     if not getattr(settings, "compile", False) and accelerator.distributed_type not in (DistributedType.FSDP,
                                                                                       DistributedType.DEEPSPEED):
-        # LoRA dropout keeping a one-byte mask instead of two float copies of its input (CPU; same numbers),
-        # drawn per step, so that the split into micro-batches does not change them either
+        # LoRA dropout keeping a one-byte mask instead of two float copies of its input (CPU), drawn per step
+        # so that the split into micro-batches does not change it; SiLU MLPs recomputing their activation
+        # in backward (the same numbers either way)
         plan = activations.StepDropout()
         undo += [activations.install(lm, plan), plan.close]
     use_fused = False
